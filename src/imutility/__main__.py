@@ -1,0 +1,3 @@
+from imutility.cli import run
+
+run()

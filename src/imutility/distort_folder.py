@@ -1,0 +1,171 @@
+"""Distort a folder of photos into a sweep of levels, in parallel, resumable, with a manifest.
+
+Layout of ``OUT``::
+
+    OUT/<distortion slug>/<source path relative to SRC, new suffix>   e.g. OUT/jpeg_q5/dog.jpg
+    OUT/manifest.csv          one row per written image (columns: MANIFEST_FIELDS)
+    OUT/errors.csv            one row per source that could not be read (only when there were some)
+    OUT/.imutility/           the run's config and journal, for resuming
+
+Each image is written atomically; the journal records a source once all its levels are on
+disk, so a rerun after an interruption does only what is missing and ends with the same manifest.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imutility import atomic
+from imutility.distort import Distortion, parse_distortion, seeded_rng
+from imutility.images import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image
+
+MANIFEST_FIELDS = ("source", "width", "height", "distortion", "family", "level", "path", "format",
+                   "bytes", "bpp")
+ERROR_FIELDS = ("source", "reason")
+STATE_DIR = ".imutility"
+
+#: exit status of ``imutility distort`` when the run finished but some sources were unreadable
+EXIT_SKIPPED = 3
+
+
+class RunMismatchError(RuntimeError):
+    """OUT holds a run made with other settings; resuming into it would mix two sweeps."""
+
+
+@dataclass
+class DistortReport:
+    """What a folder run did."""
+
+    out: Path
+    n_sources: int
+    n_images: int
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    n_resumed: int = 0
+
+    @property
+    def manifest(self) -> Path:
+        return self.out / "manifest.csv"
+
+
+def output_names(sources: Sequence[Path], root: Path) -> dict[Path, str]:
+    """Relative output stems, unique even when ``a.png`` and ``a.jpg`` sit side by side."""
+    rel = {p: p.relative_to(root) if p != root else Path(p.name) for p in sources}
+    stems: dict[str, list[Path]] = {}
+    for p, r in rel.items():
+        stems.setdefault(str(r.with_suffix("")), []).append(p)
+    out = {}
+    for stem, ps in stems.items():
+        for p in ps:
+            out[p] = stem if len(ps) == 1 else f"{stem}_{p.suffix.lstrip('.').lower()}"
+    return out
+
+
+def _process_source(task: tuple) -> dict:
+    """Worker: read one source, write all its distorted versions. Returns a journal record."""
+    src, rel, stem, out, specs, seed, max_pixels = task
+    try:
+        img = load_image(src, max_pixels=max_pixels)
+    except ImageLoadError as e:
+        return {"source": rel, "ok": False, "reason": e.reason}
+    rows = []
+    for spec in specs:
+        d = parse_distortion(spec)
+        try:
+            res = d(img, seeded_rng(seed, rel, spec) if d.random else None)
+        except Exception as e:  # a codec refusing an image must not end the run
+            return {"source": rel, "ok": False, "reason": f"{spec} failed: {type(e).__name__}: {e}"}
+        path = Path(d.slug) / (stem + res.suffix)
+        atomic.write_bytes(Path(out) / path, res.data, durable=False)
+        rows.append({
+            "source": rel, "width": img.width, "height": img.height, "distortion": spec,
+            "family": d.family, "level": d.level, "path": path.as_posix(), "format": res.format,
+            "bytes": len(res.data), "bpp": round(res.bpp, 6),
+        })
+    return {"source": rel, "ok": True, "rows": rows}
+
+
+def distort_folder(src: str | os.PathLike, out: str | os.PathLike, distortions: Sequence[Distortion],
+                   seed: int = 0, workers: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                   progress: bool = True, on_error: Callable[[str, str], None] | None = None) -> DistortReport:
+    """Write every source image under ``src`` at every distortion into ``out``; see the module doc."""
+    src, out = Path(src), Path(out)
+    sources = list_images(src)
+    root = src if src.is_dir() else src.parent
+    names = output_names(sources, root)
+    specs = [d.spec for d in distortions]
+    if len(set(d.slug for d in distortions)) != len(distortions):
+        raise ValueError("two distortions share an output folder name")
+
+    state = out / STATE_DIR
+    config = {"source": str(src.resolve()), "distortions": specs, "seed": seed}
+    _check_or_write_config(state / "config.json", config)
+
+    journal = atomic.Journal(state / "journal.jsonl")
+    done = {r["source"]: r for r in journal.read() if r.get("ok")
+            and all((out / row["path"]).exists() for row in r["rows"])}
+    rel_of = {p: (p.relative_to(root).as_posix() if p != root else p.name) for p in sources}
+    todo = [(str(p), rel_of[p], names[p], str(out), specs, seed, max_pixels)
+            for p in sources if rel_of[p] not in done]
+
+    records: dict[str, dict] = {rel_of[p]: done[rel_of[p]] for p in sources if rel_of[p] in done}
+    n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    bar = _progress(total=len(sources), initial=len(sources) - len(todo), enabled=progress)
+    try:
+        with journal:
+            for rec in _run(todo, n_workers):
+                records[rec["source"]] = rec
+                journal.append(rec)
+                if not rec["ok"] and on_error is not None:
+                    on_error(rec["source"], rec["reason"])
+                bar.update(1)
+    finally:
+        bar.close()
+
+    ordered = [records[rel_of[p]] for p in sources if rel_of[p] in records]
+    rows = [row for r in ordered if r["ok"] for row in r["rows"]]
+    errors = [(r["source"], r["reason"]) for r in ordered if not r["ok"]]
+    atomic.write_csv(out / "manifest.csv", rows, MANIFEST_FIELDS)
+    err_path = out / "errors.csv"
+    if errors:
+        atomic.write_csv(err_path, ({"source": s, "reason": r} for s, r in errors), ERROR_FIELDS)
+    elif err_path.exists():
+        err_path.unlink()
+    return DistortReport(out=out, n_sources=len(sources), n_images=len(rows), errors=errors,
+                         n_resumed=len(done))
+
+
+def _run(todo: list[tuple], n_workers: int):
+    if n_workers == 1:
+        yield from map(_process_source, todo)
+        return
+    # spawn, not fork: the parent may hold torch threads, and forked OpenMP pools can hang
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(n_workers) as pool:
+        yield from pool.imap_unordered(_process_source, todo, chunksize=4)
+
+
+def _check_or_write_config(path: Path, config: dict) -> None:
+    import json
+
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is not None and old != config:
+            diff = [k for k in config if old.get(k) != config[k]]
+            raise RunMismatchError(
+                f"{path.parent.parent} already holds a run with different {', '.join(diff)}; "
+                "choose another output folder or delete it to start over")
+    atomic.write_json(path, config)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="img", desc="distort", disable=not enabled,
+                dynamic_ncols=True)

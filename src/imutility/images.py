@@ -1,0 +1,138 @@
+"""Robust image loading: any mode Pillow reads becomes 8-bit RGB, and every bad file fails the same way.
+
+Models get 8-bit RGB in the orientation a person sees. A file that cannot give that raises
+:class:`ImageLoadError`, which names the file and the reason, so a run over 10,000 files can
+report and skip it (see :func:`iter_images`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+#: File name endings treated as images when a folder is scanned.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
+)
+#: Pillow's own default bomb limit; an image with more pixels is refused before it is decoded.
+DEFAULT_MAX_PIXELS = 178_956_970
+
+
+class ImageLoadError(Exception):
+    """An image that could not be read; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | os.PathLike | None, reason: str):
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        super().__init__(f"{self.path or '<bytes>'}: {reason}")
+
+
+def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Read an image file (or encoded bytes) as an 8-bit RGB :class:`PIL.Image.Image`.
+
+    EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and float images are converted
+    to RGB (16-bit by keeping the high byte, so a 16-bit photo looks like its 8-bit version);
+    transparent images are composited over white, as a viewer shows them. Truncated, empty,
+    non-image and oversized (``> max_pixels``) files raise :class:`ImageLoadError`.
+    """
+    path = None if isinstance(source, bytes | bytearray) else source
+    try:
+        if path is not None and os.path.getsize(path) == 0:
+            raise ImageLoadError(path, "empty file (0 bytes)")
+        fp = io.BytesIO(source) if path is None else open(path, "rb")  # noqa: SIM115
+        with fp, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(fp)
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageLoadError(path, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
+                                           " (possible decompression bomb)")
+            _strict_load(img)
+            img = ImageOps.exif_transpose(img)
+            return to_rgb(img)
+    except ImageLoadError:
+        raise
+    except FileNotFoundError as e:
+        raise ImageLoadError(path, "no such file") from e
+    except IsADirectoryError as e:
+        raise ImageLoadError(path, "is a directory") from e
+    except PermissionError as e:
+        raise ImageLoadError(path, "permission denied") from e
+    except UnidentifiedImageError as e:
+        raise ImageLoadError(path, "not an image Pillow can identify") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageLoadError(path, f"decompression bomb: {e}") from e
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(path, f"corrupt or truncated image: {e}") from e
+
+
+def _strict_load(img: Image.Image) -> None:
+    """Decode fully and refuse truncation even where a caller enabled LOAD_TRUNCATED_IMAGES."""
+    previous = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        img.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = previous
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB (see :func:`load_image` for the rules)."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        arr = np.asarray(img)
+        if mode == "I":
+            # 32-bit integer images from 16-bit PNGs hold 0..65535; anything else is clipped.
+            top = 65535 if arr.max(initial=0) > 255 else 255
+            arr = np.clip(arr, 0, top)
+            arr8 = (arr >> 8).astype(np.uint8) if top == 65535 else arr.astype(np.uint8)
+        else:
+            arr8 = (arr.astype(np.uint16) >> 8).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = (0.0, 1.0) if arr.max(initial=0) <= 1.0 else (0.0, 255.0)
+        arr8 = np.clip((arr - lo) / (hi - lo) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr8, "L").convert("RGB")
+    if mode == "P" or mode == "PA":
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "La", "RGBa"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGBX
+
+
+def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Image files under ``root`` by extension, sorted so that runs are reproducible.
+
+    Files are selected by name only; whether they decode is :func:`load_image`'s concern, so a
+    corrupt ``.jpg`` is listed here and reported later rather than silently dropped.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such file or folder: {root}")
+    it: Iterable[Path] = root.rglob("*") if recursive else root.iterdir()
+    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not p.name.startswith("."))
+
+
+def iter_images(paths: Iterable[str | os.PathLike], max_pixels: int | None = DEFAULT_MAX_PIXELS
+                ) -> Iterator[tuple[Path, Image.Image | ImageLoadError]]:
+    """Yield ``(path, image)`` or ``(path, error)``: callers report the error and carry on."""
+    for p in paths:
+        try:
+            yield Path(p), load_image(p, max_pixels=max_pixels)
+        except ImageLoadError as e:
+            yield Path(p), e

@@ -1,0 +1,126 @@
+"""The folder job: bad files reported and skipped, parallel, resumable after kill -9, atomic outputs."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import natural_image
+from imutility.cli import EXIT_SKIPPED, main
+from imutility.distort import get_preset, parse_distortion
+from imutility.distort_folder import RunMismatchError, distort_folder, output_names
+
+
+def read_csv(p: Path) -> list[dict]:
+    with open(p, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_mixed_folder_processes_good_and_lists_bad(bad_folder, tmp_path, capsys):
+    src = bad_folder["good0"].parent
+    out = tmp_path / "out"
+    rc = main(["distort", str(src), str(out), "-d", "jpeg:q=10", "-d", "jpeg:q=50", "--no-progress", "-j", "2"])
+    assert rc == EXIT_SKIPPED
+    rows = read_csv(out / "manifest.csv")
+    good = {"good0.jpg", "good1.jpg", "good2.jpg", "cmyk.jpg", "deep.png", "alpha.png"}
+    assert {r["source"] for r in rows} == good
+    assert len(rows) == 2 * len(good)
+    for r in rows:
+        assert (out / r["path"]).stat().st_size == int(r["bytes"]) > 0
+    errors = {r["source"]: r["reason"] for r in read_csv(out / "errors.csv")}
+    assert set(errors) == {"truncated.jpg", "empty.jpg", "notes.jpg"}
+    err = capsys.readouterr().err
+    assert "skipped notes.jpg" in err and "errors.csv" in err
+
+
+def test_rerun_keeps_outputs_and_does_no_work(bad_folder, tmp_path):
+    src = bad_folder["good0"].parent
+    out = tmp_path / "out"
+    first = distort_folder(src, out, [parse_distortion("jpeg:q=10")], progress=False, workers=1)
+    manifest = read_csv(out / "manifest.csv")
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")}
+    second = distort_folder(src, out, [parse_distortion("jpeg:q=10")], progress=False, workers=1)
+    assert second.n_resumed == first.n_sources - len(first.errors)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg")} == stamp
+    assert read_csv(out / "manifest.csv") == manifest
+    assert second.n_images == first.n_images
+
+
+def test_changed_settings_refuse_to_mix(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    natural_image().save(src / "a.png")
+    distort_folder(src, tmp_path / "o", [parse_distortion("jpeg:q=10")], progress=False, workers=1)
+    with pytest.raises(RunMismatchError, match="distortions"):
+        distort_folder(src, tmp_path / "o", [parse_distortion("jpeg:q=20")], progress=False, workers=1)
+    rc = main(["distort", str(src), str(tmp_path / "o"), "-d", "jpeg:q=20", "--no-progress"])
+    assert rc == 1
+
+
+def test_same_stem_different_suffix_do_not_collide(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    natural_image(seed=1).save(src / "a.png")
+    natural_image(seed=2).save(src / "a.jpg")
+    natural_image(seed=3).save(src / "sub" / "a.png")
+    rep = distort_folder(src, tmp_path / "o", [parse_distortion("jpeg:q=10")], progress=False, workers=1)
+    paths = sorted(r["path"] for r in read_csv(rep.manifest))
+    assert paths == ["jpeg_q10/a_jpg.jpg", "jpeg_q10/a_png.jpg", "jpeg_q10/sub/a.jpg"]
+    assert output_names([src / "x.png"], src) == {src / "x.png": "x"}
+
+
+def test_noise_outputs_do_not_depend_on_worker_count(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(6):
+        natural_image(seed=i).save(src / f"{i}.png")
+    d = [parse_distortion("noise:sigma=10")]
+    distort_folder(src, tmp_path / "a", d, seed=3, progress=False, workers=1)
+    distort_folder(src, tmp_path / "b", d, seed=3, progress=False, workers=2)
+    for p in sorted((tmp_path / "a").rglob("*.png")):
+        assert p.read_bytes() == (tmp_path / "b" / p.relative_to(tmp_path / "a")).read_bytes()
+
+
+def test_single_file_source(tmp_path):
+    p = tmp_path / "one.png"
+    natural_image().save(p)
+    rep = distort_folder(p, tmp_path / "o", get_preset("paper-jpeg9").distortions, progress=False, workers=1)
+    assert rep.n_images == 9
+
+
+def test_kill_dash_9_then_resume_equals_uninterrupted_run(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        natural_image(640, 480, seed=i).save(src / f"img{i:02d}.png")
+    args = ["-d", "jpeg:q=5", "-d", "webp:q=10", "-d", "noise:sigma=10", "--no-progress", "-j", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "-m", "imutility", "distort", str(src), str(out), *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / ".imutility" / "journal.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if journal.exists() and journal.read_text().count("\n") >= 5:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = journal.read_text().count("\n")
+    assert 5 <= done_before < 40, "the run finished before it could be killed; make it longer"
+    assert not (out / "manifest.csv").exists()
+
+    assert main(["distort", str(src), str(out), *args]) == 0
+    ref = tmp_path / "reference"
+    assert main(["distort", str(src), str(ref), *args]) == 0
+    assert read_csv(out / "manifest.csv") == read_csv(ref / "manifest.csv")
+    for r in read_csv(ref / "manifest.csv"):
+        assert (out / r["path"]).read_bytes() == (ref / r["path"]).read_bytes()
+    assert not list(out.rglob("*.tmp"))
