@@ -74,13 +74,84 @@ def presets() -> None:
         click.echo(f"{name:14s} {p.description}")
 
 
+@cli.group()
+def zoo() -> None:
+    """Pretrained classifiers and detectors (labelers)."""
+
+
+_models_option = click.option("--models", "models", type=click.Path(file_okay=False), default=None,
+                              envvar="IMUTILITY_MODELS",
+                              help="Folder with the offline model files [default: ../shared/models].")
+
+
+@zoo.command("list")
+@click.option("--task", type=click.Choice(["classification", "detection"]), default=None)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_models_option
+def zoo_list(task: str | None, as_json: bool, models: str | None) -> None:
+    """Every labeler with its task, backend and availability (weights found, or why not)."""
+    import json
+
+    from imutility import zoo as z
+
+    rows = []
+    for name in z.list_labelers(task):
+        spec, av = z.get_spec(name), z.availability(name, models)
+        rows.append({"name": name, "task": spec.task, "backend": spec.backend, "paper": spec.paper,
+                     "available": av.ok, "detail": av.detail})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        mark = "yes" if r["available"] else "no "
+        click.echo(f"{r['name']:34s} {r['task']:15s} {r['backend']:26s} {mark} {r['detail']}")
+
+
+@zoo.command("info")
+@click.argument("name")
+def zoo_info(name: str) -> None:
+    """The declared card of one labeler: weights, hash, preprocessing, licence."""
+    import json
+
+    from imutility import zoo as z
+
+    click.echo(json.dumps(_library_call(z.describe, name), indent=2))
+
+
+@zoo.command("eval")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="ImageNet-style folder (classifiers) or COCO instances json (detectors) "
+                   "[default: the shared imagenet-sample / coco2017-val128].")
+@_models_option
+def zoo_eval(names: tuple[str, ...], data: str | None, models: str | None) -> None:
+    """Pristine top-1/top-5 (classifiers) or COCO mAP (detectors) of labelers."""
+    from imutility import zoo as z
+    from imutility.datasets import ClassificationDataset, CocoDetectionDataset
+    from imutility.paths import shared_data
+    from imutility.zoo.evaluate import classification_accuracy, detection_map
+
+    for name in names:
+        spec = _library_call(z.get_spec, name)
+        labeler = _library_call(z.get_labeler, name, models=models)
+        if spec.task == "classification":
+            ds = ClassificationDataset.from_folder(data or shared_data("imagenet-sample"))
+            r = classification_accuracy(labeler, ds, progress=True)
+            click.echo(f"{name}: top-1 {r.top1:.4f} top-5 {r.top5:.4f} on {r.n} images")
+        else:
+            ds = CocoDetectionDataset.from_json(data or shared_data("coco2017-val128") / "instances.json")
+            m = detection_map(labeler, ds, progress=True)
+            click.echo(f"{name}: mAP@0.5 {m['mAP50']:.4f} mAP@[.5:.95] {m['mAP']:.4f} on {int(m['n'])} images")
+
+
 def _library_call(fn, *args, **kwargs):
     """Turn the library's expected errors into one clean CLI error line."""
     from imutility.distort_folder import RunMismatchError
+    from imutility.zoo.weights import WeightsError
 
     try:
         return fn(*args, **kwargs)
-    except (ValueError, KeyError, FileNotFoundError, RunMismatchError) as e:
+    except (ValueError, KeyError, FileNotFoundError, RunMismatchError, WeightsError, ImportError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
 
 

@@ -1,0 +1,112 @@
+"""Model zoo: real pretrained classifiers and detectors behind two interfaces.
+
+``list_labelers(task)`` / ``get_labeler(name)`` are the registry's pair, as in timm. A
+:class:`Classifier` maps images of any size and mode to probabilities over the 1000 ImageNet-1k
+classes in the standard order; a :class:`Detector` maps them to per-image :class:`Detections` with
+official COCO category ids. Each entry's weights, preprocessing and provenance are declared data
+(:class:`LabelerSpec`); weights are looked up, hash-checked and never downloaded (see
+:mod:`imutility.zoo.weights`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+from imutility.names import UnknownNameError
+from imutility.zoo.base import COCO80_IDS, Classifier, Detections, Detector, Labeler, LabelerSpec
+from imutility.zoo.preprocess import Preprocess
+from imutility.zoo.weights import (
+    WeightsError,
+    WeightsHashError,
+    WeightsNotFoundError,
+    WeightsSpec,
+    models_dir,
+    resolve,
+)
+
+__all__ = [
+    "COCO80_IDS", "Classifier", "Detections", "Detector", "Labeler", "LabelerSpec", "Preprocess",
+    "WeightsError", "WeightsHashError", "WeightsNotFoundError", "WeightsSpec", "Availability",
+    "availability", "get_labeler", "get_spec", "list_labelers", "models_dir",
+]
+
+TASKS = ("classification", "detection")
+
+
+@lru_cache(maxsize=1)
+def _registry() -> dict[str, LabelerSpec]:
+    from imutility.zoo.entries import all_entries
+
+    return {e.name: e for e in all_entries()}
+
+
+def list_labelers(task: str | None = None, paper: bool | None = None) -> list[str]:
+    """Registered labeler names, optionally only one task's, or only the paper's (or only offline) ones."""
+    if task is not None and task not in TASKS:
+        raise UnknownNameError("task", task, TASKS)
+    return [n for n, s in _registry().items()
+            if (task is None or s.task == task) and (paper is None or s.paper == paper)]
+
+
+def get_spec(name: str) -> LabelerSpec:
+    """The declared entry of a labeler (close names are suggested on a miss)."""
+    try:
+        return _registry()[name]
+    except KeyError:
+        raise UnknownNameError("labeler", name, _registry()) from None
+
+
+def get_labeler(name: str, *, pretrained: bool = True, weights_path: str | os.PathLike | None = None,
+                models: str | os.PathLike | None = None, device: str = "cpu", verify: bool = True,
+                **options: object) -> Labeler:
+    """Build a labeler with its weights.
+
+    ``weights_path`` overrides the lookup (explicit path > models folder / package > torch cache).
+    ``pretrained=False`` gives a randomly initialised network (torch backends only), for tests.
+    ``verify=False`` skips the hash check, for fine-tuned files of the same architecture.
+    Extra ``options`` go to the backend (``score_threshold`` for detectors, ``runtime`` for
+    EfficientNet-Lite: ``"onnx"`` or ``"torch"``).
+    """
+    spec = get_spec(name)
+    _check_requirements(spec)
+    path = resolve(spec.weights, weights_path, models, verify=verify) if pretrained else None
+    return spec.builder(spec, path, device=device, **options)
+
+
+@dataclass(frozen=True)
+class Availability:
+    name: str
+    ok: bool
+    detail: str  # the weights' path when ok, else why not
+
+
+def availability(name: str, models: str | os.PathLike | None = None, verify: bool = True) -> Availability:
+    """Whether a labeler can be built here, and if not, why (missing package, file or hash)."""
+    spec = get_spec(name)
+    try:
+        _check_requirements(spec)
+        path = resolve(spec.weights, None, models, verify=verify)
+    except (ImportError, WeightsError) as e:
+        return Availability(name, False, str(e).splitlines()[0])
+    return Availability(name, True, str(path))
+
+
+def _check_requirements(spec: LabelerSpec) -> None:
+    missing = [m for m in spec.options.get("requires", ()) if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"{spec.name} needs the Python module(s) {', '.join(missing)}: "
+                          "pip install 'imutility[models]'")
+
+
+def describe(name: str) -> dict[str, object]:
+    """A JSON-ready card of a labeler's declared data."""
+    s = get_spec(name)
+    return {"name": s.name, "task": s.task, "backend": s.backend, "paper": s.paper,
+            "description": s.description, "preprocess": s.preprocess.describe(),
+            "weights": {"file": s.weights.file, "sha256": s.weights.sha256, "source": s.weights.source,
+                        "license": s.weights.license, "url": s.weights.url},
+            "metrics": s.metrics}
+

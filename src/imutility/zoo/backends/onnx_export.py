@@ -1,0 +1,66 @@
+"""Run a PyTorch classifier through ONNX Runtime on CPU: exported once, cached by weights hash."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imutility.zoo.base import Classifier, LabelerSpec
+from imutility.zoo.weights import cache_dir, file_sha256
+
+
+def ort_session(path: str | os.PathLike, threads: int | None = None):
+    import onnxruntime as ort
+
+    from imutility.zoo.backends.torch_models import default_threads
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = threads or default_threads()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> None:
+    """Export with a dynamic batch axis; written atomically so a killed export leaves nothing half-done."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
+    os.close(fd)
+    try:
+        torch.onnx.export(model, (sample,), tmp, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+class OnnxClassifier(Classifier):
+    """A classifier whose forward pass is an ONNX Runtime session; outputs logits (1000 or 1001)."""
+
+    def __init__(self, spec: LabelerSpec, onnx_path: str | os.PathLike):
+        self.spec = spec
+        self.onnx_path = Path(onnx_path)
+        self.session = ort_session(onnx_path)
+        self.input_name = self.session.get_inputs()[0].name
+        self.batch_size = spec.options.get("batch_size", 32)
+
+    @classmethod
+    def from_torch(cls, spec: LabelerSpec, model: torch.nn.Module, weights_path: Path | None) -> OnnxClassifier:
+        tag = file_sha256(weights_path)[:16] if weights_path is not None else "random"
+        path = cache_dir() / "onnx" / f"{spec.name}-{tag}-torch{torch.__version__.split('+')[0]}.onnx"
+        if not path.exists():
+            h, w = spec.preprocess.size
+            export_onnx(model.eval(), torch.zeros(1, 3, h, w), path)
+        return cls(spec, path)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        from imutility.zoo.base import drop_background, softmax
+
+        logits = self.session.run(None, {self.input_name: batch.astype(np.float32)})[0]
+        probs = softmax(logits.astype(np.float64))
+        return drop_background(probs) if probs.shape[1] == 1001 else probs

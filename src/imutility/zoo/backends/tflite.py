@@ -1,0 +1,81 @@
+"""TFLite classifiers through ai-edge-litert: quantised input and output handled from the tensors' own parameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from imutility.zoo.base import Classifier, LabelerSpec, drop_background, softmax
+
+
+def make_interpreter(path: Path, threads: int):
+    try:
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+    except ImportError as e:
+        raise ImportError("TFLite labelers need: pip install ai-edge-litert") from e
+    try:
+        it = Interpreter(model_path=str(path), num_threads=threads)
+        it.allocate_tensors()
+    except (RuntimeError, ValueError):
+        # some models only run on the reference kernels, not the XNNPACK delegate
+        it = Interpreter(model_path=str(path), num_threads=threads,
+                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it.allocate_tensors()
+    return it
+
+
+class TFLiteClassifier(Classifier):
+    """One image per invoke (XNNPACK cannot resize these graphs to a batch), any dtype, NHWC or NCHW.
+
+    ``options["output"]``: ``probs`` (already softmaxed, e.g. a uint8 output with scale 1/256) or
+    ``logits``; a 1001-wide output drops its background class and is renormalised.
+    """
+
+    def __init__(self, spec: LabelerSpec, path: Path):
+        from imutility.zoo.backends.torch_models import default_threads
+
+        self.spec = spec
+        self.interpreter = make_interpreter(path, default_threads())
+        self.inp = self.interpreter.get_input_details()[0]
+        self.out = self.interpreter.get_output_details()[0]
+        expected = tuple(spec.preprocess.size)
+        shape = tuple(self.inp["shape"])
+        hw = shape[2:4] if spec.preprocess.layout == "NCHW" else shape[1:3]
+        if tuple(hw) != expected:
+            raise ValueError(f"{path}: input {shape} does not match the declared {spec.preprocess.layout} "
+                             f"size {expected}")
+        self.batch_size = spec.options.get("batch_size", 32)
+
+    def _quantise(self, x: np.ndarray) -> np.ndarray:
+        dtype = self.inp["dtype"]
+        if x.dtype == dtype:
+            return x
+        if np.issubdtype(dtype, np.integer):
+            scale, zero = self.inp["quantization"]
+            info = np.iinfo(dtype)
+            return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+        return x.astype(dtype)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        it, rows = self.interpreter, []
+        for x in batch:
+            it.set_tensor(self.inp["index"], self._quantise(x[None]))
+            it.invoke()
+            y = it.get_tensor(self.out["index"])[0].astype(np.float64)
+            scale, zero = self.out["quantization"]
+            if scale:
+                y = (y - zero) * scale
+            rows.append(y)
+        y = np.stack(rows)
+        probs = softmax(y) if self.spec.options.get("output") == "logits" else y
+        if probs.shape[1] == 1001:
+            return drop_background(probs)
+        total = probs.sum(1, keepdims=True)  # quantised probabilities sum to ~1; make it exact
+        return np.divide(probs, total, out=np.full_like(probs, 1e-3), where=total > 0)
+
+
+def build_tflite_classifier(spec: LabelerSpec, weights_path: Path | None, **_: object) -> TFLiteClassifier:
+    if weights_path is None:
+        raise ValueError(f"{spec.name}: a TFLite model has no random-initialised form")
+    return TFLiteClassifier(spec, weights_path)

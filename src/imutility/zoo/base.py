@@ -1,0 +1,132 @@
+"""The two labeler interfaces and the declared entry that describes one labeler."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from imutility.zoo.preprocess import Preprocess
+from imutility.zoo.weights import WeightsSpec
+
+Task = Literal["classification", "detection"]
+ImageInput = Image.Image | np.ndarray
+
+#: The 80 official COCO category ids in sorted order: index i of an 80-class model is COCO80_IDS[i].
+COCO80_IDS: tuple[int, ...] = tuple(i for i in range(1, 91) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
+
+
+@dataclass(frozen=True)
+class LabelerSpec:
+    """A registry entry: everything about a labeler that is data, the builder that makes it live.
+
+    ``builder(spec, weights_path, **options)`` returns a :class:`Classifier` or :class:`Detector`;
+    ``weights_path`` is ``None`` for random initialisation (tests of the torchvision path).
+    """
+
+    name: str
+    task: Task
+    backend: str
+    weights: WeightsSpec
+    preprocess: Preprocess
+    builder: Callable[..., Labeler] = field(repr=False, compare=False)
+    description: str = ""
+    options: dict[str, Any] = field(default_factory=dict)  # backend settings (thresholds, class count...)
+    paper: bool = False  # one of the paper's own networks
+    metrics: dict[str, float] = field(default_factory=dict)  # measured figures, see docs/zoo.md
+
+
+@dataclass
+class Detections:
+    """One image's detections: xyxy boxes in original pixels, official COCO ids, scores (descending)."""
+
+    boxes: np.ndarray  # (D, 4) float
+    labels: np.ndarray  # (D,) int, official COCO category ids
+    scores: np.ndarray  # (D,) float in [0, 1]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {"boxes": self.boxes, "labels": self.labels, "scores": self.scores}
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), np.zeros(0))
+
+
+class Labeler(ABC):
+    """A network that labels images for one task. Call it on a batch of images of any size and mode."""
+
+    spec: LabelerSpec
+    batch_size: int = 32
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def task(self) -> Task:
+        return self.spec.task
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.spec.preprocess
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} ({self.spec.backend})>"
+
+
+class Classifier(Labeler):
+    """Images -> probabilities over the 1000 ImageNet-1k classes in the standard (sorted synset) order."""
+
+    @abstractmethod
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed batch -> (N, 1000) probabilities."""
+
+    def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
+        if len(images) == 0:
+            return np.zeros((0, 1000), dtype=np.float32)
+        out = []
+        for i in range(0, len(images), self.batch_size):
+            chunk = images[i:i + self.batch_size]
+            out.append(self._forward(self.preprocess(chunk)))
+        probs = np.concatenate(out).astype(np.float32)
+        if probs.shape[1] != 1000:
+            raise RuntimeError(f"{self.name} produced {probs.shape[1]} classes, expected 1000")
+        return probs
+
+
+class Detector(Labeler):
+    """Images -> per image :class:`Detections` after NMS, boxes in the image's own pixel coordinates."""
+
+    @abstractmethod
+    def _detect(self, images: Sequence[Image.Image]) -> list[Detections]:
+        """A chunk of RGB images -> detections in original coordinates."""
+
+    def __call__(self, images: Sequence[ImageInput]) -> list[Detections]:
+        from imutility.images import to_rgb
+        from imutility.zoo.preprocess import as_pil
+
+        pil = [to_rgb(as_pil(im)) for im in images]
+        out: list[Detections] = []
+        for i in range(0, len(pil), self.batch_size):
+            out += self._detect(pil[i:i + self.batch_size])
+        return out
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def drop_background(probs: np.ndarray) -> np.ndarray:
+    """1001-class output (index 0 = background) -> 1000 classes, renormalised to sum to 1."""
+    p = probs[:, 1:]
+    total = p.sum(1, keepdims=True)
+    return np.divide(p, total, out=np.full_like(p, 1.0 / p.shape[1]), where=total > 0)

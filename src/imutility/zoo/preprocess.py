@@ -1,0 +1,122 @@
+"""Preprocessing declared as data: it travels with the weights, as in torchvision's weights API.
+
+A :class:`Preprocess` turns a batch of RGB images of any size into the array a network takes and
+keeps, per image, what is needed to map boxes back to original pixel coordinates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from PIL import Image
+
+from imutility.images import to_rgb
+
+_INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+           "area": Image.Resampling.BOX, "nearest": Image.Resampling.NEAREST}
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How a network wants its input.
+
+    * ``resize``: ``stretch`` (whole image to ``size``), ``letterbox`` (keep aspect, pad the
+      bottom/right with ``pad_value``), ``center_crop`` (shorter side to ``resize_size``, then the
+      central ``size``) or ``model`` (the network resizes internally, e.g. torchvision's detectors;
+      ``size`` is then its nominal input).
+    * values: pixels 0..255 are multiplied by ``scale``, then ``(x - mean) / std`` per channel (in
+      the order of ``channels``); ``dtype="uint8"`` hands raw pixels to a quantised network.
+    """
+
+    size: tuple[int, int]  # (height, width) of the network input
+    resize: Literal["stretch", "letterbox", "center_crop", "model"] = "stretch"
+    resize_size: int | None = None
+    interpolation: Literal["bilinear", "bicubic", "area", "nearest"] = "bilinear"
+    channels: Literal["RGB", "BGR"] = "RGB"
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
+    scale: float = 1.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    dtype: Literal["float32", "uint8"] = "float32"
+    pad_value: int = 114
+
+    def __post_init__(self) -> None:
+        if self.resize == "center_crop" and self.resize_size is None:
+            raise ValueError("center_crop needs resize_size")
+
+    def describe(self) -> str:
+        h, w = self.size
+        how = {"stretch": f"resize to {w}x{h}", "letterbox": f"letterbox to {w}x{h} (pad {self.pad_value})",
+               "center_crop": f"resize shorter side to {self.resize_size}, center-crop {w}x{h}",
+               "model": f"any size (the model resizes internally, nominal {w}x{h})"}[self.resize]
+        vals = "raw uint8" if self.dtype == "uint8" else f"x*{self.scale:g}, mean {self.mean}, std {self.std}"
+        return f"{how}, {self.interpolation}, {self.channels} {self.layout}, {vals}"
+
+    def geometry(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """(scale_x, scale_y, offset_x, offset_y) mapping input pixels to network pixels."""
+        h, w = self.size
+        if self.resize == "model":
+            return 1.0, 1.0, 0.0, 0.0
+        if self.resize == "stretch":
+            return w / width, h / height, 0.0, 0.0
+        if self.resize == "letterbox":
+            r = min(w / width, h / height)
+            return r, r, 0.0, 0.0
+        r = self.resize_size / min(width, height)
+        rw, rh = max(1, round(width * r)), max(1, round(height * r))
+        return rw / width, rh / height, -((rw - w) // 2), -((rh - h) // 2)
+
+    def image_to_array(self, img: Image.Image) -> np.ndarray:
+        """One image as an HWC uint8 array of the network's size (before value scaling)."""
+        img = to_rgb(img)
+        h, w = self.size
+        interp = _INTERP[self.interpolation]
+        if self.resize == "model":
+            arr = np.asarray(img)
+        elif self.resize == "stretch":
+            arr = np.asarray(img.resize((w, h), interp))
+        elif self.resize == "letterbox":
+            r = min(w / img.width, h / img.height)
+            nw, nh = max(1, int(img.width * r)), max(1, int(img.height * r))
+            arr = np.full((h, w, 3), self.pad_value, dtype=np.uint8)
+            arr[:nh, :nw] = np.asarray(img.resize((nw, nh), interp))
+        else:
+            r = self.resize_size / min(img.width, img.height)
+            rw, rh = max(1, round(img.width * r)), max(1, round(img.height * r))
+            big = img.resize((rw, rh), interp)
+            left, top = (rw - w) // 2, (rh - h) // 2
+            arr = np.asarray(big.crop((left, top, left + w, top + h)))  # crop pads with 0 if smaller
+        return arr
+
+    def __call__(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
+        """A batch ready for the network: NCHW/NHWC, float32 normalised or uint8 raw."""
+        arrs = [self.image_to_array(as_pil(im)) for im in images]
+        batch = np.stack(arrs)  # N,H,W,3 uint8 RGB
+        if self.channels == "BGR":
+            batch = batch[..., ::-1]
+        if self.dtype == "float32":
+            batch = batch.astype(np.float32)
+            if self.scale != 1.0:
+                batch *= np.float32(self.scale)
+            if self.mean != (0.0, 0.0, 0.0) or self.std != (1.0, 1.0, 1.0):
+                batch = (batch - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if self.layout == "NCHW":
+            batch = batch.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(batch)
+
+
+def as_pil(im: Image.Image | np.ndarray) -> Image.Image:
+    """Accept PIL images or HWC uint8 RGB arrays (a 2-D array is grayscale)."""
+    if isinstance(im, Image.Image):
+        return im
+    arr = np.asarray(im)
+    if arr.dtype != np.uint8:
+        raise TypeError(f"image arrays must be uint8 HWC RGB, got {arr.dtype}")
+    if arr.ndim == 2:
+        return Image.fromarray(arr, "L")
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):
+        return Image.fromarray(arr, "RGB" if arr.shape[2] == 3 else "RGBA")
+    raise TypeError(f"image arrays must be HxW or HxWx3, got shape {arr.shape}")
