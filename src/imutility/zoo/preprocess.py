@@ -92,20 +92,38 @@ class Preprocess:
         return arr
 
     def __call__(self, images: Sequence[Image.Image | np.ndarray]) -> np.ndarray:
-        """A batch ready for the network: NCHW/NHWC, float32 normalised or uint8 raw."""
-        arrs = [self.image_to_array(as_pil(im)) for im in images]
-        batch = np.stack(arrs)  # N,H,W,3 uint8 RGB
-        if self.channels == "BGR":
-            batch = batch[..., ::-1]
-        if self.dtype == "float32":
-            batch = batch.astype(np.float32)
-            if self.scale != 1.0:
-                batch *= np.float32(self.scale)
-            if self.mean != (0.0, 0.0, 0.0) or self.std != (1.0, 1.0, 1.0):
-                batch = (batch - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        if self.layout == "NCHW":
-            batch = batch.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(batch)
+        """A batch ready for the network: NCHW/NHWC, float32 normalised or uint8 raw.
+
+        Built image by image into one preallocated array, so the channel swap, layout change and
+        normalisation run on cache-sized pieces (several times faster than on the whole batch).
+        """
+        h, w = self.size
+        n = len(images)
+        dtype = np.float32 if self.dtype == "float32" else np.uint8
+        first = None
+        if self.resize == "model":  # sizes differ per image: only a batch of one is well defined
+            first = self.image_to_array(as_pil(images[0]))
+            h, w = first.shape[:2]
+        shape = (n, 3, h, w) if self.layout == "NCHW" else (n, h, w, 3)
+        out = np.empty(shape, dtype=dtype)
+        a = (self.scale / np.asarray(self.std, np.float32)).astype(np.float32)
+        b = (-np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)).astype(np.float32)
+        affine = self.dtype == "float32" and not (np.all(a == 1) and np.all(b == 0))
+        for i, im in enumerate(images):
+            arr = first if (i == 0 and first is not None) else self.image_to_array(as_pil(im))
+            if self.channels == "BGR":
+                arr = arr[..., ::-1]
+            if self.layout == "NCHW":
+                out[i] = arr.transpose(2, 0, 1)
+                if affine:
+                    out[i] *= a[:, None, None]
+                    out[i] += b[:, None, None]
+            else:
+                out[i] = arr
+                if affine:
+                    out[i] *= a
+                    out[i] += b
+        return out
 
 
 def as_pil(im: Image.Image | np.ndarray) -> Image.Image:
