@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
@@ -144,14 +145,173 @@ def zoo_eval(names: tuple[str, ...], data: str | None, models: str | None) -> No
             click.echo(f"{name}: mAP@0.5 {m['mAP50']:.4f} mAP@[.5:.95] {m['mAP']:.4f} on {int(m['n'])} images")
 
 
+DEFAULT_LABELERS = {"classification": "efficientnet_lite0,mobilenet_v2,squeezenet1_1",
+                    "detection": "ssd_mobilenet_v2,yolox_nano,nanodet_m"}
+
+
+def _threshold_options(fn):
+    def num(flag: str, default: float, text: str):
+        return click.option(flag, type=float, default=default, show_default=True, help=text)
+
+    for opt in reversed([
+        num("--th", 0.9, "CCSP above which a kept decision is useful (Section IV)."),
+        num("--tl", 0.1, "CCSP below which a lost decision is non-useful."),
+        num("--phi-rec", 0.5, "Rejection threshold of Eq. 2."),
+        num("--det-score", 0.5, "Detection score threshold (Eq. 6)."),
+        num("--det-iou", 0.5, "Detection IoU threshold (Eq. 6)."),
+        click.option("--require-pristine-hit", is_flag=True,
+                     help="Exclude (not 0) images whose pristine detections find no object."),
+    ]):
+        fn = opt(fn)
+    return fn
+
+
+def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit):
+    from imutility.labelling import Thresholds
+
+    return Thresholds(th=th, tl=tl, phi_rec=phi_rec, det_score=det_score, det_iou=det_iou,
+                      require_pristine_hit=require_pristine_hit)
+
+
+@cli.command()
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--task", type=click.Choice(["classification", "detection"]), required=True)
+@click.option("--data", "data", multiple=True, type=click.Path(exists=True),
+              help="ImageNet-style folder, or COCO instances json (repeatable) [default: the shared sets].")
+@click.option("--labels-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Classification ground truth: 'file_name class' lines.")
+@click.option("--labelers", default=None, help="Comma-separated labelers [default: three offline ones].")
+@click.option("--preset", "-p", default=None, help="Distortion preset [default: paper-jpeg9].")
+@click.option("--distortion", "-d", "specs", multiple=True, help="Distortion spec; repeatable.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N sources of each set.")
+@click.option("--balance", is_flag=True, help="Add augmented, relabelled copies of non-useful samples.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--chunk", default=8, show_default=True, help="Sources per chunk (the unit of resumption).")
+@_threshold_options
+@_models_option
+@click.option("--no-progress", is_flag=True)
+def label(out, task, data, labels_file, labelers, preset, specs, limit, balance, seed, chunk, th, tl, phi_rec,
+          det_score, det_iou, require_pristine_hit, models, no_progress) -> int:
+    """Distort a labelled dataset, run a labeler ensemble and write OUT/labels.parquet with utility labels.
+
+    Resumable: rerun the same command after an interruption. Unreadable images are reported and skipped.
+    """
+    import time
+
+    from imutility import labelling as lb
+    from imutility import zoo as z
+    from imutility.datasets import ClassificationDataset, CocoDetectionDataset
+    from imutility.distort import resolve_distortions
+    from imutility.paths import shared_data
+
+    t0 = time.perf_counter()
+    distortions = _library_call(resolve_distortions, preset or (None if specs else "paper-jpeg9"), specs)
+    names = (labelers or DEFAULT_LABELERS[task]).split(",")
+    labs = [_library_call(z.get_labeler, n.strip(), models=models) for n in names]
+    sources, described = [], []
+    if task == "classification":
+        folder = data[0] if data else shared_data("imagenet-sample")
+        ds = _library_call(ClassificationDataset.from_folder, folder, labels_file)
+        for p in ds.unlabelled:
+            click.echo(f"skipped {p}: no class label", err=True)
+        sources = lb.sources_from_classification(ds)[:limit]
+        described.append(str(folder))
+    else:
+        jsons = list(data) or [shared_data(n) / "instances.json" for n in ("coco2017-val128", "coco2017-train128")]
+        for js in jsons:
+            ds = _library_call(CocoDetectionDataset.from_json, js)
+            for p in ds.missing:
+                click.echo(f"skipped {p}: listed in {js} but not on disk", err=True)
+            for p in ds.unannotated:
+                click.echo(f"skipped {p}: not in the annotations of {js}", err=True)
+            srcs = lb.sources_from_coco(ds)[:limit]
+            if len(jsons) > 1:
+                prefix = Path(js).parent.name
+                srcs = [lb.Source(key=f"{prefix}/{s.key}", path=s.path, boxes=s.boxes, labels=s.labels) for s in srcs]
+            sources += srcs
+            described.append(str(js))
+    report = _library_call(
+        lb.run_labelling, task, sources, distortions, labs, out, dataset=";".join(described), seed=seed,
+        thresholds=_thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit), chunk_size=chunk,
+        balance=balance, progress=not no_progress, on_error=lambda k, r: click.echo(f"skipped {k}: {r}", err=True))
+    _print_counts(Path(out), names)
+    click.echo(f"{report.n_rows} rows ({report.n_augmented} augmented) from {report.n_sources} sources -> "
+               f"{report.table} in {time.perf_counter() - t0:.0f} s")
+    if report.labeler_errors:
+        click.echo(f"{report.labeler_errors} labeler outputs failed and are NaN in the table", err=True)
+    return EXIT_SKIPPED if report.errors else EXIT_OK
+
+
+def _print_counts(out: Path, names) -> None:
+    import pandas as pd
+
+    counts = pd.read_csv(out / "counts.csv")
+    for who in [*names, "combined"]:
+        c = counts[counts["labeler"] == who]
+        click.echo(f"{who}: useful {c['useful'].sum()}, non-useful {c['non_useful'].sum()}, "
+                   f"excluded {c['excluded'].sum()}")
+    c = counts[counts["labeler"] == "combined"]
+    click.echo(f"{'level':24s} {'useful':>7s} {'non-useful':>10s} {'excluded':>9s}   (combined, unanimous)")
+    for _, r in c.iterrows():
+        click.echo(f"{r['distortion']:24s} {r['useful']:7d} {r['non_useful']:10d} {r['excluded']:9d}")
+
+
+@cli.command()
+@click.argument("out", type=click.Path(exists=True, file_okay=False))
+@_threshold_options
+def relabel(out, th, tl, phi_rec, det_score, det_iou, require_pristine_hit) -> None:
+    """Recompute OUT's labels with new thresholds from the cached model outputs (no inference)."""
+    import json
+
+    from imutility import labelling as lb
+
+    _library_call(lb.relabel, out, _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit))
+    _print_counts(Path(out), json.loads((Path(out) / "config.json").read_text())["labelers"])
+
+
+@cli.command()
+@click.argument("pristine", type=click.Path(exists=True))
+@click.argument("distorted", type=click.Path(exists=True))
+@click.option("--task", type=click.Choice(["classification", "detection"]), required=True)
+@click.option("--labelers", default=None, help="Comma-separated labelers [default: three offline ones].")
+@click.option("--op", type=click.Choice(["mean", "max", "min", "majority", "unanimous"]), default="mean",
+              show_default=True, help="Operator combining the labelers (Eq. 3).")
+@click.option("--phi-rec", type=float, default=0.5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per pair).")
+@_models_option
+def measure(pristine, distorted, task, labelers, op, phi_rec, as_json, models) -> int:
+    """Full-reference utility (Eq. 2-4) of DISTORTED against PRISTINE: two images or two parallel folders."""
+    import json
+
+    from imutility import zoo as z
+    from imutility.measure import measure_paths
+
+    names = (labelers or DEFAULT_LABELERS[task]).split(",")
+    labs = [_library_call(z.get_labeler, n.strip(), models=models) for n in names]
+    results, errors = _library_call(measure_paths, pristine, distorted, labs, op=op, phi_rec=phi_rec)
+    for path, reason in errors:
+        click.echo(f"skipped {path}: {reason}", err=True)
+    if as_json:
+        for r in results:
+            click.echo(json.dumps(r.as_dict()))
+    else:
+        click.echo(f"{'distorted':40s} " + " ".join(f"{n:>18s}" for n in names) + f" {'U (' + op + ')':>12s}")
+        for r in results:
+            click.echo(f"{Path(r.distorted).name:40s} " + " ".join(f"{r.per_labeler[n]:18.4f}" for n in names)
+                       + f" {r.combined:12.4f}")
+    return EXIT_SKIPPED if errors else EXIT_OK
+
+
 def _library_call(fn, *args, **kwargs):
     """Turn the library's expected errors into one clean CLI error line."""
     from imutility.distort_folder import RunMismatchError
+    from imutility.labelling import LabellingConfigError
     from imutility.zoo.weights import WeightsError
 
     try:
         return fn(*args, **kwargs)
-    except (ValueError, KeyError, FileNotFoundError, RunMismatchError, WeightsError, ImportError) as e:
+    except (ValueError, KeyError, FileNotFoundError, RunMismatchError, LabellingConfigError, WeightsError,
+            ImportError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
 
 

@@ -176,8 +176,8 @@ class CocoDetectionDataset:
     """A COCO-format detection set read with pycocotools; category ids stay the official ones.
 
     ``images_dir`` defaults to an ``images/`` folder beside the json. Images listed in the json but
-    missing on disk are kept in :attr:`missing` (reported, not read); files on disk that the json
-    does not mention are simply not part of the set.
+    missing on disk are kept in :attr:`missing`, image files on disk that the json does not mention
+    in :attr:`unannotated`; both are reported by the CLI, neither is read.
     """
 
     annotation_file: Path
@@ -185,6 +185,7 @@ class CocoDetectionDataset:
     samples: list[DetectionSample]
     categories: dict[int, str]
     missing: list[Path] = field(default_factory=list)
+    unannotated: list[Path] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, annotation_file: str | os.PathLike, images_dir: str | os.PathLike | None = None
@@ -222,7 +223,10 @@ class CocoDetectionDataset:
                 boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
                 labels=np.asarray(labels, dtype=np.int64),
                 crowd_boxes=np.asarray(crowd, dtype=np.float64).reshape(-1, 4)))
-        return cls(annotation_file=ann, images_dir=img_dir, samples=samples, categories=cats, missing=missing)
+        listed = {s.path.resolve() for s in samples} | {p.resolve() for p in missing}
+        unannotated = [p for p in list_images(img_dir) if p.resolve() not in listed] if img_dir.is_dir() else []
+        return cls(annotation_file=ann, images_dir=img_dir, samples=samples, categories=cats, missing=missing,
+                   unannotated=unannotated)
 
     def __len__(self) -> int:
         return len(self.samples)

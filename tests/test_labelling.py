@@ -1,0 +1,243 @@
+"""Labelling pipeline: real labelers on real photos, relabel without inference, resume after kill -9,
+bad images, a failing labeler, class balancing; and the full-reference measure."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import natural_image, require_shared
+from imutility import zoo
+from imutility.cli import EXIT_SKIPPED, main
+from imutility.distort import parse_distortion
+from imutility.labelling import (
+    LabellingConfigError,
+    Thresholds,
+    apply_augment,
+    build_table,
+    relabel,
+    run_labelling,
+    sources_from_classification,
+    sources_from_coco,
+)
+from imutility.utility import classification_label, confidence_utility, detection_label
+
+LEVELS = [parse_distortion(s) for s in ("jpeg:q=2", "jpeg:q=12", "jpeg:q=90")]
+
+
+@pytest.fixture(scope="module")
+def tflite_pair():
+    require_shared("models")
+    return [zoo.get_labeler("mobilenet_v2"), zoo.get_labeler("mobilenet_v1_075")]
+
+
+@pytest.fixture
+def imagenet_folder(tmp_path):
+    """A private copy of 8 ImageNet sample photos (the pipeline never writes beside its sources)."""
+    src = require_shared("data", "imagenet-sample")
+    d = tmp_path / "imagenet"
+    d.mkdir()
+    for p in sorted(src.iterdir())[::125]:
+        shutil.copy(p, d / p.name)
+    return d
+
+
+def classification_run(folder, out, labelers, **kw):
+    from imutility.datasets import ClassificationDataset
+
+    ds = ClassificationDataset.from_folder(folder)
+    return run_labelling("classification", sources_from_classification(ds), LEVELS, labelers, out,
+                         progress=False, **kw)
+
+
+def test_classification_labels_follow_the_equations(imagenet_folder, tmp_path, tflite_pair):
+    rep = classification_run(imagenet_folder, tmp_path / "out", tflite_pair)
+    t = pd.read_parquet(rep.table)
+    assert len(t) == 8 * 3 == rep.n_rows and not rep.errors
+    for name in ("mobilenet_v2", "mobilenet_v1_075"):
+        expected = classification_label(t[f"{name}.pristine_pred"], t[f"{name}.pred"], t["target"], t[f"{name}.ccsp"])
+        np.testing.assert_array_equal(t[f"{name}.label"].to_numpy(), expected)
+        np.testing.assert_allclose(t[f"{name}.utility"], confidence_utility(t[f"{name}.ccsp"], t[f"{name}.phi_ref"]))
+        assert (t[f"{name}.top5"].map(lambda x: x[0]) == t[f"{name}.pred"]).all()
+    both = t[["mobilenet_v2.label", "mobilenet_v1_075.label"]].to_numpy()
+    agree = (both[:, 0] == both[:, 1])
+    np.testing.assert_array_equal(np.where(agree, both[:, 0], np.nan), t["label"].to_numpy())
+    by_level = t.groupby("level")["utility_mean"].mean()
+    assert by_level[90.0] > by_level[12.0] > by_level[2.0]  # utility falls with quality
+    assert (t.groupby("level")["bpp"].mean().diff().dropna() > 0).all()
+    for p in t["path"]:
+        assert (tmp_path / "out" / p).read_bytes()[:2] == b"\xff\xd8"
+    counts = pd.read_csv(tmp_path / "out" / "counts.csv")
+    assert set(counts["labeler"]) == {"mobilenet_v2", "mobilenet_v1_075", "combined"}
+    assert (counts["useful"] + counts["non_useful"] + counts["excluded"] == counts["n"]).all()
+    assert (tmp_path / "out" / "utility_by_level.png").stat().st_size > 10_000
+
+
+def test_relabel_needs_no_model(imagenet_folder, tmp_path, tflite_pair, monkeypatch):
+    out = tmp_path / "out"
+    classification_run(imagenet_folder, out, tflite_pair)
+    before = pd.read_parquet(out / "labels.parquet")
+    monkeypatch.setattr(zoo, "get_labeler", lambda *a, **k: pytest.fail("relabel must not build a model"))
+    t0 = time.perf_counter()
+    loose = relabel(out, Thresholds(th=0.5, tl=0.3))
+    assert time.perf_counter() - t0 < 10
+    assert (loose["mobilenet_v2.label"] == 1).sum() >= (before["mobilenet_v2.label"] == 1).sum()
+    assert main(["relabel", str(out)]) == 0  # back to the paper's thresholds: the original table
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "labels.parquet"), before)
+
+
+def test_rerun_with_other_labelers_is_refused(imagenet_folder, tmp_path, tflite_pair):
+    classification_run(imagenet_folder, tmp_path / "out", tflite_pair[:1])
+    with pytest.raises(LabellingConfigError, match="labelers"):
+        classification_run(imagenet_folder, tmp_path / "out", tflite_pair)
+
+
+def test_kill_dash_9_then_resume_equals_uninterrupted_run(imagenet_folder, tmp_path):
+    require_shared("models")
+    args = ["--task", "classification", "--data", str(imagenet_folder), "--labelers", "mobilenet_v2,squeezenet1_1",
+            "-d", "jpeg:q=3", "-d", "jpeg:q=20", "--chunk", "1", "--no-progress"]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "imutility", "label", str(out), *args],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "cache" / "mobilenet_v2.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (journal.exists() and journal.read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 3 <= journal.read_text().count("\n") < 8, "killed too late to test resumption"
+    assert not (out / "labels.parquet").exists()
+    assert main(["label", str(out), *args]) == 0
+    ref = tmp_path / "reference"
+    assert main(["label", str(ref), *args]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "labels.parquet"), pd.read_parquet(ref / "labels.parquet"))
+
+
+def test_bad_images_are_reported_and_skipped(imagenet_folder, tmp_path, tflite_pair, capsys):
+    (imagenet_folder / "n01443537_broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (imagenet_folder / "n01484850_empty.JPEG").write_bytes(b"")
+    rep = classification_run(imagenet_folder, tmp_path / "out", tflite_pair)
+    assert sorted(k for k, _ in rep.errors) == ["n01443537_broken.JPEG", "n01484850_empty.JPEG"]
+    assert rep.n_rows == 8 * 3
+    rc = main(["label", str(tmp_path / "cli"), "--task", "classification", "--data", str(imagenet_folder),
+               "--labelers", "mobilenet_v2", "-d", "jpeg:q=10", "--no-progress"])
+    assert rc == EXIT_SKIPPED
+    assert "skipped n01484850_empty.JPEG" in capsys.readouterr().err
+
+
+def test_a_failing_labeler_loses_only_its_own_outputs(imagenet_folder, tmp_path, tflite_pair):
+    class Fragile:
+        """Wraps a real labeler and fails on any batch holding a 1-pixel-wide image."""
+
+        def __init__(self, inner):
+            self.inner, self.name, self.task = inner, "fragile", inner.task
+
+        def __call__(self, images):
+            if any(im.width == 1 for im in images):
+                raise RuntimeError("cannot handle 1-pixel images")
+            return self.inner(images)
+
+    natural_image(1, 300).save(imagenet_folder / "n01440764_thin.png")
+    rep = classification_run(imagenet_folder, tmp_path / "out", [Fragile(tflite_pair[0]), tflite_pair[1]])
+    assert rep.labeler_errors == 4  # pristine + 3 levels of the thin image
+    t = pd.read_parquet(rep.table)
+    thin = t["key"] == "n01440764_thin.png"
+    assert t.loc[thin, "fragile.label"].isna().all() and t.loc[thin, "fragile.ccsp"].isna().all()
+    assert t.loc[thin, "mobilenet_v1_075.ccsp"].notna().all()
+    assert t.loc[~thin, "fragile.ccsp"].notna().all()
+
+
+def test_balancing_adds_relabelled_augmented_copies(imagenet_folder, tmp_path, tflite_pair):
+    rep = classification_run(imagenet_folder, tmp_path / "out", tflite_pair[:1], balance=True)
+    t = pd.read_parquet(rep.table)
+    aug = t[t["augment"].notna()]
+    assert rep.n_augmented == len(aug) > 0
+    base = t[t["augment"].isna()]
+    assert len(aug) <= (base["label"] == 1).sum() - (base["label"] == 0).sum()
+    zero_pairs = set(map(tuple, base.loc[base["label"] == 0, ["source", "distortion"]].to_numpy()))
+    assert set(map(tuple, aug[["source", "distortion"]].to_numpy())) <= zero_pairs
+    assert aug["mobilenet_v2.ccsp"].notna().all()  # measured by the model, not copied
+
+
+def test_augmentations_move_boxes_with_pixels():
+    img = natural_image(100, 50)
+    boxes = np.array([[10.0, 5, 30, 25]])
+    flipped, fb = apply_augment(img, boxes, "flip")
+    np.testing.assert_allclose(fb, [[70, 5, 90, 25]])
+    assert np.array_equal(np.asarray(flipped)[:, ::-1], np.asarray(img))
+    cropped, cb = apply_augment(img, boxes, "crop:0.5:3")
+    assert cropped.size == (50, 25)
+    assert (cb >= 0).all() and (cb[:, 2] <= 50).all()
+
+
+def test_detection_labels_follow_eq6(tmp_path):
+    from imutility.datasets import CocoDetectionDataset
+
+    require_shared("models")
+    ds = CocoDetectionDataset.from_json(require_shared("data", "coco2017-val128", "instances.json"))
+    sources = sources_from_coco(ds)[:4]
+    labs = [zoo.get_labeler("yolox_nano"), zoo.get_labeler("fastestdet")]
+    rep = run_labelling("detection", sources, LEVELS, labs, tmp_path / "out", progress=False)
+    t = pd.read_parquet(rep.table)
+    assert len(t) == 12
+    cache = {}
+    for line in (tmp_path / "out" / "cache" / "yolox_nano.jsonl").read_text().splitlines():
+        for r in json.loads(line)["records"]:
+            cache[(r["k"], r["d"])] = {"boxes": np.asarray(r["b"]).reshape(-1, 4), "labels": np.asarray(r["l"]),
+                                       "scores": np.asarray(r["s"])}
+    by_key = {s.key: s for s in sources}
+    for _, row in t.iterrows():
+        s = by_key[row["key"]]
+        gt_b, gt_l = np.asarray(s.boxes).reshape(-1, 4), np.asarray(s.labels)
+        want = detection_label(gt_b, gt_l, cache[(s.key, "pristine")], cache[(s.key, row["distortion"])])
+        got = row["yolox_nano.label"]
+        assert (math.isnan(want) and math.isnan(got)) or want == got
+        assert len(row["yolox_nano.phi_g"]) == row["n_gt"] == len(row["yolox_nano.iou_g"])
+    assert t.groupby("level")["yolox_nano.found"].mean()[90.0] >= t.groupby("level")["yolox_nano.found"].mean()[2.0]
+
+
+def test_build_table_is_deterministic(imagenet_folder, tmp_path, tflite_pair):
+    out = tmp_path / "out"
+    classification_run(imagenet_folder, out, tflite_pair[:1])
+    pd.testing.assert_frame_equal(build_table(out), build_table(out))
+    pd.testing.assert_frame_equal(build_table(out), pd.read_parquet(out / "labels.parquet"))
+
+
+# ---------------------------------------------------------------------------------- full-reference measure
+def test_measure_identical_and_compressed_pairs(tflite_pair):
+    from imutility.distort import JPEG
+    from imutility.images import load_image
+    from imutility.measure import measure_pairs
+
+    img = load_image(require_shared("data", "photos", "parrot.jpg"))
+    bad = JPEG(2)(img).image
+    same, worse = measure_pairs([img, img], [img, bad], tflite_pair, op="mean")
+    for name, u in same.per_labeler.items():
+        phi_ref = same.details[name]["phi_ref"]
+        assert u == pytest.approx((phi_ref - 0.5) / (1 - phi_ref + 0.5), abs=1e-9)  # Eq. 2 at phi = phi'
+        assert worse.per_labeler[name] < u
+    assert same.combined == pytest.approx(np.mean(list(same.per_labeler.values())))
+
+
+def test_measure_cli_on_folders(tmp_path, capsys):
+    require_shared("models")
+    photos = require_shared("data", "photos")
+    assert main(["distort", str(photos), str(tmp_path / "d"), "-d", "jpeg:q=5", "--no-progress"]) == 0
+    rc = main(["measure", str(photos), str(tmp_path / "d" / "jpeg_q5"), "--task", "detection",
+               "--labelers", "yolox_nano,fastestdet", "--op", "min", "--json"])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert len(lines) == 6
+    for r in lines:
+        vals = [v for v in r["per_labeler"].values() if not math.isnan(v)]
+        if vals:
+            assert r["combined"] == pytest.approx(min(vals))
