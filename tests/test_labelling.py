@@ -241,3 +241,23 @@ def test_measure_cli_on_folders(tmp_path, capsys):
         vals = [v for v in r["per_labeler"].values() if not math.isnan(v)]
         if vals:
             assert r["combined"] == pytest.approx(min(vals))
+
+
+def test_coco_images_missing_or_unannotated_are_reported(tmp_path, capsys):
+    require_shared("models")
+    (tmp_path / "images").mkdir()
+    natural_image(120, 90).save(tmp_path / "images" / "a.jpg")
+    natural_image(120, 90).save(tmp_path / "images" / "stray.jpg")  # on disk, not in the json
+    js = tmp_path / "instances.json"
+    js.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 120, "height": 90},
+                   {"id": 2, "file_name": "gone.jpg", "width": 10, "height": 10}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 18, "bbox": [10, 10, 50, 40], "area": 2000,
+                         "iscrowd": 0}],
+        "categories": [{"id": 18, "name": "dog"}]}))
+    rc = main(["label", str(tmp_path / "out"), "--task", "detection", "--data", str(js), "--labelers", "fastestdet",
+               "-d", "jpeg:q=10", "--no-progress"])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "gone.jpg: listed in" in err and "stray.jpg: not in the annotations" in err
+    assert len(pd.read_parquet(tmp_path / "out" / "labels.parquet")) == 1

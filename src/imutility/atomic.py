@@ -50,6 +50,25 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldn
     write_text(path, buf.getvalue())
 
 
+class ConfigMismatchError(RuntimeError):
+    """A folder holds a run made with other settings; resuming into it would mix two runs."""
+
+
+def check_or_write_config(path: str | os.PathLike, config: Mapping[str, Any]) -> None:
+    """Record a run's settings, or refuse to resume a run whose recorded settings differ."""
+    path = Path(path)
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is not None and old != dict(config):
+            diff = [k for k in config if old.get(k) != config[k]]
+            raise ConfigMismatchError(f"{path.parent} already holds a run with different {', '.join(diff)}; "
+                                      "choose another output folder or delete it to start over")
+    write_json(path, dict(config))
+
+
 class Journal:
     """An append-only JSON-lines log of finished work, the record a rerun resumes from.
 

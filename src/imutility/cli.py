@@ -304,14 +304,12 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, as_json, models) -
 
 def _library_call(fn, *args, **kwargs):
     """Turn the library's expected errors into one clean CLI error line."""
-    from imutility.distort_folder import RunMismatchError
-    from imutility.labelling import LabellingConfigError
+    from imutility.atomic import ConfigMismatchError
     from imutility.zoo.weights import WeightsError
 
     try:
         return fn(*args, **kwargs)
-    except (ValueError, KeyError, FileNotFoundError, RunMismatchError, LabellingConfigError, WeightsError,
-            ImportError) as e:
+    except (ValueError, KeyError, FileNotFoundError, ConfigMismatchError, WeightsError, ImportError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
 
 

@@ -32,8 +32,7 @@ STATE_DIR = ".imutility"
 EXIT_SKIPPED = 3
 
 
-class RunMismatchError(RuntimeError):
-    """OUT holds a run made with other settings; resuming into it would mix two sweeps."""
+RunMismatchError = atomic.ConfigMismatchError  # OUT holds a sweep made with other settings
 
 
 @dataclass
@@ -102,7 +101,7 @@ def distort_folder(src: str | os.PathLike, out: str | os.PathLike, distortions: 
 
     state = out / STATE_DIR
     config = {"source": str(src.resolve()), "distortions": specs, "seed": seed}
-    _check_or_write_config(state / "config.json", config)
+    atomic.check_or_write_config(state / "config.json", config)
 
     journal = atomic.Journal(state / "journal.jsonl")
     done = {r["source"]: r for r in journal.read() if r.get("ok")
@@ -146,22 +145,6 @@ def _run(todo: list[tuple], n_workers: int):
     ctx = mp.get_context("spawn")
     with ctx.Pool(n_workers) as pool:
         yield from pool.imap_unordered(_process_source, todo, chunksize=4)
-
-
-def _check_or_write_config(path: Path, config: dict) -> None:
-    import json
-
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            old = None
-        if old is not None and old != config:
-            diff = [k for k in config if old.get(k) != config[k]]
-            raise RunMismatchError(
-                f"{path.parent.parent} already holds a run with different {', '.join(diff)}; "
-                "choose another output folder or delete it to start over")
-    atomic.write_json(path, config)
 
 
 def _progress(total: int, initial: int, enabled: bool):

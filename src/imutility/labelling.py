@@ -49,8 +49,7 @@ PRISTINE = "pristine"
 TOPK = 5
 
 
-class LabellingConfigError(RuntimeError):
-    """OUT holds a labelling run with other settings."""
+LabellingConfigError = atomic.ConfigMismatchError  # OUT holds a labelling run with other settings
 
 
 @dataclass(frozen=True)
@@ -235,7 +234,7 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
     specs = {d.spec: d for d in distortions}
     config = {"task": task, "dataset": dataset, "labelers": [lab.name for lab in labelers],
               "distortions": list(specs), "seed": seed}
-    _check_config(out / "config.json", config)
+    atomic.check_or_write_config(out / "config.json", config)
     sources = list(sources)
     _write_sources(out, sources)
 
@@ -310,16 +309,6 @@ def _process(sources: list[Source], specs: dict[str, Distortion], labelers: Sequ
         for j in (meta_journal, *journals.values()):
             j.close()
     return errors, lab_err
-
-
-def _check_config(path: Path, config: dict) -> None:
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old != config:
-            diff = [k for k in config if old.get(k) != config[k]]
-            raise LabellingConfigError(f"{path.parent} holds a labelling run with different {', '.join(diff)}; "
-                                       "use another output folder")
-    atomic.write_json(path, config)
 
 
 def _write_sources(out: Path, sources: Sequence[Source]) -> None:
