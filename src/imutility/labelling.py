@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -283,7 +282,6 @@ def _process(sources: list[Source], specs: dict[str, Distortion], labelers: Sequ
     # Images for chunk k+1 are read and distorted in a thread while the labelers run on chunk k
     # (Pillow releases the GIL in its codecs, the labelers use both cores).
     pool = ThreadPoolExecutor(max_workers=1)
-    lock = threading.Lock()
     try:
         pending: Future | None = pool.submit(_prepare_chunk, todo[0], specs, out, seed) if todo else None
         for i, chunk_sources in enumerate(todo):
@@ -294,9 +292,8 @@ def _process(sources: list[Source], specs: dict[str, Distortion], labelers: Sequ
                     continue
                 recs, n_failed = _records(lab, chunk, targets)
                 lab_err += n_failed
-                with lock:
-                    journals[lab.name].append({"records": recs})
-                    cached[lab.name].update({(r["k"], r["d"]): r for r in recs})
+                journals[lab.name].append({"records": recs})
+                cached[lab.name].update({(r["k"], r["d"]): r for r in recs})
             meta_journal.append({"records": chunk.meta, "errors": chunk.errors})
             for e in chunk.errors:
                 errors.append((e["k"], e["error"]))

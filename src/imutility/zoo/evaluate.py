@@ -30,6 +30,18 @@ def _batches(items: Sequence, size: int) -> Iterable[Sequence]:
         yield items[i:i + size]
 
 
+def _load_batch(samples: Sequence) -> tuple[list, list, list[tuple[str, str]]]:
+    """(readable samples, their images, (key, reason) of the unreadable ones)."""
+    ok, imgs, skipped = [], [], []
+    for s in samples:
+        try:
+            imgs.append(load_image(s.path))
+            ok.append(s)
+        except ImageLoadError as e:
+            skipped.append((s.key, e.reason))
+    return ok, imgs, skipped
+
+
 def classification_accuracy(classifier: Classifier, dataset: ClassificationDataset, batch_size: int = 32,
                             progress: bool = False) -> ClassificationScore:
     """Top-1 / top-5 of a classifier on a labelled folder; unreadable images are skipped and listed."""
@@ -39,17 +51,12 @@ def classification_accuracy(classifier: Classifier, dataset: ClassificationDatas
     skipped: list[tuple[str, str]] = []
     bar = tqdm(total=len(dataset), disable=not progress, desc=classifier.name, unit="img")
     for chunk in _batches(dataset.samples, batch_size):
-        imgs, targets = [], []
-        for s in chunk:
-            try:
-                imgs.append(load_image(s.path))
-                targets.append(s.target)
-            except ImageLoadError as e:
-                skipped.append((s.key, e.reason))
+        ok, imgs, bad = _load_batch(chunk)
+        skipped += bad
         if imgs:
             probs = classifier(imgs)
             top5 = np.argsort(-probs, axis=1)[:, :5]
-            t = np.asarray(targets)
+            t = np.asarray([s.target for s in ok])
             hits1 += int((top5[:, 0] == t).sum())
             hits5 += int((top5 == t[:, None]).any(1).sum())
             n += len(t)
@@ -92,13 +99,7 @@ def detection_map(detector: Detector, dataset: CocoDetectionDataset, batch_size:
     results: dict[int, Detections] = {}
     bar = tqdm(total=len(dataset), disable=not progress, desc=detector.name, unit="img")
     for chunk in _batches(dataset.samples, batch_size):
-        ok, imgs = [], []
-        for s in chunk:
-            try:
-                imgs.append(load_image(s.path))
-                ok.append(s)
-            except ImageLoadError:
-                continue
+        ok, imgs, _ = _load_batch(chunk)
         for s, det in zip(ok, detector(imgs), strict=True):
             results[s.image_id] = det
         bar.update(len(chunk))

@@ -49,8 +49,6 @@ class TorchClassifier(Classifier):
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.batch_size = spec.options.get("batch_size", 32)
-        if self.device.type == "cpu":
-            torch.set_num_threads(default_threads())
 
     @torch.inference_mode()
     def _forward(self, batch: np.ndarray) -> np.ndarray:
@@ -109,8 +107,6 @@ class TorchvisionDetector(Detector):
         self.batch_size = spec.options.get("batch_size", 4)
         self.score_threshold = spec.options.get("score_threshold", 0.05) if score_threshold is None \
             else score_threshold
-        if self.device.type == "cpu":
-            torch.set_num_threads(default_threads())
 
     @torch.inference_mode()
     def _detect(self, images: Sequence[Image.Image]) -> list[Detections]:
