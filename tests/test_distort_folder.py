@@ -124,3 +124,12 @@ def test_kill_dash_9_then_resume_equals_uninterrupted_run(tmp_path):
     for r in read_csv(ref / "manifest.csv"):
         assert (out / r["path"]).read_bytes() == (ref / r["path"]).read_bytes()
     assert not list(out.rglob("*.tmp"))
+
+
+def test_outputs_get_the_usual_file_mode(tmp_path):
+    from imutility import atomic
+
+    atomic.write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask

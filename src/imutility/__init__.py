@@ -27,6 +27,7 @@ _LAZY = {
     "get_preset": "imutility.distort",
     "list_presets": "imutility.distort",
     "parse_distortion": "imutility.distort",
+    "Predictor": "imutility.predictor",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -12,6 +12,16 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: mkstemp creates files readable by their owner only; atomic outputs get the usual mode instead
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
     """Write to a temporary file in the same folder, then rename over ``path``.
 
@@ -22,6 +32,7 @@ def write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if durable:

