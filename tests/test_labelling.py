@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -261,3 +262,42 @@ def test_coco_images_missing_or_unannotated_are_reported(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gone.jpg: listed in" in err and "stray.jpg: not in the annotations" in err
     assert len(pd.read_parquet(tmp_path / "out" / "labels.parquet")) == 1
+
+
+def test_measure_with_ground_truth(tmp_path, capsys):
+    require_shared("models")
+    photos = require_shared("data", "photos")
+    pristine = tmp_path / "p"
+    pristine.mkdir()
+    for name in ("parrot.jpg", "dog.jpg"):
+        shutil.copy(photos / name, pristine / name)
+    assert main(["distort", str(pristine), str(tmp_path / "d"), "-d", "jpeg:q=3", "--no-progress"]) == 0
+    gt = tmp_path / "gt.txt"
+    gt.write_text("parrot.jpg 88\n")  # macaw; dog.jpg has no entry
+    rc = main(["measure", str(pristine), str(tmp_path / "d" / "jpeg_q3"), "--task", "classification",
+               "--labelers", "mobilenet_v2", "--labels-file", str(gt), "--json"])
+    cap = capsys.readouterr()
+    assert rc == EXIT_SKIPPED and "dog.jpg: no ground truth" in cap.err
+    (r,) = [json.loads(x) for x in cap.out.splitlines() if x.startswith("{")]
+    assert r["details"]["mobilenet_v2"]["reference_class"] == 88
+
+
+def test_measure_with_coco_annotations(tmp_path, capsys):
+    require_shared("models")
+    coco = require_shared("data", "coco2017-val128")
+    pristine = tmp_path / "p"
+    pristine.mkdir()
+    names = sorted(p.name for p in (coco / "images").iterdir())[:2]
+    for n in names:
+        shutil.copy(coco / "images" / n, pristine / n)
+    assert main(["distort", str(pristine), str(tmp_path / "d"), "-d", "jpeg:q=50", "--no-progress"]) == 0
+    rc = main(["measure", str(pristine), str(tmp_path / "d" / "jpeg_q50"), "--task", "detection",
+               "--labelers", "yolox_nano", "--annotations", str(coco / "instances.json"), "--json"])
+    assert rc == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert len(rows) == 2
+    from imutility.measure import coco_annotations_by_file
+
+    ann = coco_annotations_by_file(coco / "instances.json")
+    for r in rows:
+        assert r["details"]["yolox_nano"]["n_reference"] == len(ann[Path(r["pristine"]).name]["labels"])

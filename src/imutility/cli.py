@@ -277,18 +277,26 @@ def relabel(out, th, tl, phi_rec, det_score, det_iou, require_pristine_hit) -> N
 @click.option("--op", type=click.Choice(["mean", "max", "min", "majority", "unanimous"]), default="mean",
               show_default=True, help="Operator combining the labelers (Eq. 3).")
 @click.option("--phi-rec", type=float, default=0.5, show_default=True)
+@click.option("--labels-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Classification ground truth ('file_name class' lines) instead of the pristine predictions.")
+@click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Detection ground truth (COCO json) instead of the pristine detections.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per pair).")
 @_models_option
-def measure(pristine, distorted, task, labelers, op, phi_rec, as_json, models) -> int:
+def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annotations, as_json, models) -> int:
     """Full-reference utility (Eq. 2-4) of DISTORTED against PRISTINE: two images or two parallel folders."""
     import json
 
     from imutility import zoo as z
-    from imutility.measure import measure_paths
+    from imutility.datasets import imagenet_synset_index, read_label_table
+    from imutility.measure import coco_annotations_by_file, measure_paths
 
     names = (labelers or DEFAULT_LABELERS[task]).split(",")
     labs = [_library_call(z.get_labeler, n.strip(), models=models) for n in names]
-    results, errors = _library_call(measure_paths, pristine, distorted, labs, op=op, phi_rec=phi_rec)
+    targets = _library_call(read_label_table, Path(labels_file), imagenet_synset_index()) if labels_file else None
+    ann = _library_call(coco_annotations_by_file, annotations) if annotations else None
+    results, errors = _library_call(measure_paths, pristine, distorted, labs, op=op, phi_rec=phi_rec,
+                                    targets=targets, annotations=ann)
     for path, reason in errors:
         click.echo(f"skipped {path}: {reason}", err=True)
     if as_json:
@@ -413,8 +421,6 @@ def predict(paths, model, fmt, output, batch_size, runtime) -> int:
 @click.option("--batch-size", default=32, show_default=True)
 def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size) -> int:
     """Copy the images of SRC predicted useful into OUT (and report the rest in OUT/filter.csv)."""
-    import shutil
-
     from imutility import atomic
 
     pred = _load_predictor(model)
@@ -436,9 +442,7 @@ def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size) 
             decision, kept = "kept", kept + 1
         elif rel.with_suffix("").as_posix() in pristine:
             p = pristine[rel.with_suffix("").as_posix()]
-            dest = out_p / rel.with_suffix(p.suffix)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(p, dest)
+            atomic.write_bytes(out_p / rel.with_suffix(p.suffix), p.read_bytes(), durable=False)
             decision, replaced = "replaced with pristine", replaced + 1
         else:
             decision = "filtered out"

@@ -77,7 +77,7 @@ class ClassificationDataset:
         files = list_images(root)
         index = imagenet_synset_index()
         if labels_file is not None:
-            table = _read_label_table(Path(labels_file), index)
+            table = read_label_table(Path(labels_file), index)
             how, lookup = f"labels file {labels_file}", lambda p: table.get(p.name, table.get(_rel(p, root)))
         elif _has_class_subfolders(files, root):
             how, lookup = "class sub-folders", lambda p: _class_from_token(p.relative_to(root).parts[0], index)
@@ -132,7 +132,8 @@ def _class_from_token(token: str, index: dict[str, int]) -> int | None:
     return None
 
 
-def _read_label_table(path: Path, index: dict[str, int]) -> dict[str, int]:
+def read_label_table(path: Path, index: dict[str, int]) -> dict[str, int]:
+    """``file_name -> class index`` from CSV/TSV/whitespace lines; classes as indices or synset ids."""
     if not path.exists():
         raise FileNotFoundError(f"labels file not found: {path}")
     table: dict[str, int] = {}
@@ -190,17 +191,9 @@ class CocoDetectionDataset:
     @classmethod
     def from_json(cls, annotation_file: str | os.PathLike, images_dir: str | os.PathLike | None = None
                   ) -> CocoDetectionDataset:
-        import contextlib
-        import io
-
-        from pycocotools.coco import COCO
-
         ann = Path(annotation_file)
-        if not ann.exists():
-            raise FileNotFoundError(f"annotation file not found: {ann}")
         img_dir = Path(images_dir) if images_dir is not None else ann.parent / "images"
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO(str(ann))
+        coco = read_coco(ann)
         cats = {c["id"]: c["name"] for c in coco.loadCats(coco.getCatIds())}
         samples, missing = [], []
         for img_id in sorted(coco.getImgIds()):
@@ -209,20 +202,9 @@ class CocoDetectionDataset:
             if not path.exists():
                 missing.append(path)
                 continue
-            anns = coco.loadAnns(coco.getAnnIds(imgIds=img_id))
-            boxes, labels, crowd = [], [], []
-            for a in anns:
-                x, y, w, h = a["bbox"]
-                if w <= 0 or h <= 0:
-                    continue
-                (crowd if a.get("iscrowd", 0) else boxes).append([x, y, x + w, y + h])
-                if not a.get("iscrowd", 0):
-                    labels.append(a["category_id"])
-            samples.append(DetectionSample(
-                path=path, key=info["file_name"], image_id=img_id, width=info["width"], height=info["height"],
-                boxes=np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
-                labels=np.asarray(labels, dtype=np.int64),
-                crowd_boxes=np.asarray(crowd, dtype=np.float64).reshape(-1, 4)))
+            boxes, labels, crowd = coco_ground_truth(coco, img_id)
+            samples.append(DetectionSample(path=path, key=info["file_name"], image_id=img_id, width=info["width"],
+                                           height=info["height"], boxes=boxes, labels=labels, crowd_boxes=crowd))
         listed = {s.path.resolve() for s in samples} | {p.resolve() for p in missing}
         unannotated = [p for p in list_images(img_dir) if p.resolve() not in listed] if img_dir.is_dir() else []
         return cls(annotation_file=ann, images_dir=img_dir, samples=samples, categories=cats, missing=missing,
@@ -236,3 +218,33 @@ class CocoDetectionDataset:
 
     def __getitem__(self, i: int) -> DetectionSample:
         return self.samples[i]
+
+
+def read_coco(annotation_file: str | os.PathLike):
+    """A pycocotools COCO object, without its console chatter."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    ann = Path(annotation_file)
+    if not ann.exists():
+        raise FileNotFoundError(f"annotation file not found: {ann}")
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(str(ann))
+
+
+def coco_ground_truth(coco, img_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(boxes xyxy, official category ids, crowd boxes) of one image; degenerate boxes dropped."""
+    boxes, labels, crowd = [], [], []
+    for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id)):
+        x, y, w, h = a["bbox"]
+        if w <= 0 or h <= 0:
+            continue
+        if a.get("iscrowd", 0):
+            crowd.append([x, y, x + w, y + h])
+        else:
+            boxes.append([x, y, x + w, y + h])
+            labels.append(a["category_id"])
+    return (np.asarray(boxes, dtype=np.float64).reshape(-1, 4), np.asarray(labels, dtype=np.int64),
+            np.asarray(crowd, dtype=np.float64).reshape(-1, 4))

@@ -104,23 +104,50 @@ def pair_paths(pristine: str | Path, distorted: str | Path) -> list[tuple[Path, 
 
 
 def measure_paths(pristine: str | Path, distorted: str | Path, labelers: Sequence[Labeler], op: str = "mean",
-                  phi_rec: float = 0.5, batch: int = 16) -> tuple[list[PairUtility], list[tuple[str, str]]]:
-    """:func:`measure_pairs` over files or parallel folders; unreadable pairs are returned as errors."""
+                  phi_rec: float = 0.5, batch: int = 16, targets: dict[str, int] | None = None,
+                  annotations: dict[str, dict] | None = None) -> tuple[list[PairUtility], list[tuple[str, str]]]:
+    """:func:`measure_pairs` over files or parallel folders; unreadable pairs are returned as errors.
+
+    ``targets`` (classification) and ``annotations`` (detection, ``{"boxes", "labels"}``) are keyed by the
+    pristine file's name; given one, a pair without ground truth is reported as an error, not guessed.
+    """
     from imutility.images import ImageLoadError
 
     results, errors = [], []
     pairs = pair_paths(pristine, distorted)
     for i in range(0, len(pairs), batch):
-        ok, a, b = [], [], []
+        ok, a, b, t, ann = [], [], [], [], []
         for pp, dp in pairs[i:i + batch]:
+            truth = targets if targets is not None else annotations
+            if truth is not None and pp.name not in truth:
+                errors.append((str(pp), "no ground truth for this file"))
+                continue
             try:
-                a.append(load_image(pp))
-                b.append(load_image(dp))
-                ok.append((str(pp), str(dp)))
+                img_a, img_b = load_image(pp), load_image(dp)
             except ImageLoadError as e:
                 errors.append((e.path or str(dp), e.reason))
-                if len(a) > len(b):
-                    a.pop()
+                continue
+            a.append(img_a)
+            b.append(img_b)
+            ok.append((str(pp), str(dp)))
+            if targets is not None:
+                t.append(targets[pp.name])
+            if annotations is not None:
+                ann.append(annotations[pp.name])
         if ok:
-            results += measure_pairs(a, b, labelers, op=op, phi_rec=phi_rec, names=ok)
+            results += measure_pairs(a, b, labelers, op=op, phi_rec=phi_rec, names=ok,
+                                     targets=t if targets is not None else None,
+                                     annotations=ann if annotations is not None else None)
     return results, errors
+
+
+def coco_annotations_by_file(annotation_file: str | Path) -> dict[str, dict]:
+    """``{file_name: {"boxes", "labels"}}`` for every image of a COCO json (crowd regions excluded)."""
+    from imutility.datasets import coco_ground_truth, read_coco
+
+    coco = read_coco(annotation_file)
+    out = {}
+    for img_id in coco.getImgIds():
+        boxes, labels, _ = coco_ground_truth(coco, img_id)
+        out[Path(coco.loadImgs(img_id)[0]["file_name"]).name] = {"boxes": boxes, "labels": labels}
+    return out
