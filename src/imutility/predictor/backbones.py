@@ -43,8 +43,8 @@ def _resnet18(num_outputs: int, pretrained: bool) -> tuple[nn.Module, str]:
             path = resolve(spec)
             load_into(model, load_state_dict_file(path), str(path))
             note = f"ImageNet weights from {path}"
-        except WeightsError as e:
-            note = f"random initialisation: {str(e).splitlines()[0]}"
+        except WeightsError:
+            note = f"random initialisation: no usable {spec.filename} in the torch cache ({spec.url})"
     model.fc = nn.Linear(model.fc.in_features, num_outputs)
     return model, note
 
