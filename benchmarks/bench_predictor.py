@@ -3,8 +3,9 @@
     python benchmarks/bench_predictor.py [--n 64]
 
 Every figure reads the same JPEG files from disk (decode included), batch 32, both cores, in this
-run. The ensemble baseline is the three default classification labelers run on those files; the
-predictor's cost ratio = its seconds / the ensemble's seconds (goal: at most 0.1). Backbones other
+run. Baselines: the three default classification labelers, and the paper's three classifiers
+(random weights: the cost does not depend on the values); cost ratio = predictor seconds / ensemble
+seconds (goal: at most 0.1). Backbones other
 than the shipped default are measured with random weights: the cost does not depend on the values.
 """
 
@@ -24,8 +25,8 @@ from imutility.predictor.backbones import create_backbone, get_backbone_spec
 from imutility.predictor.data import InputSpec
 
 
-def timed(fn) -> float:
-    fn()  # warm-up
+def timed(fn, warm=None) -> float:
+    (warm or fn)()  # warm-up
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -41,7 +42,13 @@ def main() -> None:
     ensemble = timed(lambda: [lab([load_image(f) for f in files]) for lab in labelers])
     print(f"{len(files)} JPEG files; ensemble baseline ({', '.join(lab.name for lab in labelers)}): "
           f"{ensemble:.2f} s = {len(files) / ensemble:.1f} img/s")
-    print(f"{'predictor':40s} {'img/s':>8s} {'cost vs ensemble':>17s}")
+    # The paper's ensemble costs the same with random weights (their files cannot be downloaded here).
+    paper = [zoo.get_labeler(n, pretrained=False) for n in ("inception_v3", "vgg19", "densenet121")]
+    paper_s = timed(lambda: [lab([load_image(f) for f in files]) for lab in paper],
+                    warm=lambda: [lab([load_image(files[0])]) for lab in paper])
+    print(f"paper's ensemble (inception_v3, vgg19, densenet121; PyTorch, random weights, same cost): "
+          f"{paper_s:.2f} s = {len(files) / paper_s:.1f} img/s")
+    print(f"{'predictor':40s} {'img/s':>8s} {'cost vs ensemble':>17s} {'vs paper ensemble':>18s}")
 
     default = Predictor.load("default")
     rows = [("default (" + default.card["backbone"] + ", PyTorch)", default)]
@@ -60,7 +67,7 @@ def main() -> None:
         rows.append((f"{name} (ONNX Runtime)", _onnx(p, name)))
     for label, pred in rows:
         t = timed(lambda pred=pred: list(pred.predict_paths(files, 32)))
-        print(f"{label:40s} {len(files) / t:8.1f} {t / ensemble:16.3f}x")
+        print(f"{label:40s} {len(files) / t:8.1f} {t / ensemble:16.3f}x {t / paper_s:17.3f}x")
 
 
 def _onnx(p: Predictor, name: str) -> Predictor:
