@@ -328,6 +328,7 @@ def balancing_sources(table, sources: Sequence[Source], max_per_sample: int = 5)
     if deficit <= 0 or not zeros:
         return []
     out: list[Source] = []
+    sizes: dict[str, tuple[int, int]] = {}  # each photo is decoded once, however many copies it gets
     for rnd in range(max_per_sample):
         for key, dist in zeros:
             if len(out) >= deficit:
@@ -336,7 +337,9 @@ def balancing_sources(table, sources: Sequence[Source], max_per_sample: int = 5)
             aug = _augment_specs(rnd)
             boxes = src.boxes
             if boxes is not None and src.labels is not None:
-                size = load_image(src.path).size  # EXIF-oriented, as the pipeline sees it
+                if key not in sizes:
+                    sizes[key] = load_image(src.path).size  # EXIF-oriented, as the pipeline sees it
+                size = sizes[key]
                 boxes = tuple(map(tuple, _augment_boxes(np.asarray(boxes), aug, size).round(2).tolist()))
             out.append(Source(key=f"{key}#{aug}@{dist}", path=src.path, target=src.target, boxes=boxes,
                               labels=src.labels, augment=aug, distortions=(dist,)))
