@@ -138,3 +138,12 @@ class Journal:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def write_parquet(path: str | os.PathLike, frame) -> None:
+    """A pandas DataFrame as Parquet, atomically (no index)."""
+    import io
+
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    write_bytes(path, buf.getvalue())

@@ -200,7 +200,7 @@ def label(out, task, data, labels_file, labelers, preset, specs, limit, balance,
 
     from imutility import labelling as lb
     from imutility import zoo as z
-    from imutility.datasets import ClassificationDataset, CocoDetectionDataset
+    from imutility.datasets import ClassificationDataset
     from imutility.distort import resolve_distortions
     from imutility.paths import shared_data
 
@@ -218,18 +218,10 @@ def label(out, task, data, labels_file, labelers, preset, specs, limit, balance,
         described.append(str(folder))
     else:
         jsons = list(data) or [shared_data(n) / "instances.json" for n in ("coco2017-val128", "coco2017-train128")]
-        for js in jsons:
-            ds = _library_call(CocoDetectionDataset.from_json, js)
-            for p in ds.missing:
-                click.echo(f"skipped {p}: listed in {js} but not on disk", err=True)
-            for p in ds.unannotated:
-                click.echo(f"skipped {p}: not in the annotations of {js}", err=True)
-            srcs = lb.sources_from_coco(ds)[:limit]
-            if len(jsons) > 1:
-                prefix = Path(js).parent.name
-                srcs = [lb.Source(key=f"{prefix}/{s.key}", path=s.path, boxes=s.boxes, labels=s.labels) for s in srcs]
-            sources += srcs
-            described.append(str(js))
+        sources, skipped = _library_call(lb.sources_from_coco_files, jsons, limit)
+        for line in skipped:
+            click.echo(f"skipped {line}", err=True)
+        described += [str(js) for js in jsons]
     report = _library_call(
         lb.run_labelling, task, sources, distortions, labs, out, dataset=";".join(described), seed=seed,
         thresholds=_thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit), chunk_size=chunk,
@@ -468,6 +460,59 @@ def export(model, onnx_path) -> None:
     pred.use_onnx_runtime(path)
     diff = float(np.abs(pred._run(x) - ref).max())
     click.echo(f"wrote {path} (ONNX Runtime vs PyTorch: max |diff| {diff:.1e})")
+
+
+@cli.command()
+@click.option("--config", "config_name", default="quick", show_default=True,
+              help="A built-in study config (quick, offline, paper) or a TOML file.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Output folder [default: out/reproduce-<config>].")
+@click.option("--from", "from_stage", type=click.Choice(["label", "train", "evaluate", "baselines", "report"]),
+              default=None, help="Redo this stage and every later one (earlier finished stages are kept).")
+@click.option("--until", type=click.Choice(["label", "train", "evaluate", "baselines", "report"]), default=None,
+              help="Stop after this stage.")
+@click.option("--shared", type=click.Path(file_okay=False), default=None, envvar="IMUTILITY_SHARED",
+              help="The shared folder whose data/ the config names [default: ../shared].")
+@_models_option
+@click.option("--device", default="cpu", show_default=True, help="Torch device for networks and training.")
+@click.option("--workers", type=int, default=None, help="Processes for the image-quality baselines [default: CPUs].")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--list-configs", is_flag=True, help="List the built-in configs and exit.")
+def reproduce(config_name, out, from_stage, until, shared, models, device, workers, no_progress, list_configs) -> int:
+    """Run the paper's study end to end: labels, predictors, Tables I-IV, Figs. 1-2 -> OUT/report.md + results.json.
+
+    Stages are cached: a rerun skips finished ones, an interrupted one resumes. Needs the networks of the
+    config (the `paper` config needs the torchvision weight files; nothing is downloaded).
+    """
+    import os
+    import time
+
+    from imutility.reproduce.config import ConfigError, load_config
+    from imutility.reproduce.config import list_configs as builtin_configs
+    from imutility.reproduce.pipeline import NetworkUnavailableError, Study, run_study
+
+    if list_configs:
+        for name in builtin_configs():
+            click.echo(f"{name:10s} {load_config(name).description}")
+        return EXIT_OK
+    try:
+        cfg = load_config(config_name)
+    except (ConfigError, KeyError) as e:
+        raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) else str(e)) from e
+    out = Path(out or f"out/reproduce-{cfg.name}")
+    study = Study(config=cfg, out=out, shared=Path(shared) if shared else None,
+                  models=Path(models) if models else None, device=device,
+                  workers=workers or os.cpu_count() or 1, progress=not no_progress,
+                  log=lambda m: click.echo(m, err=True))
+    t0 = time.perf_counter()
+    try:
+        done = _library_call(run_study, study, from_stage, until)
+    except NetworkUnavailableError as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"{', '.join(f'{k} {v}' for k, v in done.items())} in {time.perf_counter() - t0:.0f} s")
+    if (out / "report.md").is_file() and "report" in done:
+        click.echo(f"report: {out / 'report.md'} (results: {out / 'results.json'})")
+    return EXIT_OK
 
 
 def _library_call(fn, *args, **kwargs):

@@ -96,6 +96,25 @@ def sources_from_coco(dataset) -> list[Source]:
                    labels=tuple(int(x) for x in s.labels)) for s in dataset]
 
 
+def sources_from_coco_files(annotation_files: Sequence[str | os.PathLike], limit: int | None = None
+                            ) -> tuple[list[Source], list[str]]:
+    """Sources of one or more COCO sets (keys prefixed by the set's folder when several) and what was skipped."""
+    from imutility.datasets import CocoDetectionDataset
+
+    sources: list[Source] = []
+    skipped: list[str] = []
+    for js in annotation_files:
+        ds = CocoDetectionDataset.from_json(js)
+        skipped += [f"{p}: listed in {js} but not on disk" for p in ds.missing]
+        skipped += [f"{p}: not in the annotations of {js}" for p in ds.unannotated]
+        srcs = sources_from_coco(ds)[:limit]
+        if len(annotation_files) > 1:
+            prefix = Path(js).parent.name
+            srcs = [Source(key=f"{prefix}/{s.key}", path=s.path, boxes=s.boxes, labels=s.labels) for s in srcs]
+        sources += srcs
+    return sources, skipped
+
+
 # --------------------------------------------------------------------------------------------- augmentation
 def apply_augment(img: Image.Image, boxes: np.ndarray | None, spec: str | None
                   ) -> tuple[Image.Image, np.ndarray | None]:
@@ -209,6 +228,15 @@ def _records(labeler, chunk: _Chunk, targets: dict[str, int | None]) -> tuple[li
             recs.append({"k": key, "d": dist, "b": np.round(out.boxes, 1).tolist(),
                          "l": out.labels.astype(int).tolist(), "s": np.round(out.scores, 5).tolist()})
     return recs, len(failed)
+
+
+def read_outputs(out: str | os.PathLike, labeler: str) -> dict[tuple[str, str], dict]:
+    """A labeler's cached raw outputs in a labelling folder, by (source key, distortion spec or PRISTINE).
+
+    Classification records hold ``top``/``p`` (top-5 classes and probabilities) and ``pt`` (probability
+    of the target); detection records ``b`` (xyxy boxes), ``l`` (COCO ids), ``s`` (scores); failures ``error``.
+    """
+    return _read_cache(Path(out) / "cache" / f"{labeler}.jsonl")
 
 
 def _read_cache(path: Path) -> dict[tuple[str, str], dict]:
@@ -511,15 +539,7 @@ def label_counts(table, names: Iterable[str]):
 
 def write_outputs(out: Path, table, names: Sequence[str]) -> None:
     """labels.parquet, counts.csv, stats.json and utility_by_level.png, each written atomically."""
-    import tempfile
-
-    tmp = tempfile.NamedTemporaryFile(dir=out, prefix=".labels.", suffix=".parquet", delete=False)
-    tmp.close()
-    try:
-        table.to_parquet(tmp.name, index=False)
-        os.replace(tmp.name, out / "labels.parquet")
-    finally:
-        Path(tmp.name).unlink(missing_ok=True)
+    atomic.write_parquet(out / "labels.parquet", table)
     counts = label_counts(table, names)
     atomic.write_text(out / "counts.csv", counts.to_csv(index=False))
     combined = counts[counts["labeler"] == "combined"]

@@ -44,6 +44,11 @@ class TrainConfig:
     device: str = "cpu"
     max_samples: int | None = None  # cap on training rows (quick runs, tests)
     workers: int = 0
+    test_sources_file: str | None = None  # JSON list of source paths to test on (else a seeded split)
+
+
+class InsufficientLabelsError(ValueError):
+    """Too few labelled rows (or one class only) to train and test a predictor."""
 
 
 def split_by_source(sources: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
@@ -93,7 +98,7 @@ def _rows(cfg: TrainConfig):
     if cfg.mode == "binary" and set(table[column].unique()) - {0.0, 1.0}:
         raise ValueError(f"{column!r} is not a 0/1 label column")
     if len(table) < 10:
-        raise ValueError(f"only {len(table)} labelled rows in {cfg.labels}: too few to train")
+        raise InsufficientLabelsError(f"only {len(table)} labelled rows in {cfg.labels}: too few to train")
     return table, column
 
 
@@ -110,7 +115,13 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
     labels_dir = Path(cfg.labels)
     run = json.loads((labels_dir / "config.json").read_text())
     table, column = _rows(cfg)
-    test = split_by_source(table["source"].to_numpy(), cfg.test_fraction, cfg.seed)
+    if cfg.test_sources_file:  # a split fixed by the caller, shared by several predictors (reproduce)
+        fixed = set(json.loads(Path(cfg.test_sources_file).read_text()))
+        test = table["source"].isin(fixed).to_numpy().copy()
+        if not test.any():
+            raise ValueError(f"none of the {len(fixed)} sources in {cfg.test_sources_file} is in {cfg.labels}")
+    else:
+        test = split_by_source(table["source"].to_numpy(), cfg.test_fraction, cfg.seed)
     test &= table["augment"].isna().to_numpy()  # augmented copies never judge the model
     train_idx = np.flatnonzero(~test)
     held_out_sources = set(table.loc[test, "source"])
@@ -118,6 +129,10 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
     if cfg.max_samples is not None:
         train_idx = np.random.default_rng(cfg.seed).permutation(train_idx)[: cfg.max_samples]
     test_idx = np.flatnonzero(test)
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        raise InsufficientLabelsError(f"{column}: {len(train_idx)} training and {len(test_idx)} test rows")
+    if cfg.mode == "binary" and table.loc[train_idx, column].nunique() < 2:
+        raise InsufficientLabelsError(f"{column}: the training rows hold one class only")
 
     torch.manual_seed(cfg.seed)
     bspec = get_backbone_spec(cfg.backbone)
@@ -212,7 +227,8 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
                    "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augmentation": "random crop + h-flip"
                    if cfg.geometry == "crop" else "resize + h-flip", "train_loss": history},
         "metrics": metrics,
-        "seed": cfg.seed, "split": f"{cfg.test_fraction:.0%} of sources held out (GroupShuffleSplit)",
+        "seed": cfg.seed, "split": f"sources listed in {cfg.test_sources_file}" if cfg.test_sources_file
+        else f"{cfg.test_fraction:.0%} of sources held out (GroupShuffleSplit)",
         "train_seconds": round(train_seconds, 1), "device": cfg.device,
         "package_version": __version__, "torch_version": torch.__version__.split("+")[0],
         "weights_file": "model.pt", "weights_sha256": file_sha256(weights_path),

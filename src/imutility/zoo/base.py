@@ -100,6 +100,16 @@ class Classifier(Labeler):
             raise RuntimeError(f"{self.name} produced {probs.shape[1]} classes, expected 1000")
         return probs
 
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        """Preprocessed batch -> (N, 1000) pre-softmax scores; backends whose model outputs logits override it."""
+        raise NotImplementedError(f"{self.name} ({self.spec.backend}) outputs probabilities only, not logits")
+
+    def logits(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """(N, 1000) logits: what energy-type out-of-distribution scores need (softmax loses their offset)."""
+        out = [self._logits(self.preprocess(images[i:i + self.batch_size]))
+               for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 1000), dtype=np.float32)
+
 
 class Detector(Labeler):
     """Images -> per image :class:`Detections` after NMS, boxes in the image's own pixel coordinates."""
@@ -123,6 +133,11 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = x - x.max(axis=axis, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def drop_background_logits(logits: np.ndarray) -> np.ndarray:
+    """1001-wide logits (index 0 = background) -> the 1000 ImageNet ones; softmax of these = drop_background."""
+    return logits[:, 1:] if logits.shape[1] == 1001 else logits
 
 
 def drop_background(probs: np.ndarray) -> np.ndarray:

@@ -58,9 +58,12 @@ class OnnxClassifier(Classifier):
             export_onnx(model.eval(), torch.zeros(1, 3, h, w), path)
         return cls(spec, path)
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        from imutility.zoo.base import drop_background, softmax
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        from imutility.zoo.base import drop_background_logits
 
-        logits = self.session.run(None, {self.input_name: batch.astype(np.float32)})[0]
-        probs = softmax(logits.astype(np.float64))
-        return drop_background(probs) if probs.shape[1] == 1001 else probs
+        return drop_background_logits(self.session.run(None, {self.input_name: batch.astype(np.float32)})[0])
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        from imutility.zoo.base import softmax
+
+        return softmax(self._logits(batch).astype(np.float64))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imutility.zoo.base import Classifier, LabelerSpec, drop_background, softmax
+from imutility.zoo.base import Classifier, LabelerSpec, drop_background, drop_background_logits, softmax
 
 
 def make_interpreter(path: Path, threads: int):
@@ -57,7 +57,21 @@ class TFLiteClassifier(Classifier):
             return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
         return x.astype(dtype)
 
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        if self.spec.options.get("output") != "logits":
+            return super()._logits(batch)
+        return drop_background_logits(self._raw(batch))
+
     def _forward(self, batch: np.ndarray) -> np.ndarray:
+        y = self._raw(batch)
+        probs = softmax(y) if self.spec.options.get("output") == "logits" else y
+        if probs.shape[1] == 1001:
+            return drop_background(probs)
+        total = probs.sum(1, keepdims=True)  # quantised probabilities sum to ~1; make it exact
+        return np.divide(probs, total, out=np.full_like(probs, 1e-3), where=total > 0)
+
+    def _raw(self, batch: np.ndarray) -> np.ndarray:
+        """The model's dequantised output, image by image (the models have a fixed batch of 1)."""
         it, rows = self.interpreter, []
         for x in batch:
             it.set_tensor(self.inp["index"], self._quantise(x[None]))
@@ -67,12 +81,7 @@ class TFLiteClassifier(Classifier):
             if scale:
                 y = (y - zero) * scale
             rows.append(y)
-        y = np.stack(rows)
-        probs = softmax(y) if self.spec.options.get("output") == "logits" else y
-        if probs.shape[1] == 1001:
-            return drop_background(probs)
-        total = probs.sum(1, keepdims=True)  # quantised probabilities sum to ~1; make it exact
-        return np.divide(probs, total, out=np.full_like(probs, 1e-3), where=total > 0)
+        return np.stack(rows)
 
 
 def build_tflite_classifier(spec: LabelerSpec, weights_path: Path | None, **_: object) -> TFLiteClassifier:

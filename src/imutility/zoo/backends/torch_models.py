@@ -51,14 +51,18 @@ class TorchClassifier(Classifier):
         self.batch_size = spec.options.get("batch_size", 32)
 
     @torch.inference_mode()
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
+    def _torch_logits(self, batch: np.ndarray) -> torch.Tensor:
         logits = self.model(torch.from_numpy(batch).to(self.device))
         if isinstance(logits, tuple):  # inception in train mode; eval returns a tensor
             logits = logits[0]
-        probs = logits.float().softmax(-1)
-        if probs.shape[1] == 1001:
-            probs = probs[:, 1:] / probs[:, 1:].sum(1, keepdim=True)
-        return probs.cpu().numpy()
+        logits = logits.float()
+        return logits[:, 1:] if logits.shape[1] == 1001 else logits  # drop a background class
+
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        return self._torch_logits(batch).cpu().numpy()
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        return self._torch_logits(batch).softmax(-1).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- torchvision

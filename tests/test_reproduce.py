@@ -1,0 +1,267 @@
+"""`imutility reproduce`: configs, the filtering and baseline maths, and the cached end-to-end study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+from PIL import Image
+from tests.conftest import SHARED, natural_image, require_shared
+
+from imutility.cli import main
+from imutility.reproduce import baselines as bl
+from imutility.reproduce.config import ConfigError, list_configs, load_config, parse_config
+from imutility.reproduce.filtering import CocoScorer, filtered_top1, lowest_rate_keep, random_keep
+from imutility.reproduce.pipeline import (
+    STAGES,
+    NetworkUnavailableError,
+    Study,
+    choose_test_sources,
+    run_study,
+    stage_fingerprints,
+)
+
+TINY = """
+name = "tiny"
+description = "test"
+test_fraction = 0.34
+ood_network = "squeezenet1_1"
+fig1_max_images = 30
+random_draws = 2
+[distortions]
+train = ["jpeg:q=2", "jpeg:q=50"]
+held_out = ["jpeg:q=8"]
+[classification]
+data = "imagenet-sample"
+limit = 12
+labelers = ["mobilenet_v2", "squeezenet1_1"]
+held_out = ["mobilenet_v1_075"]
+[detection]
+data = ["coco2017-val128/instances.json"]
+limit = 6
+labelers = ["yolox_nano", "fastestdet"]
+held_out = ["nanodet_m"]
+[predictor]
+size = 64
+epochs = 1
+max_samples = 40
+"""
+
+
+# ------------------------------------------------------------------------------------------------- configs
+def test_builtin_configs_load_and_differ():
+    assert set(list_configs()) >= {"paper", "offline", "quick"}
+    paper, offline, quick = load_config("paper"), load_config("offline"), load_config("quick")
+    assert paper.classification.labelers == ("inception_v3", "vgg19", "densenet121")
+    assert paper.detection.held_out == ("maskrcnn_resnet50_fpn", "retinanet_resnet50_fpn",
+                                        "fasterrcnn_mobilenet_v3_large_fpn")
+    assert paper.predictor.backbone == "resnet18" and paper.predictor.recipe == "paper"
+    assert len(offline.train_distortions) == 9 and not set(offline.train_distortions) & set(offline.heldout_distortions)
+    assert quick.classification.limit == 100
+
+
+def test_config_errors_are_clear(tmp_path):
+    raw = tomllib.loads(TINY)
+    with pytest.raises(KeyError, match="quick"):
+        load_config("quik")
+    bad = dict(raw, epochs=3)  # a predictor setting at the top level: a typo, refused
+    with pytest.raises(ConfigError, match="epochs"):
+        parse_config(bad)
+    both = dict(raw, classification=dict(raw["classification"], held_out=["mobilenet_v2"]))
+    with pytest.raises(ConfigError, match="both label and be held out"):
+        parse_config(both)
+    wrong = dict(raw, detection=dict(raw["detection"], held_out=["mobilenet_v3_small"]))
+    with pytest.raises(ConfigError, match="classification network"):
+        parse_config(wrong)
+    typo = dict(raw, classification=dict(raw["classification"], labelers=["mobilenetv2"]))
+    with pytest.raises(ConfigError, match="mobilenet_v2"):
+        parse_config(typo)
+    overlap = dict(raw, distortions={"train": ["jpeg:q=2"], "held_out": ["jpeg:q=2"]})
+    with pytest.raises(ConfigError, match="both train and held-out"):
+        parse_config(overlap)
+    (tmp_path / "broken.toml").write_text("name = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(tmp_path / "broken.toml")
+
+
+def test_fingerprints_chain_through_stages():
+    cfg = parse_config(tomllib.loads(TINY))
+    raw = tomllib.loads(TINY)
+    raw["predictor"]["epochs"] = 2
+    changed = parse_config(raw)
+    a, b = stage_fingerprints(cfg), stage_fingerprints(changed)
+    assert a["label"] == b["label"]
+    assert all(a[s] != b[s] for s in STAGES[1:])  # train and every stage after it
+
+
+def test_test_sources_are_seeded_and_order_free():
+    paths = [f"p{i}.jpg" for i in range(50)]
+    a = choose_test_sources(paths, 0.2, seed=0)
+    assert len(a) == 10 and a == choose_test_sources(paths[::-1] + paths[:5], 0.2, seed=0)
+    assert a != choose_test_sources(paths, 0.2, seed=1)
+
+
+# ------------------------------------------------------------------------------------------------- filtering
+def test_filtered_top1_and_rate_baselines():
+    correct = np.array([1, 0, 1, 0, 1], dtype=float)
+    keep = np.array([True, False, True, False, False])
+    out = filtered_top1(correct, keep)
+    assert out.metric == 1.0 and out.kept == pytest.approx(0.4)
+    assert np.isnan(filtered_top1(correct, np.zeros(5, bool)).metric)
+    assert lowest_rate_keep(np.array([0.5, 0.1, 0.3, 0.2]), 2).tolist() == [True, False, True, False]
+    k = random_keep(10, 3, np.random.default_rng(0))
+    assert (~k).sum() == 3
+
+
+def test_coco_scorer_perfect_empty_and_pristine_replacement():
+    gt = [(np.array([[10, 10, 50, 60]]), [1]), (np.array([[0, 0, 30, 30], [40, 40, 90, 80]]), [3, 18])]
+    scorer = CocoScorer(gt, [(100, 100), (100, 100)])
+    perfect = [{"b": b.tolist(), "l": list(lab), "s": [0.9] * len(lab)} for b, lab in gt]
+    empty = [{"b": [], "l": [], "s": []}] * 2
+    assert scorer.score(perfect) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert scorer.score(empty) == (0.0, 0.0)
+    half = scorer.filtered(empty, perfect, np.array([True, False]))  # image 2 replaced by its (perfect) pristine
+    assert 0 < half.metric < 1 and half.kept == 0.5
+    assert scorer.filtered(empty, perfect, np.array([False, False])).metric == pytest.approx(1.0)
+
+
+# ------------------------------------------------------------------------------------------------- baselines
+def test_ood_scores_match_scipy():
+    from scipy.special import logsumexp, softmax
+
+    z = np.random.default_rng(0).normal(0, 3, (6, 1000))
+    msp, energy = bl.ood_scores(z)
+    np.testing.assert_allclose(msp, softmax(z, axis=1).max(1), rtol=1e-12)
+    np.testing.assert_allclose(energy, logsumexp(z, axis=1), rtol=1e-12)
+
+
+def test_oriented_auroc_matches_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    y = np.array([1, 0, 1, 1, 0, np.nan])
+    s = np.array([0.9, 0.2, 0.4, 0.7, 0.5, 0.1])
+    assert bl.oriented_auroc(y, s, True) == pytest.approx(roc_auc_score(y[:5], s[:5]))
+    assert bl.oriented_auroc(y, s, False) == pytest.approx(1 - roc_auc_score(y[:5], s[:5]))
+    assert np.isnan(bl.oriented_auroc(np.ones(4), np.arange(4.0), True))
+
+
+def test_quality_scores_see_compression(tmp_path):
+    img = natural_image(200, 150)
+    img.save(tmp_path / "p.png")
+    img.save(tmp_path / "q2.jpg", quality=2)
+    img.save(tmp_path / "q90.jpg", quality=90)
+    psnr, ssim = bl.full_reference_scores(np.asarray(img), np.asarray(img))
+    assert psnr == 100.0 and ssim == pytest.approx(1.0)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    pairs = [(str(tmp_path / f), str(tmp_path / "p.png")) for f in ("q2.jpg", "q90.jpg", "bad.jpg")]
+    scores, errors = bl.image_quality_scores(pairs, workers=1)
+    assert scores[0, 0] > scores[1, 0]  # BRISQUE: heavier compression scores worse (higher)
+    assert scores[0, 1] < scores[1, 1] and scores[0, 2] < scores[1, 2]  # PSNR, SSIM lower
+    assert np.isnan(scores[2]).all() and errors[2] and errors[0] is None
+
+
+def test_classifier_logits_give_its_probabilities():
+    require_shared("data", "photos")
+    from imutility import zoo
+    from imutility.images import load_image
+    from imutility.zoo.base import softmax
+
+    clf = zoo.get_labeler("squeezenet1_1")
+    imgs = [load_image(p) for p in sorted((SHARED / "data" / "photos").iterdir())[:3]]
+    np.testing.assert_allclose(softmax(clf.logits(imgs).astype(np.float64)), clf(imgs), atol=1e-5)
+    with pytest.raises(NotImplementedError, match="probabilities only"):
+        zoo.get_labeler("mobilenet_v3_small").logits(imgs)
+
+
+# ------------------------------------------------------------------------------------------------- the study
+def test_paper_config_without_weights_fails_before_any_work(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    rc = main(["reproduce", "--config", "paper", "--out", str(tmp_path / "out"), "--no-progress"])
+    assert rc == 1
+    assert not (tmp_path / "out" / "labels").exists()
+    study = Study(load_config("paper"), tmp_path / "o2", log=lambda m: None)
+    with pytest.raises(NetworkUnavailableError, match="inception_v3"):
+        run_study(study)
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    require_shared("data", "imagenet-sample")
+    out = tmp_path_factory.mktemp("study")
+    cfg_file = out.parent / "tiny.toml"
+    cfg_file.write_text(TINY)
+    logs: list[str] = []
+    study = Study(load_config(cfg_file), out / "run", shared=SHARED, workers=1, progress=False, log=logs.append)
+    done = run_study(study)
+    return study, done, logs
+
+
+def test_study_writes_every_table_and_figure(tiny_study):
+    study, done, _ = tiny_study
+    assert done == dict.fromkeys(STAGES, "ran")
+    res = json.loads((study.out / "results.json").read_text())
+    for key in ("labels", "table1", "table2", "table3", "table4", "fig1", "fig2", "heldout_levels"):
+        assert key in res
+    assert [r["labels"] for r in res["table1"]] == ["mobilenet_v2", "squeezenet1_1", "combined"]
+    trained = [r for r in res["table1"] + res["table2"] if "accuracy" in r]
+    assert trained and all(0 <= r["accuracy"] <= 1 for r in trained)
+    assert res["table1"][-1]["paper_accuracy"] == 0.933
+    lv = {r["distortion"] for r in res["labels"]["classification"]["per_level"]}
+    assert lv == {"jpeg:q=2", "jpeg:q=50"}
+    nets = res["fig2"]["classification"]["networks"]["mobilenet_v1_075"]
+    assert nets["no filter"]["kept"] == 1.0 and 0 <= nets["no filter"]["metric"] <= 1
+    det = res["fig2"]["detection"]["networks"]["nanodet_m"]
+    assert det["all pristine"]["kept"] == 0.0 and det["all pristine"]["metric"] >= det["no filter"]["metric"] - 1e-9
+    assert set(res["fig1"]["auroc"]) == {"brisque", "psnr", "ssim", "msp", "energy", "predictor"}
+    report = (study.out / "report.md").read_text()
+    for title in ("Table I", "Table II", "Table III", "Table IV", "Fig. 1", "Fig. 2(a)", "Fig. 2(b)", "87.5 %"):
+        assert title in report
+    for fig in ("labels_per_level", "fig1_baselines", "fig2_classification", "fig2_detection",
+                "predictor_accuracy_by_level"):
+        with Image.open(study.out / "figures" / f"{fig}.png") as im:
+            assert im.width > 400 and im.height > 200
+
+
+def test_study_rerun_skips_and_from_redoes(tiny_study):
+    study, _, logs = tiny_study
+    assert run_study(study) == dict.fromkeys(STAGES, "skipped")
+    before = (study.out / "labels" / "classification" / "labels.parquet").stat().st_mtime_ns
+    done = run_study(study, from_stage="report")
+    assert done == {**dict.fromkeys(STAGES[:-1], "skipped"), "report": "ran"}
+    assert (study.out / "labels" / "classification" / "labels.parquet").stat().st_mtime_ns == before
+
+
+def test_study_resumes_an_interrupted_stage(tiny_study):
+    """A train stage killed midway keeps its finished predictors; a changed setting redoes the stage."""
+    study, _, _ = tiny_study
+    (study.out / "stages" / "train.json").unlink()
+    card = study.out / "predictors" / "classification-combined" / "card.json"
+    kept = card.stat().st_mtime_ns
+    import shutil
+
+    shutil.rmtree(study.out / "predictors" / "detection-combined")
+    done = run_study(study, until="train")
+    assert done == {"label": "skipped", "train": "ran"}
+    assert card.stat().st_mtime_ns == kept  # finished before the "interruption": not retrained
+    assert (study.out / "predictors" / "detection-combined" / "card.json").is_file()
+    raw = tomllib.loads(TINY)
+    raw["predictor"]["epochs"] = 2
+    study.config = parse_config(raw, "tiny")
+    done = run_study(study)
+    assert done["label"] == "skipped" and done["train"] == "ran" and done["report"] == "ran"
+    assert json.loads(card.read_text())["recipe"]["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_quick_config_end_to_end(tmp_path):
+    """The README's main job: `imutility reproduce --config quick` (a few minutes on 2 cores)."""
+    require_shared("data", "imagenet-sample")
+    out = tmp_path / "quick"
+    assert main(["reproduce", "--config", "quick", "--out", str(out), "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert all("accuracy" in r for r in res["table1"] + res["table2"])
+    assert res["fig1"]["useful"] > 0 and res["fig1"]["non_useful"] > 0
+    assert Path(out / "report.md").read_text().count("![") >= 5
