@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import tomllib
 from PIL import Image
-from tests.conftest import SHARED, natural_image, require_shared
 
+from conftest import SHARED, natural_image, require_shared
 from imutility.cli import main
 from imutility.reproduce import baselines as bl
 from imutility.reproduce.config import ConfigError, list_configs, load_config, parse_config
