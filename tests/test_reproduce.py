@@ -179,6 +179,7 @@ def test_classifier_logits_give_its_probabilities():
 # ------------------------------------------------------------------------------------------------- the study
 def test_paper_config_without_weights_fails_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    assert main(["reproduce", "--list-configs"]) == 0
     rc = main(["reproduce", "--config", "paper", "--out", str(tmp_path / "out"), "--no-progress"])
     assert rc == 1
     assert not (tmp_path / "out" / "labels").exists()
@@ -191,8 +192,13 @@ def test_paper_config_without_weights_fails_before_any_work(tmp_path, monkeypatc
 def tiny_study(tmp_path_factory):
     require_shared("data", "imagenet-sample")
     out = tmp_path_factory.mktemp("study")
-    cfg_file = out.parent / "tiny.toml"
-    cfg_file.write_text(TINY)
+    photos = out / "photos"  # 11 real photos and one corrupt file with a valid class name
+    photos.mkdir()
+    for src in sorted((SHARED / "data" / "imagenet-sample").iterdir())[:11]:
+        (photos / src.name).write_bytes(src.read_bytes())
+    (photos / "n01440764_corrupt.JPEG").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    cfg_file = out / "tiny.toml"
+    cfg_file.write_text(TINY.replace('data = "imagenet-sample"', f'data = "{photos.as_posix()}"'))
     logs: list[str] = []
     study = Study(load_config(cfg_file), out / "run", shared=SHARED, workers=1, progress=False, log=logs.append)
     done = run_study(study)
@@ -200,8 +206,11 @@ def tiny_study(tmp_path_factory):
 
 
 def test_study_writes_every_table_and_figure(tiny_study):
-    study, done, _ = tiny_study
+    study, done, logs = tiny_study
     assert done == dict.fromkeys(STAGES, "ran")
+    assert any("n01440764_corrupt" in line for line in logs)  # reported and skipped, not the end of the run
+    test = json.loads((study.out / "labels" / "test_sources_classification.json").read_text())
+    assert not any("corrupt" in p for p in test)
     res = json.loads((study.out / "results.json").read_text())
     for key in ("labels", "table1", "table2", "table3", "table4", "fig1", "fig2", "heldout_levels"):
         assert key in res
@@ -226,7 +235,7 @@ def test_study_writes_every_table_and_figure(tiny_study):
 
 
 def test_study_rerun_skips_and_from_redoes(tiny_study):
-    study, _, logs = tiny_study
+    study, _, _ = tiny_study
     assert run_study(study) == dict.fromkeys(STAGES, "skipped")
     before = (study.out / "labels" / "classification" / "labels.parquet").stat().st_mtime_ns
     done = run_study(study, from_stage="report")
@@ -238,18 +247,20 @@ def test_study_resumes_an_interrupted_stage(tiny_study):
     """A train stage killed midway keeps its finished predictors; a changed setting redoes the stage."""
     study, _, _ = tiny_study
     (study.out / "stages" / "train.json").unlink()
-    card = study.out / "predictors" / "classification-combined" / "card.json"
+    cards = sorted((study.out / "predictors").glob("*/card.json"))
+    assert len(cards) >= 2
+    card, lost = cards[0], cards[-1].parent
     kept = card.stat().st_mtime_ns
     import shutil
 
-    shutil.rmtree(study.out / "predictors" / "detection-combined")
+    shutil.rmtree(lost)
     done = run_study(study, until="train")
     assert done == {"label": "skipped", "train": "ran"}
     assert card.stat().st_mtime_ns == kept  # finished before the "interruption": not retrained
-    assert (study.out / "predictors" / "detection-combined" / "card.json").is_file()
-    raw = tomllib.loads(TINY)
-    raw["predictor"]["epochs"] = 2
-    study.config = parse_config(raw, "tiny")
+    assert (lost / "card.json").is_file()
+    import dataclasses
+
+    study.config = dataclasses.replace(study.config, predictor=dataclasses.replace(study.config.predictor, epochs=2))
     done = run_study(study)
     assert done["label"] == "skipped" and done["train"] == "ran" and done["report"] == "ran"
     assert json.loads(card.read_text())["recipe"]["epochs"] == 2

@@ -21,11 +21,11 @@ import numpy as np
 
 #: score name -> (axis label with units, True when the raw score grows with quality)
 SCORES: dict[str, tuple[str, bool]] = {
-    "brisque": ("BRISQUE score (no reference; lower = better quality)", False),
-    "psnr": ("PSNR against the pristine image (dB)", True),
-    "ssim": ("SSIM against the pristine image", True),
+    "brisque": ("BRISQUE (no reference; lower = better)", False),
+    "psnr": ("PSNR vs pristine (dB)", True),
+    "ssim": ("SSIM vs pristine", True),
     "msp": ("maximum softmax probability", True),
-    "energy": ("negative energy logsumexp(logits)", True),
+    "energy": ("negative energy = logsumexp(logits)", True),
     "predictor": ("predictor P(useful)", True),
 }
 

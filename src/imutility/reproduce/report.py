@@ -260,7 +260,7 @@ def _plot_labels(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
     for ax, task in zip(axes, TASKS, strict=True):
         rows = [r for r in results["labels"][task]["per_level"] if r["labeler"] == "combined"]
         x = np.arange(len(rows))
@@ -288,7 +288,7 @@ def _plot_fig1(study: Study, results: dict, path: Path) -> None:
     from imutility.reproduce.baselines import SCORES
 
     f = pd.read_parquet(study.out / "baselines" / "fig1.parquet")
-    fig, axes = plt.subplots(2, 3, figsize=(14, 7.5))
+    fig, axes = plt.subplots(2, 3, figsize=(14, 8), layout="constrained")
     for ax, (key, (label, _)) in zip(axes.ravel(), SCORES.items(), strict=True):
         v = f[key].to_numpy(dtype=float)
         ok = ~np.isnan(v)
@@ -317,7 +317,7 @@ def _plot_fig2(results: dict, task: str, path: Path) -> None:
     if not nets:
         return
     filters = list(next(iter(nets.values())))
-    fig, ax = plt.subplots(figsize=(max(7, 2.2 * len(nets) * max(1, len(filters) / 4)), 4.5))
+    fig, ax = plt.subplots(figsize=(max(7, 2.2 * len(nets) * max(1, len(filters) / 4)), 4.8), layout="constrained")
     width = 0.8 / len(filters)
     cmap = plt.get_cmap("tab10")
     for j, fname in enumerate(filters):
@@ -348,7 +348,9 @@ def _plot_levels(study: Study, results: dict, path: Path) -> None:
 
     from imutility.distort import parse_distortion
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    import matplotlib.ticker
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for task, colour in zip(TASKS, ("tab:blue", "tab:green"), strict=True):
         comb = next((r for r in results["table1" if task == "classification" else "table2"]
                      if r["labels"] == "combined"), None)
@@ -364,6 +366,10 @@ def _plot_levels(study: Study, results: dict, path: Path) -> None:
                         linestyle="-" if kind == "train" else ":",
                         label=f"{task}: {'training' if kind == 'train' else 'held-out'} levels")
     ax.set_xscale("log")
+    levels = sorted({parse_distortion(d).level for d in (*study.config.train_distortions,
+                                                          *study.config.heldout_distortions)})
+    ax.set_xticks(levels, [f"{v:g}" for v in levels])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_xlabel("JPEG quality (log scale)")
     ax.set_ylabel("predictor accuracy on test photos (%)")
     ax.set_title("Combined-label predictors: accuracy per compression level")
