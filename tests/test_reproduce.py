@@ -211,6 +211,7 @@ def test_study_writes_every_table_and_figure(tiny_study):
     assert any("n01440764_corrupt" in line for line in logs)  # reported and skipped, not the end of the run
     test = json.loads((study.out / "labels" / "test_sources_classification.json").read_text())
     assert not any("corrupt" in p for p in test)
+    assert "n01440764_corrupt" in (study.out / "labels" / "unreadable_classification.csv").read_text()
     res = json.loads((study.out / "results.json").read_text())
     for key in ("labels", "table1", "table2", "table3", "table4", "fig1", "fig2", "heldout_levels"):
         assert key in res
@@ -237,6 +238,9 @@ def test_study_writes_every_table_and_figure(tiny_study):
 def test_study_rerun_skips_and_from_redoes(tiny_study):
     study, _, _ = tiny_study
     assert run_study(study) == dict.fromkeys(STAGES, "skipped")
+    cli = ["reproduce", "--config", str(study.out.parent / "tiny.toml"), "--out", str(study.out), "--no-progress",
+           "--shared", str(SHARED)]
+    assert main(cli) == 3  # all cached; exit status 3 = finished, but an unreadable photo was skipped
     before = (study.out / "labels" / "classification" / "labels.parquet").stat().st_mtime_ns
     done = run_study(study, from_stage="report")
     assert done == {**dict.fromkeys(STAGES[:-1], "skipped"), "report": "ran"}

@@ -161,6 +161,9 @@ def stage_label(study: Study) -> dict:
         rep = lb.run_labelling(task, sources, [parse_distortion(s) for s in cfg.train_distortions], labs,
                                study.labels_dir(task), dataset=described, seed=cfg.seed, progress=study.progress,
                                on_error=lambda k, r: study.log(f"skipped {k}: {r}"))
+        if rep.errors:  # reported as they happened; kept beside the labels for later
+            atomic.write_csv(study.out / "labels" / f"unreadable_{task}.csv",
+                             [{"key": k, "reason": r} for k, r in rep.errors], ["key", "reason"])
         readable = {s.key for s in sources} - {k for k, _ in rep.errors}
         test = choose_test_sources([s.path for s in sources if s.key in readable], cfg.test_fraction, cfg.seed)
         atomic.write_json(study.split_file(task), test)

@@ -345,10 +345,9 @@ def _plot_levels(study: Study, results: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     from imutility.distort import parse_distortion
-
-    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for task, colour in zip(TASKS, ("tab:blue", "tab:green"), strict=True):
