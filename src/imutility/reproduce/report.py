@@ -266,7 +266,7 @@ def _plot_labels(results: dict, path: Path) -> None:
         x = np.arange(len(rows))
         bottom = np.zeros(len(rows))
         for key, colour, lab in (("useful", "tab:blue", "useful (1)"), ("non_useful", "tab:orange", "non-useful (0)"),
-                                 ("excluded", "lightgrey", "excluded (networks disagree)")):
+                                 ("excluded", "lightgrey", "excluded (networks disagree, or no usable reference)")):
             v = np.array([r[key] for r in rows], dtype=float)
             ax.bar(x, v, bottom=bottom, color=colour, label=lab)
             bottom += v
@@ -274,7 +274,8 @@ def _plot_labels(results: dict, path: Path) -> None:
         ax.set_xlabel("JPEG quality level")
         ax.set_ylabel("images")
         ax.set_title(f"{task}: combined (unanimous) labels per level")
-        ax.legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=9)
     _save(fig, path)
 
 
@@ -336,7 +337,8 @@ def _plot_fig2(results: dict, task: str, path: Path) -> None:
     ax.set_ylabel("top-1 accuracy (%)" if task == "classification" else "mAP@[.5:.95] (COCO)")
     what = ("filtered images dropped" if task == "classification" else "filtered images replaced by pristine")
     ax.set_title(f"{task} at held-out JPEG levels: {what} (numbers on bars: % of images kept)")
-    ax.legend(fontsize=7, ncol=2)
+    ax.margins(y=0.08)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=min(4, len(filters)), fontsize=8)
     _save(fig, path)
 
 
