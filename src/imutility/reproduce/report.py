@@ -139,7 +139,16 @@ def _fig2_classification(study: Study, table) -> dict:
             res["lowest bit rate (same count)"] = filtered_top1(
                 correct[valid], lowest_rate_keep(held["bpp"].to_numpy()[valid], n_rej)).as_dict()
         out[net] = res
-    return {"images": int(len(held)), "photos": int(held["key"].nunique()), "networks": out}
+    per_level = {}
+    if "predictor (combined)" in keeps:  # where filtering acts: per held-out level, no filter vs combined
+        for d in study.config.heldout_distortions:
+            at = (held["distortion"] == d).to_numpy()
+            per_level[d] = {net: {"no_filter": filtered_top1(
+                (held[f"{net}.pred"] == held["target"]).to_numpy()[at], np.ones(int(at.sum()), bool)).metric,
+                "combined": filtered_top1((held[f"{net}.pred"] == held["target"]).to_numpy()[at],
+                                          keeps["predictor (combined)"][at]).as_dict()}
+                for net in study.config.classification.held_out}
+    return {"images": int(len(held)), "photos": int(held["key"].nunique()), "networks": out, "per_level": per_level}
 
 
 def _fig2_detection(study: Study, table) -> dict:
@@ -477,6 +486,11 @@ def _markdown(study: Study, r: dict) -> str:
                         cells.append(f"{_num(m['metric'])} ({_num(m.get('metric50'))}; kept {_pct(m['kept'])})")
                 rows.append(cells)
             out += [f"{metric} per held-out network:", "", _table(["filter", *nets], rows), ""]
+        if f2.get("per_level"):
+            out += ["Per held-out level, no filter → combined predictor (share kept):", "",
+                    _table(["level", *nets], [[_level_name(d), *(
+                        f"{_pct(v[n]['no_filter'])} → {_pct(v[n]['combined']['metric'])} "
+                        f"({_pct(v[n]['combined']['kept'])})" for n in nets)] for d, v in f2["per_level"].items()]), ""]
     for key, task, title in (("table3", "classification", "Table III: classification accuracy"),
                              ("table4", "detection", "Table IV: detection mAP@[.5:.95]")):
         fmt = _pct if task == "classification" else _num
