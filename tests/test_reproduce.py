@@ -97,6 +97,13 @@ def test_fingerprints_chain_through_stages():
     assert all(a[s] != b[s] for s in STAGES[1:])  # train and every stage after it
 
 
+def test_cli_offers_exactly_the_pipeline_stages():
+    from imutility.cli import REPRODUCE_STAGES
+
+    assert REPRODUCE_STAGES == STAGES
+    assert main(["reproduce", "--from", "labels"]) == 2  # a usage error, not a run
+
+
 def test_test_sources_are_seeded_and_order_free():
     paths = [f"p{i}.jpg" for i in range(50)]
     a = choose_test_sources(paths, 0.2, seed=0)

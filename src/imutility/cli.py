@@ -462,14 +462,17 @@ def export(model, onnx_path) -> None:
     click.echo(f"wrote {path} (ONNX Runtime vs PyTorch: max |diff| {diff:.1e})")
 
 
+REPRODUCE_STAGES = ("label", "train", "evaluate", "baselines", "report")  # = reproduce.pipeline.STAGES (tested)
+
+
 @cli.command()
 @click.option("--config", "config_name", default="quick", show_default=True,
               help="A built-in study config (quick, offline, paper) or a TOML file.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder [default: out/reproduce-<config>].")
-@click.option("--from", "from_stage", type=click.Choice(["label", "train", "evaluate", "baselines", "report"]),
+@click.option("--from", "from_stage", type=click.Choice(REPRODUCE_STAGES),
               default=None, help="Redo this stage and every later one (earlier finished stages are kept).")
-@click.option("--until", type=click.Choice(["label", "train", "evaluate", "baselines", "report"]), default=None,
+@click.option("--until", type=click.Choice(REPRODUCE_STAGES), default=None,
               help="Stop after this stage.")
 @click.option("--shared", type=click.Path(file_okay=False), default=None, envvar="IMUTILITY_SHARED",
               help="The shared folder whose data/ the config names [default: ../shared].")

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +64,7 @@ class Study:
     workers: int = 1
     progress: bool = True
     log: Callable[[str], None] = print
+    _networks: dict = field(default_factory=dict, repr=False)
 
     def labels_dir(self, task: str) -> Path:
         return self.out / "labels" / task
@@ -85,9 +86,12 @@ class Study:
         return [*self.config.task(task).labelers, "combined"]
 
     def labeler(self, name: str):
+        """A network of the study, built once per run (label, evaluate and baselines share them)."""
         from imutility import zoo
 
-        return zoo.get_labeler(name, models=self.models, device=self.device)
+        if name not in self._networks:
+            self._networks[name] = zoo.get_labeler(name, models=self.models, device=self.device)
+        return self._networks[name]
 
 
 # ------------------------------------------------------------------------------------------------- helpers
