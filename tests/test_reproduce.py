@@ -254,6 +254,18 @@ def test_study_rerun_skips_and_from_redoes(tiny_study):
     assert (study.out / "labels" / "classification" / "labels.parquet").stat().st_mtime_ns == before
 
 
+def test_cli_train_on_a_study_split(tiny_study, tmp_path):
+    """`imutility train --test-sources` retrains one predictor on the study's own test photos."""
+    study, _, _ = tiny_study
+    split = study.out / "labels" / "test_sources_detection.json"
+    rc = main(["train", str(study.out / "labels" / "detection"), str(tmp_path / "p"), "--test-sources", str(split),
+               "--epochs", "1", "--size", "64", "--max-samples", "20", "--no-progress"])
+    assert rc == 0
+    card = json.loads((tmp_path / "p" / "card.json").read_text())
+    assert card["split"] == f"sources listed in {split}"
+    assert 0 < card["data"]["test_sources"] <= len(json.loads(split.read_text()))
+
+
 def test_study_resumes_an_interrupted_stage(tiny_study):
     """A train stage killed midway keeps its finished predictors; a changed setting redoes the stage."""
     study, _, _ = tiny_study

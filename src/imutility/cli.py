@@ -322,16 +322,20 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
 @click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Cap the training rows.")
 @click.option("--no-pretrained", is_flag=True, help="Random initialisation.")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--test-sources", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON list of source paths to test on (e.g. a reproduce run's labels/test_sources_<task>.json) "
+                   "instead of a seeded 20 % split.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-progress", is_flag=True)
 def train(labels, out, backbone, recipe, geometry, mode, label_column, target_column, epochs, batch_size, lr, size,
-          max_samples, no_pretrained, seed, device, no_progress) -> None:
+          max_samples, no_pretrained, seed, test_sources, device, no_progress) -> None:
     """Train a utility predictor on LABELS (an `imutility label` folder); writes OUT/model.pt and OUT/card.json."""
     from imutility.predictor import TrainConfig, train_predictor
 
     cfg = TrainConfig(labels=labels, mode=mode, label_column=label_column, target_column=target_column,
                       backbone=backbone, pretrained=not no_pretrained, recipe=recipe, geometry=geometry, size=size,
-                      epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_samples=max_samples)
+                      epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_samples=max_samples,
+                      test_sources_file=test_sources)
     card = _library_call(train_predictor, cfg, out, progress=not no_progress)
     m = card["metrics"]
     if mode == "binary":
