@@ -125,7 +125,7 @@ def test_filtered_top1_and_rate_baselines():
 
 def test_coco_scorer_perfect_empty_and_pristine_replacement():
     gt = [(np.array([[10, 10, 50, 60]]), [1]), (np.array([[0, 0, 30, 30], [40, 40, 90, 80]]), [3, 18])]
-    scorer = CocoScorer(gt, [(100, 100), (100, 100)])
+    scorer = CocoScorer(gt)
     perfect = [{"b": b.tolist(), "l": list(lab), "s": [0.9] * len(lab)} for b, lab in gt]
     empty = [{"b": [], "l": [], "s": []}] * 2
     assert scorer.score(perfect) == (pytest.approx(1.0), pytest.approx(1.0))

@@ -59,12 +59,12 @@ class CocoScorer:
     image id, so the same photo at several levels counts as several images, as in the paper's subsets.
     """
 
-    def __init__(self, ground_truth: Sequence[tuple[np.ndarray, np.ndarray]], sizes: Sequence[tuple[int, int]]):
+    def __init__(self, ground_truth: Sequence[tuple[np.ndarray, np.ndarray]]):
         from pycocotools.coco import COCO
 
         images, anns, cats = [], [], set()
-        for i, ((boxes, labels), (w, h)) in enumerate(zip(ground_truth, sizes, strict=True)):
-            images.append({"id": i + 1, "width": int(w), "height": int(h)})
+        for i, (boxes, labels) in enumerate(ground_truth):
+            images.append({"id": i + 1})  # bbox evaluation never reads the image size
             for b, c in zip(np.asarray(boxes, dtype=float).reshape(-1, 4), labels, strict=True):
                 bw, bh = float(b[2] - b[0]), float(b[3] - b[1])
                 anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": int(c), "iscrowd": 0,

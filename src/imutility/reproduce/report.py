@@ -127,45 +127,34 @@ def _fig2_classification(study: Study, table) -> dict:
 
     held = table[table["distortion"].isin(study.config.heldout_distortions)].reset_index(drop=True)
     keeps = _filters(study, "classification", held)
-    out = {}
+    combined = keeps.get("predictor (combined)")
+    levels = held["distortion"].to_numpy()
+    out, per_level = {}, {d: {} for d in study.config.heldout_distortions} if combined is not None else {}
     for net in study.config.classification.held_out:
-        valid = held[f"{net}.pred"].notna().to_numpy()
-        correct = (held[f"{net}.pred"] == held["target"]).to_numpy()
-        res = {}
-        for fname, keep in keeps.items():
-            res[fname] = filtered_top1(correct[valid], keep[valid]).as_dict()
-        if "predictor (combined)" in keeps:
-            n_rej = int((~keeps["predictor (combined)"][valid]).sum())
+        valid = held[f"{net}.pred"].notna().to_numpy()  # a failed output is not a wrong answer: leave it out
+        correct = (held[f"{net}.pred"] == held["target"]).to_numpy()[valid]
+        res = {fname: filtered_top1(correct, keep[valid]).as_dict() for fname, keep in keeps.items()}
+        if combined is not None:
+            n_rej = int((~combined[valid]).sum())
             res["lowest bit rate (same count)"] = filtered_top1(
-                correct[valid], lowest_rate_keep(held["bpp"].to_numpy()[valid], n_rej)).as_dict()
+                correct, lowest_rate_keep(held["bpp"].to_numpy()[valid], n_rej)).as_dict()
+            for d in per_level:  # where filtering acts: per held-out level, no filter vs combined
+                at = levels[valid] == d
+                per_level[d][net] = {"no_filter": filtered_top1(correct[at], np.ones(int(at.sum()), bool)).metric,
+                                     "combined": filtered_top1(correct[at], combined[valid][at]).as_dict()}
         out[net] = res
-    per_level = {}
-    if "predictor (combined)" in keeps:  # where filtering acts: per held-out level, no filter vs combined
-        for d in study.config.heldout_distortions:
-            at = (held["distortion"] == d).to_numpy()
-            per_level[d] = {net: {"no_filter": filtered_top1(
-                (held[f"{net}.pred"] == held["target"]).to_numpy()[at], np.ones(int(at.sum()), bool)).metric,
-                "combined": filtered_top1((held[f"{net}.pred"] == held["target"]).to_numpy()[at],
-                                          keeps["predictor (combined)"][at]).as_dict()}
-                for net in study.config.classification.held_out}
     return {"images": int(len(held)), "photos": int(held["key"].nunique()), "networks": out, "per_level": per_level}
 
 
 def _fig2_detection(study: Study, table) -> dict:
-    from PIL import Image
-
     from imutility import labelling as lb
     from imutility.reproduce.filtering import CocoScorer, lowest_rate_keep, random_keep
 
     held = table[table["distortion"].isin(study.config.heldout_distortions)].reset_index(drop=True)
     sources = {s.key: s for s in lb.read_sources(study.eval_dir("detection"))}
-    sizes = {}
-    for k in held["key"].unique():
-        with Image.open(sources[k].path) as im:
-            sizes[k] = im.size
     gt = [(np.asarray(sources[k].boxes or (), dtype=float).reshape(-1, 4), list(sources[k].labels or ()))
           for k in held["key"]]
-    scorer = CocoScorer(gt, [sizes[k] for k in held["key"]])
+    scorer = CocoScorer(gt)
     keeps = _filters(study, "detection", held)
     empty = {"b": [], "l": [], "s": []}
     out = {}
