@@ -10,12 +10,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from conftest import natural_image
 from imutility.cli import EXIT_SKIPPED, main
 from imutility.distort import get_preset, parse_distortion
-from imutility.distort_folder import RunMismatchError, distort_folder, output_names
+from imutility.distort_folder import RunMismatchError, distort_folder
+from imutility.paths import output_relpath
 
 
 def read_csv(p: Path) -> list[dict]:
@@ -64,16 +67,34 @@ def test_changed_settings_refuse_to_mix(tmp_path):
     assert rc == 1
 
 
-def test_same_stem_different_suffix_do_not_collide(tmp_path):
+def test_same_stem_sources_never_share_an_output(tmp_path):
+    """x.jpg + x.JPG, y.jpg + y_jpg.png, a.jpg + a.png: each source keeps its own output file."""
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
-    natural_image(seed=1).save(src / "a.png")
-    natural_image(seed=2).save(src / "a.jpg")
-    natural_image(seed=3).save(src / "sub" / "a.png")
+    names = ["a.png", "a.jpg", "sub/a.png", "x.jpg", "x.JPG", "y.jpg", "y_jpg.png", "y.jpg.png"]
+    for i, n in enumerate(names):
+        natural_image(seed=i).save(src / n, format="PNG" if n.endswith("png") else "JPEG")
     rep = distort_folder(src, tmp_path / "o", [parse_distortion("jpeg:q=10")], progress=False, workers=1)
-    paths = sorted(r["path"] for r in read_csv(rep.manifest))
-    assert paths == ["jpeg_q10/a_jpg.jpg", "jpeg_q10/a_png.jpg", "jpeg_q10/sub/a.jpg"]
-    assert output_names([src / "x.png"], src) == {src / "x.png": "x"}
+    rows = read_csv(rep.manifest)
+    assert sorted(r["source"] for r in rows) == sorted(names)
+    assert len({r["path"] for r in rows}) == len(names)
+    assert {r["source"]: r["path"] for r in rows}["x.JPG"] == "jpeg_q10/x.JPG.jpg"
+    # every output is the distortion of ITS source: decode both and compare (different seeds, different photos)
+    for r in rows:
+        out = np.asarray(Image.open(tmp_path / "o" / r["path"]).convert("RGB"), dtype=float)
+        mine = np.asarray(Image.open(src / r["source"]).convert("RGB"), dtype=float)
+        others = [np.asarray(Image.open(src / n).convert("RGB"), dtype=float) for n in names if n != r["source"]]
+        err = np.abs(out - mine).mean()
+        assert all(err < np.abs(out - o).mean() for o in others), r
+
+
+def test_output_paths_stay_inside_out():
+    assert output_relpath("a/b.png", ".jpg") == "a/b.png.jpg"
+    for hostile in ("/etc/passwd.png", "../../x.jpg", "a/../../x.jpg", "C:\\Users\\x.jpg", "./a/./b.jpg", ""):
+        rel = output_relpath(hostile, ".jpg")
+        assert not rel.startswith("/") and ".." not in rel.split("/") and "\\" not in rel, rel
+    assert output_relpath("../x.jpg", ".jpg") != output_relpath("__/x.jpg", ".jpg")
+    assert output_relpath("x.jpg", ".jpg") != output_relpath("./x.jpg", ".jpg")
 
 
 def test_noise_outputs_do_not_depend_on_worker_count(tmp_path):
@@ -133,3 +154,19 @@ def test_outputs_get_the_usual_file_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_resume_redoes_a_source_whose_content_changed(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    natural_image(seed=1).save(src / "a.png")
+    natural_image(seed=2).save(src / "b.png")
+    d = [parse_distortion("jpeg:q=10")]
+    distort_folder(src, tmp_path / "o", d, progress=False, workers=1)
+    before = (tmp_path / "o" / "jpeg_q10" / "a.png.jpg").read_bytes()
+    st = (src / "a.png").stat()
+    natural_image(seed=9).save(src / "a.png")
+    os.utime(src / "a.png", ns=(st.st_atime_ns, st.st_mtime_ns))  # same mtime: content must decide
+    rep = distort_folder(src, tmp_path / "o", d, progress=False, workers=1)
+    assert rep.n_resumed == 1  # b.png only
+    assert (tmp_path / "o" / "jpeg_q10" / "a.png.jpg").read_bytes() != before

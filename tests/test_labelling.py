@@ -155,6 +155,14 @@ def test_a_failing_labeler_loses_only_its_own_outputs(imagenet_folder, tmp_path,
     assert t.loc[thin, "fragile.label"].isna().all() and t.loc[thin, "fragile.ccsp"].isna().all()
     assert t.loc[thin, "mobilenet_v1_075.ccsp"].notna().all()
     assert t.loc[~thin, "fragile.ccsp"].notna().all()
+    # a failed output is missing, not a class index, and so not a wrong answer in top-1 (Fig. 2)
+    assert t.loc[thin, "fragile.pred"].isna().all() and t.loc[thin, "fragile.pristine_pred"].isna().all()
+    assert t.loc[~thin, "fragile.pred"].notna().all()
+    from imutility.reproduce.filtering import top1_correct
+
+    valid, correct = top1_correct(t, "fragile")
+    assert not valid[thin.to_numpy()].any() and valid[~thin.to_numpy()].all()
+    assert correct.mean() == pytest.approx((t.loc[~thin, "fragile.pred"] == t.loc[~thin, "target"]).mean())
 
 
 def test_balancing_adds_relabelled_augmented_copies(imagenet_folder, tmp_path, tflite_pair):
@@ -301,3 +309,71 @@ def test_measure_with_coco_annotations(tmp_path, capsys):
     ann = coco_annotations_by_file(coco / "instances.json")
     for r in rows:
         assert r["details"]["yolox_nano"]["n_reference"] == len(ann[Path(r["pristine"]).name]["labels"])
+
+
+# ---------------------------------------------------------------------------------- data integrity
+def test_hostile_coco_file_names_write_inside_out(tmp_path):
+    """Absolute and '..' file names in a COCO json: every distorted file lands inside OUT, the user's
+    photos are untouched, and each table path is a distorted file (not the pristine photo)."""
+    require_shared("models")
+    images, outside = tmp_path / "set" / "images", tmp_path / "elsewhere"
+    images.mkdir(parents=True)
+    outside.mkdir()
+    natural_image(160, 120, seed=1).save(outside / "abs.jpg", quality=95)
+    natural_image(160, 120, seed=2).save(tmp_path / "set" / "up.jpg", quality=95)
+    natural_image(160, 120, seed=3).save(images / "plain.jpg", quality=95)
+    before = {p: p.read_bytes() for p in (outside / "abs.jpg", tmp_path / "set" / "up.jpg", images / "plain.jpg")}
+    names = [str(outside / "abs.jpg"), "../up.jpg", "plain.jpg"]
+    js = tmp_path / "set" / "instances.json"
+    js.write_text(json.dumps({
+        "images": [{"id": i + 1, "file_name": n, "width": 160, "height": 120} for i, n in enumerate(names)],
+        "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 18, "bbox": [10, 10, 60, 50], "area": 3000,
+                         "iscrowd": 0} for i in range(3)],
+        "categories": [{"id": 18, "name": "dog"}]}))
+    out = tmp_path / "out"
+    rc = main(["label", str(out), "--task", "detection", "--data", str(js), "--labelers", "fastestdet",
+               "-d", "jpeg:q=2", "--no-progress"])
+    assert rc == 0
+    t = pd.read_parquet(out / "labels.parquet")
+    assert len(t) == 3
+    for p in t["path"]:
+        f = (out / p).resolve()
+        assert f.is_relative_to(out.resolve()) and f.read_bytes()[:2] == b"\xff\xd8"
+        assert f.stat().st_size < min(len(b) for b in before.values())  # q=2, not a copy of a q=95 photo
+    assert {p: p.read_bytes() for p in before} == before
+    assert not [p for p in tmp_path.rglob("*.jpg") if not p.resolve().is_relative_to(out.resolve())
+                and p not in before]
+
+
+def test_same_stem_photos_keep_their_own_distorted_files(tmp_path, tflite_pair):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, name in enumerate(["n01440764_x.jpg", "n01440764_x.JPG", "n01440764_x.png", "n01440764_x_jpg.png"]):
+        natural_image(200, 150, seed=i).save(folder / name, format="PNG" if name.endswith("png") else "JPEG")
+    rep = classification_run(folder, tmp_path / "out", tflite_pair[:1])
+    t = pd.read_parquet(rep.table)
+    assert len(t) == 4 * 3 and t["path"].nunique() == 12
+    from imutility.images import load_image
+
+    for _, row in t[t["level"] == 90].iterrows():  # q=90 looks like its own source, not another one
+        out = np.asarray(load_image(tmp_path / "out" / row["path"]), dtype=float)
+        errs = {p.name: np.abs(out - np.asarray(load_image(p), dtype=float)).mean() for p in folder.iterdir()}
+        assert min(errs, key=errs.get) == row["key"]
+
+
+def test_measure_pairs_exactly_and_reports_the_rest(tmp_path):
+    from imutility.measure import pair_paths
+
+    p, d = tmp_path / "p", tmp_path / "d"
+    p.mkdir()
+    d.mkdir()
+    for n in ("a.jpg", "a.png", "b.png", "c.png"):
+        natural_image().save(p / n)
+    for n in ("a.jpg", "a.png.jpg", "b.webp", "c.png.jpg", "lonely.jpg", "a.webp"):
+        natural_image().save(d / n, format="PNG")
+    pairs, unpaired = pair_paths(p, d)
+    got = {dd.name: pp.name for pp, dd in pairs}
+    assert got == {"a.jpg": "a.jpg", "a.png.jpg": "a.png", "b.webp": "b.png", "c.png.jpg": "c.png"}
+    reasons = dict((Path(f).name, r) for f, r in unpaired)
+    assert set(reasons) == {"lonely.jpg", "a.webp"}
+    assert "no pristine counterpart" in reasons["lonely.jpg"] and "several" in reasons["a.webp"]

@@ -144,6 +144,31 @@ def test_load_failures(tiny_predictor, tmp_path):
         Predictor.load(bad)
 
 
+def test_hash_check_cannot_be_skipped_by_restoring_mtime(tiny_predictor, tmp_path, monkeypatch):
+    """Flip a byte, put the old mtime back: the weights must still be refused (small and large files)."""
+    import os
+    import shutil
+
+    from imutility.zoo import weights as w
+
+    monkeypatch.setenv("IMUTILITY_CACHE", str(tmp_path / "cache"))
+    for always in (w.ALWAYS_HASH_BYTES, 0):  # 0: take the cached path a 500 MB file would take
+        monkeypatch.setattr(w, "ALWAYS_HASH_BYTES", always)
+        bad = tmp_path / f"bad{always}"
+        shutil.copytree(tiny_predictor, bad)
+        Predictor.load(bad)  # hashed (and, for the large-file rule, cached) once
+        f = bad / "model.pt"
+        st = f.stat()
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        with open(f, "r+b") as fh:  # same inode, same size
+            fh.write(bytes(data))
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+        assert f.stat().st_mtime_ns == st.st_mtime_ns and f.stat().st_size == st.st_size
+        with pytest.raises(PredictorLoadError, match="differs from the card"):
+            Predictor.load(bad)
+
+
 def test_cli_predict_filter_export(tiny_predictor, tmp_path, capsys):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)

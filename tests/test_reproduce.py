@@ -191,8 +191,10 @@ def test_paper_config_without_weights_fails_before_any_work(tmp_path, monkeypatc
     assert rc == 1
     assert not (tmp_path / "out" / "labels").exists()
     study = Study(load_config("paper"), tmp_path / "o2", log=lambda m: None)
-    with pytest.raises(NetworkUnavailableError, match="inception_v3"):
+    with pytest.raises(NetworkUnavailableError, match="inception_v3") as err:
         run_study(study)
+    # the ResNet-18 predictor is not silently trained from random weights: its missing file is named too
+    assert "predictor backbone resnet18" in str(err.value) and "resnet18-f37072fd.pth" in str(err.value)
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,21 @@
 
 Layout of ``OUT``::
 
-    OUT/<distortion slug>/<source path relative to SRC, new suffix>   e.g. OUT/jpeg_q5/dog.jpg
+    OUT/<distortion slug>/<source path relative to SRC><codec suffix>   e.g. OUT/jpeg_q5/dog.png.jpg
     OUT/manifest.csv          one row per written image (columns: MANIFEST_FIELDS)
     OUT/errors.csv            one row per source that could not be read (only when there were some)
     OUT/.imutility/           the run's config and journal, for resuming
 
-Each image is written atomically; the journal records a source once all its levels are on
-disk, so a rerun after an interruption does only what is missing and ends with the same manifest.
+The codec's suffix is appended to the source's own name (never replaces it), so every source has its
+own outputs: ``a.jpg``, ``a.png`` and ``a.JPG`` cannot overwrite each other. Each image is written
+atomically; the journal records a source (with the SHA-256 of its bytes) once all its levels are on
+disk, so a rerun after an interruption does only what is missing, redoes a source whose content
+changed, and ends with the same manifest.
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
@@ -22,6 +26,7 @@ from pathlib import Path
 from imutility import atomic
 from imutility.distort import Distortion, parse_distortion, seeded_rng
 from imutility.images import DEFAULT_MAX_PIXELS, ImageLoadError, list_images, load_image
+from imutility.paths import check_unique_outputs, output_relpath
 
 MANIFEST_FIELDS = ("source", "width", "height", "distortion", "family", "level", "path", "format",
                    "bytes", "bpp")
@@ -50,24 +55,14 @@ class DistortReport:
         return self.out / "manifest.csv"
 
 
-def output_names(sources: Sequence[Path], root: Path) -> dict[Path, str]:
-    """Relative output stems, unique even when ``a.png`` and ``a.jpg`` sit side by side."""
-    rel = {p: p.relative_to(root) if p != root else Path(p.name) for p in sources}
-    stems: dict[str, list[Path]] = {}
-    for p, r in rel.items():
-        stems.setdefault(str(r.with_suffix("")), []).append(p)
-    out = {}
-    for stem, ps in stems.items():
-        for p in ps:
-            out[p] = stem if len(ps) == 1 else f"{stem}_{p.suffix.lstrip('.').lower()}"
-    return out
-
-
 def _process_source(task: tuple) -> dict:
     """Worker: read one source, write all its distorted versions. Returns a journal record."""
-    src, rel, stem, out, specs, seed, max_pixels = task
+    src, rel, out, specs, seed, max_pixels = task
     try:
-        img = load_image(src, max_pixels=max_pixels)
+        data = Path(src).read_bytes()
+        img = load_image(data, max_pixels=max_pixels)
+    except OSError as e:
+        return {"source": rel, "ok": False, "reason": f"unreadable file: {e.strerror or e}"}
     except ImageLoadError as e:
         return {"source": rel, "ok": False, "reason": e.reason}
     rows = []
@@ -77,14 +72,14 @@ def _process_source(task: tuple) -> dict:
             res = d(img, seeded_rng(seed, rel, spec) if d.random else None)
         except Exception as e:  # a codec refusing an image must not end the run
             return {"source": rel, "ok": False, "reason": f"{spec} failed: {type(e).__name__}: {e}"}
-        path = Path(d.slug) / (stem + res.suffix)
+        path = Path(d.slug) / output_relpath(rel, res.suffix)
         atomic.write_bytes(Path(out) / path, res.data, durable=False)
         rows.append({
             "source": rel, "width": img.width, "height": img.height, "distortion": spec,
             "family": d.family, "level": d.level, "path": path.as_posix(), "format": res.format,
             "bytes": len(res.data), "bpp": round(res.bpp, 6),
         })
-    return {"source": rel, "ok": True, "rows": rows}
+    return {"source": rel, "ok": True, "sha256": hashlib.sha256(data).hexdigest(), "rows": rows}
 
 
 def distort_folder(src: str | os.PathLike, out: str | os.PathLike, distortions: Sequence[Distortion],
@@ -94,7 +89,6 @@ def distort_folder(src: str | os.PathLike, out: str | os.PathLike, distortions: 
     src, out = Path(src), Path(out)
     sources = list_images(src)
     root = src if src.is_dir() else src.parent
-    names = output_names(sources, root)
     specs = [d.spec for d in distortions]
     if len(set(d.slug for d in distortions)) != len(distortions):
         raise ValueError("two distortions share an output folder name")
@@ -104,11 +98,13 @@ def distort_folder(src: str | os.PathLike, out: str | os.PathLike, distortions: 
     atomic.check_or_write_config(state / "config.json", config)
 
     journal = atomic.Journal(state / "journal.jsonl")
-    done = {r["source"]: r for r in journal.read() if r.get("ok")
-            and all((out / row["path"]).exists() for row in r["rows"])}
     rel_of = {p: (p.relative_to(root).as_posix() if p != root else p.name) for p in sources}
-    todo = [(str(p), rel_of[p], names[p], str(out), specs, seed, max_pixels)
-            for p in sources if rel_of[p] not in done]
+    check_unique_outputs(rel_of.values())
+    path_of = {r: p for p, r in rel_of.items()}
+    done = {r["source"]: r for r in journal.read() if r.get("ok") and r["source"] in path_of
+            and all((out / row["path"]).exists() for row in r["rows"])
+            and r.get("sha256") == _sha256(path_of[r["source"]])}  # a changed source is redone
+    todo = [(str(p), rel_of[p], str(out), specs, seed, max_pixels) for p in sources if rel_of[p] not in done]
 
     records: dict[str, dict] = {rel_of[p]: done[rel_of[p]] for p in sources if rel_of[p] in done}
     n_workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
@@ -135,6 +131,13 @@ def distort_folder(src: str | os.PathLike, out: str | os.PathLike, distortions: 
         err_path.unlink()
     return DistortReport(out=out, n_sources=len(sources), n_images=len(rows), errors=errors,
                          n_resumed=len(done))
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _run(todo: list[tuple], n_workers: int):

@@ -43,7 +43,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
     """
     path = None if isinstance(source, bytes | bytearray) else source
     try:
-        if path is not None and os.path.getsize(path) == 0:
+        if (os.path.getsize(path) if path is not None else len(source)) == 0:
             raise ImageLoadError(path, "empty file (0 bytes)")
         fp = io.BytesIO(source) if path is None else open(path, "rb")  # noqa: SIM115
         with fp, warnings.catch_warnings():

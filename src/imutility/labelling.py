@@ -4,7 +4,9 @@ Layout of ``OUT``::
 
     OUT/config.json            task, dataset, labelers, distortions, seed (a rerun with others is refused)
     OUT/sources.jsonl          the pristine sources and their ground truth (augmented ones appended)
-    OUT/images/<slug>/<key>    every distorted image, the codec's own bytes
+    OUT/images/<slug>/<key><codec suffix>   every distorted image, the codec's own bytes; the path is
+                               derived from the source key made safe (:func:`imutility.paths.output_relpath`),
+                               so it is always inside OUT and never shared by two sources
     OUT/cache/_images.jsonl    per chunk: distorted-image metadata and unreadable sources
     OUT/cache/<labeler>.jsonl  per chunk: the labeler's raw outputs for every (source, distortion)
     OUT/labels.parquet         one row per (source, distortion): see :func:`build_table`
@@ -31,6 +33,7 @@ from PIL import Image
 from imutility import atomic
 from imutility.distort import Distortion, parse_distortion, seeded_rng
 from imutility.images import ImageLoadError, load_image
+from imutility.paths import check_unique_outputs, output_relpath
 from imutility.utility import (
     COMBINE_OPS,
     PAPER_DET_IOU,
@@ -161,10 +164,6 @@ class LabelReport:
         return self.out / "labels.parquet"
 
 
-def _file_name(key: str) -> str:
-    return str(Path(key.replace("#", "__")).with_suffix(""))
-
-
 class _Chunk:
     """Loaded and distorted images of a few sources, ready for the labelers."""
 
@@ -188,10 +187,8 @@ def _prepare_chunk(sources: list[Source], distortions: dict[str, Distortion], ou
         for spec in src.distortions or distortions:
             d = distortions[spec]
             res = d(img, seeded_rng(seed, src.key, spec) if d.random else None)
-            rel = Path("images") / d.slug / (_file_name(src.key) + res.suffix)
-            path = out / rel
-            if not path.exists():
-                atomic.write_bytes(path, res.data, durable=False)
+            rel = Path("images") / d.slug / output_relpath(src.key, res.suffix)
+            atomic.write_bytes(out / rel, res.data, durable=False)  # always: never trust a file left there
             images.append(res.image)
             items.append((src.key, spec))
             meta.append({"k": src.key, "d": spec, "path": rel.as_posix(), "bytes": len(res.data),
@@ -263,6 +260,7 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
               "distortions": list(specs), "seed": seed}
     atomic.check_or_write_config(out / "config.json", config)
     sources = list(sources)
+    check_unique_outputs(s.key for s in sources)
     _write_sources(out, sources)
 
     errors, lab_err = _process(sources, specs, labelers, out, seed, chunk_size, progress, "label", on_error)
@@ -386,7 +384,7 @@ def build_table(out: str | os.PathLike, thresholds: Thresholds = Thresholds()):
     """Labels from the caches alone. One row per (source, distortion) with, for every labeler ``L``:
 
     classification: ``L.pristine_top5``/``L.pristine_p5``, ``L.top5``/``L.p5``, ``L.pristine_pred``,
-    ``L.pred``, ``L.phi_ref`` (pristine probability of the true class), ``L.ccsp`` (= phi, distorted),
+    ``L.pred`` (nullable integers: ``<NA>`` where the labeler failed), ``L.phi_ref`` (pristine probability of the true class), ``L.ccsp`` (= phi, distorted),
     ``L.utility`` (Eq. 2), ``L.label`` (Eq. 5);
     detection: ``L.phi_g_ref``/``L.phi_g`` (per ground-truth object, best same-label score at IoU >=
     det_iou), ``L.iou_g`` (per object, best IoU of a same-label detection scoring >= det_score on the
@@ -444,6 +442,8 @@ def _pair(cache: dict, key: str, dist: str) -> tuple[dict | None, dict | None]:
 
 
 def _classification_columns(rows, n, meta, cache, targets, th: Thresholds, labels, utils, j) -> None:
+    import pandas as pd
+
     m = len(meta)
     cols = {c: [None] * m for c in ("pristine_top5", "pristine_p5", "top5", "p5")}
     p0 = np.full(m, -1)
@@ -462,8 +462,9 @@ def _classification_columns(rows, n, meta, cache, targets, th: Thresholds, label
         phi[i], phi_ref[i] = r1["pt"], r0["pt"]
     for c, v in cols.items():
         rows[f"{n}.{c}"] = v
-    rows[f"{n}.pristine_pred"] = np.where(ok, p0, -1)
-    rows[f"{n}.pred"] = np.where(ok, p1, -1)
+    # a failed output is missing (<NA>), never a class index: it must not count as a wrong answer
+    rows[f"{n}.pristine_pred"] = pd.arrays.IntegerArray(np.where(ok, p0, 0).astype(np.int64), mask=~ok)
+    rows[f"{n}.pred"] = pd.arrays.IntegerArray(np.where(ok, p1, 0).astype(np.int64), mask=~ok)
     rows[f"{n}.phi_ref"] = phi_ref
     rows[f"{n}.ccsp"] = phi
     if m:

@@ -85,22 +85,44 @@ def measure_pairs(pristine: Sequence[Image.Image], distorted: Sequence[Image.Ima
                         details[i]) for i in range(n)]
 
 
-def pair_paths(pristine: str | Path, distorted: str | Path) -> list[tuple[Path, Path]]:
-    """Two files, or two folders paired by relative path without suffix (``a/b.png`` ~ ``a/b.jpg``)."""
+def pair_paths(pristine: str | Path, distorted: str | Path) -> tuple[list[tuple[Path, Path]], list[tuple[str, str]]]:
+    """Two files, or two folders paired file by file; returns (pairs, unpaired distorted files with the reason).
+
+    A distorted file ``R`` (its path relative to DISTORTED) pairs with the pristine file of the same relative
+    path, else with the one whose relative path is ``R`` without its last suffix (``imutility distort`` names
+    outputs ``a.png.jpg`` for ``a.png``), else with the ONE pristine file of the same relative path up to the
+    suffix (``a.webp`` ~ ``a.png``).
+    A distorted file with no counterpart, or with several (``a.jpg`` and ``a.png`` both in PRISTINE), is
+    returned as unpaired with the reason, never guessed.
+    """
     p, d = Path(pristine), Path(distorted)
     if p.is_file() and d.is_file():
-        return [(p, d)]
-    if p.is_dir() and d.is_dir():
-        ref = {f.relative_to(p).with_suffix("").as_posix(): f for f in list_images(p)}
-        pairs = []
-        for f in list_images(d):
-            key = f.relative_to(d).with_suffix("").as_posix()
-            if key in ref:
-                pairs.append((ref[key], f))
-        if not pairs:
-            raise ValueError(f"no file in {d} has a counterpart in {p} (paired by relative path without suffix)")
-        return pairs
-    raise ValueError("PRISTINE and DISTORTED must both be files or both be folders")
+        return [(p, d)], []
+    if not (p.is_dir() and d.is_dir()):
+        raise ValueError("PRISTINE and DISTORTED must both be files or both be folders")
+    ref = {f.relative_to(p).as_posix(): f for f in list_images(p)}
+    by_stem: dict[str, list[Path]] = {}
+    for rel, f in ref.items():
+        by_stem.setdefault(Path(rel).with_suffix("").as_posix(), []).append(f)
+    pairs, unpaired = [], []
+    for f in list_images(d):
+        rel = f.relative_to(d)
+        exact = ref.get(rel.as_posix()) or ref.get(rel.with_suffix("").as_posix())
+        if exact is not None:
+            pairs.append((exact, f))
+            continue
+        same = by_stem.get(rel.with_suffix("").as_posix(), [])
+        if len(same) == 1:
+            pairs.append((same[0], f))
+        elif same:
+            unpaired.append((str(f), "several pristine counterparts (" + ", ".join(x.name for x in same)
+                             + "): cannot tell which one it was made from"))
+        else:
+            unpaired.append((str(f), f"no pristine counterpart in {p}"))
+    if not pairs:
+        raise ValueError(f"no file in {d} has a counterpart in {p} (paired by relative path, see "
+                         "`imutility measure --help`)")
+    return pairs, unpaired
 
 
 def measure_paths(pristine: str | Path, distorted: str | Path, labelers: Sequence[Labeler], op: str = "mean",
@@ -113,8 +135,8 @@ def measure_paths(pristine: str | Path, distorted: str | Path, labelers: Sequenc
     """
     from imutility.images import ImageLoadError
 
-    results, errors = [], []
-    pairs = pair_paths(pristine, distorted)
+    results = []
+    pairs, errors = pair_paths(pristine, distorted)
     for i in range(0, len(pairs), batch):
         ok, a, b, t, ann = [], [], [], [], []
         for pp, dp in pairs[i:i + batch]:

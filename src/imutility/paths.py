@@ -1,8 +1,10 @@
-"""Where the read-only shared material lives (data and models), overridable, never written to."""
+"""Paths: where the read-only shared material lives (data and models), overridable, never written to;
+and where each source's output goes inside an output folder (always inside it, one file per source)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 #: Environment variable naming the shared folder (data/, models/); default ``../shared``.
@@ -20,3 +22,46 @@ def shared_dir(override: str | os.PathLike | None = None) -> Path:
 def shared_data(name: str, override: str | os.PathLike | None = None) -> Path:
     """A data set under ``<shared>/data``."""
     return shared_dir(override) / "data" / name
+
+
+# ------------------------------------------------------------------------------------ paths inside an output folder
+def safe_relpath(key: str) -> str:
+    """``key`` as a relative POSIX path that stays inside whatever folder it is joined to.
+
+    A safe key (relative, ``/``-separated, no empty, ``.`` or ``..`` part) is returned unchanged. Any other
+    key (absolute, with ``..``, backslashes or a drive) loses its root, turns ``..`` into ``__``, drops
+    empty and ``.`` parts, and gets ``~`` + 8 hex digits of its SHA-1 appended, so that two different keys
+    never share a path (``../x.jpg`` and ``x.jpg`` stay apart).
+    """
+    import hashlib
+
+    text = str(key)
+    parts = text.split("/")
+    if text and "\\" not in text and all(p not in ("", ".", "..") for p in parts):
+        return text
+    clean = [("__" if p == ".." else p) for p in text.replace("\\", "/").split("/") if p not in ("", ".")]
+    if not clean:
+        clean = ["_"]
+    clean[-1] += "~" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+    return "/".join(clean)
+
+
+def output_relpath(key: str, suffix: str) -> str:
+    """Where the output of one source goes, relative to its folder: the source's safe relative path with
+    the output's own suffix APPENDED (``a.png`` -> ``a.png.jpg``, ``a.jpg`` -> ``a.jpg.jpg``).
+
+    Appending rather than replacing keeps the mapping one-to-one: ``a.jpg``, ``a.png``, ``a.JPG`` and
+    ``a_jpg.png`` never meet in one output file.
+    """
+    return safe_relpath(key) + suffix
+
+
+def check_unique_outputs(keys: Iterable[str]) -> None:
+    """Refuse a run in which two source keys would write one output path (never happens with
+    :func:`output_relpath` short of a hash collision; checked so that it can never pass silently)."""
+    seen: dict[str, str] = {}
+    for k in keys:
+        p = safe_relpath(k)
+        if p in seen and seen[p] != k:
+            raise ValueError(f"sources {seen[p]!r} and {k!r} would write the same output file {p!r}")
+        seen[p] = k

@@ -27,7 +27,8 @@ class BackboneSpec:
 
 
 def _resnet18(num_outputs: int, pretrained: bool) -> tuple[nn.Module, str]:
-    """The paper's network. ImageNet weights from the torch cache when there, else random init."""
+    """The paper's network. ImageNet weights from the torch cache; without them ``pretrained=True`` stops with
+    :class:`~imutility.zoo.weights.WeightsError` naming the file (never a silent random initialisation)."""
     import torchvision
 
     from imutility.zoo.backends.torch_models import load_into, load_state_dict_file
@@ -41,10 +42,11 @@ def _resnet18(num_outputs: int, pretrained: bool) -> tuple[nn.Module, str]:
                            source="torchvision ResNet18_Weights.IMAGENET1K_V1", license="BSD-3-Clause")
         try:
             path = resolve(spec)
-            load_into(model, load_state_dict_file(path), str(path))
-            note = f"ImageNet weights from {path}"
-        except WeightsError:
-            note = f"random initialisation: no usable {spec.filename} in the torch cache ({spec.url})"
+        except WeightsError as e:
+            raise type(e)(f"resnet18 backbone: {e}\n(or train from random weights on purpose: pretrained=False, "
+                          "`imutility train --no-pretrained`, `pretrained = false` in a study config)") from e
+        load_into(model, load_state_dict_file(path), str(path))
+        note = f"ImageNet weights from {path}"
     model.fc = nn.Linear(model.fc.in_features, num_outputs)
     return model, note
 

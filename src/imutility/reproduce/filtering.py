@@ -30,6 +30,15 @@ class FilterOutcome:
         return d
 
 
+def top1_correct(table, network: str) -> tuple[np.ndarray, np.ndarray]:
+    """(valid, correct) of a classifier over a labels table: ``valid`` marks rows with an output (a failed
+    output is ``<NA>``: left out, never a wrong answer), ``correct`` is top-1 == target over the valid rows."""
+    pred = table[f"{network}.pred"]
+    valid = pred.notna().to_numpy()
+    correct = (pred == table["target"]).to_numpy(dtype=bool, na_value=False)[valid]
+    return valid, correct
+
+
 def filtered_top1(correct: np.ndarray, keep: np.ndarray) -> FilterOutcome:
     """Top-1 over the kept images (NaN when nothing is kept)."""
     correct = np.asarray(correct, dtype=float)

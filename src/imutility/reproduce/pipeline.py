@@ -136,9 +136,13 @@ def preflight(study: Study) -> None:
 
     cfg = study.config
     names = [n for t in TASKS for n in (*cfg.task(t).labelers, *cfg.task(t).held_out)] + [cfg.ood_network]
-    missing = [a for a in (zoo.availability(n, study.models) for n in dict.fromkeys(names)) if not a.ok]
+    missing = [(a.name, a.detail) for a in (zoo.availability(n, study.models) for n in dict.fromkeys(names))
+               if not a.ok]
+    backbone = _backbone_problem(cfg.predictor.backbone) if cfg.predictor.pretrained else None
+    if backbone is not None:
+        missing.append((f"predictor backbone {cfg.predictor.backbone}", backbone))
     if missing:
-        lines = "\n".join(f"  {a.name}: {a.detail}" for a in missing)
+        lines = "\n".join(f"  {name}: {detail}" for name, detail in missing)
         raise NetworkUnavailableError(f"config {cfg.name!r} needs networks that are not available here:\n{lines}\n"
                                       "Put the weight files in your torch cache or pass --models DIR "
                                       "(`imutility zoo list` shows what is found).")
@@ -148,6 +152,18 @@ def preflight(study: Study) -> None:
             if not resolve_data(d, study.shared).exists():
                 raise FileNotFoundError(f"[{t}] data {d!r}: {resolve_data(d, study.shared)} not found "
                                         "(set --shared or IMUTILITY_SHARED, or give a path)")
+
+
+def _backbone_problem(name: str) -> str | None:
+    """Why the predictor backbone's pretrained weights cannot be loaded, or None when they can."""
+    from imutility.predictor.backbones import create_backbone
+    from imutility.zoo.weights import WeightsError
+
+    try:
+        create_backbone(name, 2, pretrained=True)
+    except (WeightsError, ImportError) as e:
+        return str(e).splitlines()[0]
+    return None
 
 
 # ------------------------------------------------------------------------------------------------- stages

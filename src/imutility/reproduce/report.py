@@ -123,7 +123,7 @@ def _filters(study: Study, task: str, held) -> dict[str, np.ndarray]:
 
 
 def _fig2_classification(study: Study, table) -> dict:
-    from imutility.reproduce.filtering import filtered_top1, lowest_rate_keep
+    from imutility.reproduce.filtering import filtered_top1, lowest_rate_keep, top1_correct
 
     held = table[table["distortion"].isin(study.config.heldout_distortions)].reset_index(drop=True)
     keeps = _filters(study, "classification", held)
@@ -131,8 +131,7 @@ def _fig2_classification(study: Study, table) -> dict:
     levels = held["distortion"].to_numpy()
     out, per_level = {}, {d: {} for d in study.config.heldout_distortions} if combined is not None else {}
     for net in study.config.classification.held_out:
-        valid = held[f"{net}.pred"].notna().to_numpy()  # a failed output is not a wrong answer: leave it out
-        correct = (held[f"{net}.pred"] == held["target"]).to_numpy()[valid]
+        valid, correct = top1_correct(held, net)  # a failed output is not a wrong answer: left out
         res = {fname: filtered_top1(correct, keep[valid]).as_dict() for fname, keep in keeps.items()}
         if combined is not None:
             n_rej = int((~combined[valid]).sum())

@@ -136,14 +136,26 @@ def _missing_message(spec: WeightsSpec, places: list[Path]) -> str:
     return f"weights {spec.filename} not found; looked in:\n{where}\nTo fix: " + "; or ".join(how)
 
 
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
+#: files up to this size are hashed on every check (a 3 MB predictor takes milliseconds); only larger ones
+#: (torchvision's 100-550 MB weight files) use the cache below
+ALWAYS_HASH_BYTES = 64 << 20
+
+_HASH_MEMO: dict[tuple, str] = {}
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file, memoised per (path, size, mtime) in-process and in a small on-disk cache."""
+    """SHA-256 of a file.
+
+    The rule: a file of at most :data:`ALWAYS_HASH_BYTES` is hashed every time. A larger one is hashed
+    once per (path, inode, size, mtime, ctime), in-process and in a small on-disk cache. The ctime is
+    what makes the cache safe: a user (or a tool) can restore a file's mtime after changing its bytes,
+    but not its ctime, which the kernel sets on every write and on every mtime change.
+    """
     p = Path(path).resolve()
     st = p.stat()
-    key = (str(p), st.st_size, st.st_mtime_ns)
+    if st.st_size <= ALWAYS_HASH_BYTES:
+        return _hash(p)
+    key = (str(p), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     if key in _HASH_MEMO:
         return _HASH_MEMO[key]
     cache_file = cache_dir() / "sha256.json"
@@ -152,16 +164,12 @@ def file_sha256(path: str | os.PathLike) -> str:
     except (OSError, ValueError):
         disk = {}
     entry = disk.get(key[0])
-    if entry and entry[0] == st.st_size and entry[1] == st.st_mtime_ns:
-        _HASH_MEMO[key] = entry[2]
-        return entry[2]
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    if isinstance(entry, list) and len(entry) == 5 and tuple(entry[:4]) == key[1:]:
+        _HASH_MEMO[key] = entry[4]
+        return entry[4]
+    digest = _hash(p)
     _HASH_MEMO[key] = digest
-    disk[key[0]] = [st.st_size, st.st_mtime_ns, digest]
+    disk[key[0]] = [*key[1:], digest]
     try:
         from imutility import atomic
 
@@ -169,6 +177,14 @@ def file_sha256(path: str | os.PathLike) -> str:
     except OSError:
         pass  # a read-only home must not stop a run
     return digest
+
+
+def _hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def cache_dir() -> Path:
