@@ -377,3 +377,46 @@ def test_measure_pairs_exactly_and_reports_the_rest(tmp_path):
     reasons = dict((Path(f).name, r) for f, r in unpaired)
     assert set(reasons) == {"lonely.jpg", "a.webp"}
     assert "no pristine counterpart" in reasons["lonely.jpg"] and "several" in reasons["a.webp"]
+
+
+# ---------------------------------------------------------------------------------- held-out networks, no labels
+def test_reference_free_labels_on_an_unlabelled_folder(tmp_path, tflite_pair):
+    """Photos without any class label: the labelers' agreed pristine class is the reference."""
+    src = require_shared("data", "imagenet-sample")
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for i, p in enumerate(sorted(src.iterdir())[::100]):
+        shutil.copy(p, folder / f"holiday_{i}.jpg")  # no synset in the name: no ground truth
+    with pytest.raises(ValueError, match="no labelled images"):
+        classification_run(folder, tmp_path / "gt", tflite_pair)
+    out = tmp_path / "out"
+    rc = main(["label", str(out), "--task", "classification", "--data", str(folder), "--reference", "pristine",
+               "--labelers", "mobilenet_v2,mobilenet_v1_075", "--held-out", "mobilenet_v3_small",
+               "-d", "jpeg:q=2", "-d", "jpeg:q=50", "--no-progress"])
+    assert rc == 0
+    t = pd.read_parquet(out / "labels.parquet")
+    assert json.loads((out / "config.json").read_text())["reference"] == "pristine"
+    top0 = {n: t[f"{n}.pristine_top5"].map(lambda v: v[0] if v is not None else None) for n in ("mobilenet_v2",)}
+    agree = t["target"].notna()
+    assert agree.sum() >= 4  # the two classifiers agree on most of these photos
+    assert (t.loc[agree, "target"].astype(int) == top0["mobilenet_v2"][agree].astype(int)).all()
+    # where they agree, the photo is pristine-correct by construction and gets a label at q=50
+    assert t.loc[agree & (t["level"] == 50), "label"].notna().any()
+    assert t.loc[~agree, "label"].isna().all()
+    # the held-out network has its columns but no say in the label
+    assert "mobilenet_v3_small.pred" in t and "mobilenet_v3_small.label" in t
+    expected = np.where(t["mobilenet_v2.label"] == t["mobilenet_v1_075.label"], t["mobilenet_v2.label"], np.nan)
+    np.testing.assert_array_equal(t["label"].to_numpy(), expected)
+    kept = t["retained_mean"].dropna()
+    assert len(kept) and kept.between(0, 1).all()
+
+
+def test_held_out_networks_change_no_label(imagenet_folder, tmp_path, tflite_pair):
+    a = classification_run(imagenet_folder, tmp_path / "a", tflite_pair[:1])
+    b = classification_run(imagenet_folder, tmp_path / "b", tflite_pair[:1], held_out=tflite_pair[1:])
+    ta, tb = pd.read_parquet(a.table), pd.read_parquet(b.table)
+    np.testing.assert_array_equal(ta["label"].to_numpy(), tb["label"].to_numpy())
+    np.testing.assert_allclose(ta["confidence_mean"], tb["confidence_mean"])
+    assert "mobilenet_v1_075.ccsp" in tb and "mobilenet_v1_075.ccsp" not in ta
+    with pytest.raises(ValueError, match="both label and be held out"):
+        classification_run(imagenet_folder, tmp_path / "c", tflite_pair, held_out=tflite_pair[1:])

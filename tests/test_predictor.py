@@ -188,11 +188,11 @@ def test_cli_predict_filter_export(tiny_predictor, tmp_path, capsys):
     pristine.mkdir()
     for i in range(3):
         natural_image(128, 96, seed=i).save(pristine / f"{i}.png")
-    rc = main(["filter", str(src), "--out", str(tmp_path / "kept"), "--min-utility", "1.01",
+    rc = main(["filter", str(src), "--out", str(tmp_path / "kept"), "--min-utility", "1.0",
                "--replace-with-pristine", str(pristine), "--model", str(tiny_predictor)])
     assert rc == EXIT_SKIPPED  # the broken file
     report = pd.read_csv(tmp_path / "kept" / "filter.csv")
-    assert (report["decision"] == "replaced with pristine").sum() == 3  # nothing reaches 1.01
+    assert (report["decision"] == "replaced with pristine").sum() == 3  # nothing reaches 1.0
     assert sorted(p.name for p in (tmp_path / "kept").glob("*.png")) == ["0.png", "1.png", "2.png"]
     rc = main(["filter", str(src), "--out", str(tmp_path / "all"), "--min-utility", "0",
                "--model", str(tiny_predictor)])
@@ -227,3 +227,41 @@ def test_predict_works_right_after_install(tmp_path, capsys):
     natural_image(200, 150).save(f, quality=90)
     assert main(["predict", str(f)]) == 0
     assert "p_useful" in capsys.readouterr().out
+
+
+def test_filter_output_is_exactly_the_kept_set(tiny_predictor, tmp_path, capsys):
+    from imutility.predictor.filter_folder import filter_folder
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for n in ("a", "b", "c"):
+        (src / f"{n}.jpg").write_bytes(JPEG(50)(natural_image(128, 96, seed=ord(n))).data)
+    p = Predictor.load(tiny_predictor)
+    assert main(["filter", str(src), "--out", str(tmp_path / "o"), "--min-utility", "1.5",
+                 "--model", str(tiny_predictor)]) == 2  # not a probability
+    assert main(["filter", str(src), "--out", str(tmp_path / "o"), "--min-utility", "nan",
+                 "--model", str(tiny_predictor)]) == 2
+    assert main(["filter", str(src), "--out", str(src / "kept"), "--model", str(tiny_predictor)]) == 1  # inside SRC
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "mine.txt").write_text("x")
+    assert main(["filter", str(src), "--out", str(tmp_path / "busy"), "--model", str(tiny_predictor)]) == 1
+    assert (tmp_path / "busy" / "mine.txt").exists()
+    out = tmp_path / "o"
+    rep = filter_folder(src, out, p, min_utility=0.0)
+    assert rep.kept == 3 and sorted(x.name for x in out.iterdir()) == ["a.jpg", "b.jpg", "c.jpg", "filter.csv"]
+    assert (out / "a.jpg").read_bytes() == (src / "a.jpg").read_bytes()
+    rep = filter_folder(src, out, p, min_utility=1.0)  # a rerun: OUT becomes exactly the new kept set
+    assert rep.kept == 0 and sorted(x.name for x in out.iterdir()) == ["filter.csv"]
+
+    class Deleting:
+        """Scores normally, and deletes b.jpg while a.jpg is being scored (a file vanishing mid-run)."""
+        mode = "binary"
+
+        def __call__(self, images):
+            (src / "b.jpg").unlink(missing_ok=True)
+            return p(images)
+
+    rep = filter_folder(src, tmp_path / "o2", Deleting(), min_utility=0.0, batch_size=1)
+    assert [r for r, _ in rep.unreadable] == ["b.jpg"] and rep.kept == 2
+    table = pd.read_csv(tmp_path / "o2" / "filter.csv")
+    assert table.set_index("path").loc["b.jpg", "decision"].startswith("unreadable")

@@ -19,7 +19,7 @@ def _umask() -> int:
 
 
 #: mkstemp creates files readable by their owner only; atomic outputs get the usual mode instead
-_FILE_MODE = 0o666 & ~_umask()
+FILE_MODE = 0o666 & ~_umask()
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> None:
@@ -32,7 +32,7 @@ def write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> N
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.fchmod(fd, _FILE_MODE)
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             if durable:

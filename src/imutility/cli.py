@@ -7,6 +7,7 @@ and in the output folder's ``errors.csv``); 130 interrupted.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -181,6 +182,12 @@ def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit):
 @click.option("--labels-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Classification ground truth: 'file_name class' lines.")
 @click.option("--labelers", default=None, help="Comma-separated labelers [default: three offline ones].")
+@click.option("--held-out", "held_out", default=None,
+              help="Comma-separated networks run on every image (same columns) that take no part in the label: "
+                   "the unseen networks a predictor is judged on.")
+@click.option("--reference", type=click.Choice(["ground-truth", "pristine"]), default="ground-truth",
+              show_default=True, help="Judge against the dataset's ground truth, or against the labelers' agreed "
+                                      "pristine decisions (any photo folder, no labels needed).")
 @click.option("--preset", "-p", default=None, help="Distortion preset [default: paper-jpeg9].")
 @click.option("--distortion", "-d", "specs", multiple=True, help="Distortion spec; repeatable.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N sources of each set.")
@@ -190,8 +197,8 @@ def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit):
 @_threshold_options
 @_models_option
 @click.option("--no-progress", is_flag=True)
-def label(out, task, data, labels_file, labelers, preset, specs, limit, balance, seed, chunk, th, tl, phi_rec,
-          det_score, det_iou, require_pristine_hit, models, no_progress) -> int:
+def label(out, task, data, labels_file, labelers, held_out, reference, preset, specs, limit, balance, seed, chunk, th,
+          tl, phi_rec, det_score, det_iou, require_pristine_hit, models, no_progress) -> int:
     """Distort a labelled dataset, run a labeler ensemble and write OUT/labels.parquet with utility labels.
 
     Resumable: rerun the same command after an interruption. Unreadable images are reported and skipped.
@@ -208,8 +215,13 @@ def label(out, task, data, labels_file, labelers, preset, specs, limit, balance,
     distortions = _library_call(resolve_distortions, preset or (None if specs else "paper-jpeg9"), specs)
     names = (labelers or DEFAULT_LABELERS[task]).split(",")
     labs = [_library_call(z.get_labeler, n.strip(), models=models) for n in names]
+    held = [_library_call(z.get_labeler, n.strip(), models=models) for n in (held_out or "").split(",") if n.strip()]
     sources, described = [], []
-    if task == "classification":
+    if reference == "pristine" and not (task == "detection" and data and str(data[0]).endswith(".json")):
+        folder = data[0] if data else shared_data("imagenet-sample")
+        sources = _library_call(lb.sources_from_folder, folder)[:limit]
+        described.append(str(folder))
+    elif task == "classification":
         folder = data[0] if data else shared_data("imagenet-sample")
         ds = _library_call(ClassificationDataset.from_folder, folder, labels_file)
         for p in ds.unlabelled:
@@ -225,7 +237,8 @@ def label(out, task, data, labels_file, labelers, preset, specs, limit, balance,
     report = _library_call(
         lb.run_labelling, task, sources, distortions, labs, out, dataset=";".join(described), seed=seed,
         thresholds=_thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit), chunk_size=chunk,
-        balance=balance, progress=not no_progress, on_error=lambda k, r: click.echo(f"skipped {k}: {r}", err=True))
+        balance=balance, progress=not no_progress, on_error=lambda k, r: click.echo(f"skipped {k}: {r}", err=True),
+        held_out=held, reference=reference)
     _print_counts(Path(out), names)
     click.echo(f"{report.n_rows} rows ({report.n_augmented} augmented) from {report.n_sources} sources -> "
                f"{report.table} in {time.perf_counter() - t0:.0f} s")
@@ -305,8 +318,24 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
 @cli.command()
 @click.argument("labels", type=click.Path(exists=True, file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
+@click.option("--architecture", type=click.Choice(["finetune", "content"]), default="finetune", show_default=True,
+              help="finetune: train a backbone end to end on one crop (the paper's way); content: keep a pretrained "
+                   "classifier frozen, read it over tiles of the whole image, train a small head.")
 @click.option("--backbone", default="squeezenet1_1", show_default=True,
-              help="resnet18 (the paper's), efficientnet_lite0, squeezenet1_1.")
+              help="finetune: resnet18 (the paper's), efficientnet_lite0, squeezenet1_1; content: "
+                   "efficientnet_lite0/1/2, "
+                   "squeezenet1_1.")
+@click.option("--features", type=click.Choice(["confidence", "pooled"]), default="confidence", show_default=True,
+              help="content: the head reads the classifier's confidence features, or its pooled features too.")
+@click.option("--soft-target", default=None,
+              help="content, binary: distil this dense [0, 1] column (e.g. confidence_mean), then calibrate on the "
+                   "labels.")
+@click.option("--max-tiles", default=4, show_default=True, help="content: tiles per image at most.")
+@click.option("--train-distortion", "train_distortions", multiple=True,
+              help="Train only on these levels of LABELS (repeatable); test photos are scored at every level.")
+@click.option("--hidden", default=32, show_default=True, help="content: hidden units of the head.")
+@click.option("--dropout", default=0.0, show_default=True, help="content: dropout in the head.")
+@click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay.")
 @click.option("--recipe", type=click.Choice(["paper", "adamw"]), default="adamw", show_default=True,
               help="paper: SGD lr 1e-4, plain cross-entropy; adamw: AdamW + cosine, class-weighted loss.")
 @click.option("--geometry", type=click.Choice(["crop", "resize"]), default="crop", show_default=True,
@@ -327,12 +356,18 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
                    "instead of a seeded 20 % split.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--no-progress", is_flag=True)
-def train(labels, out, backbone, recipe, geometry, mode, label_column, target_column, epochs, batch_size, lr, size,
-          max_samples, no_pretrained, seed, test_sources, device, no_progress) -> None:
+def train(labels, out, architecture, backbone, features, soft_target, max_tiles, train_distortions, hidden, dropout,
+          weight_decay, recipe, geometry, mode,
+          label_column, target_column, epochs, batch_size, lr, size, max_samples, no_pretrained, seed, test_sources,
+          device, no_progress) -> None:
     """Train a utility predictor on LABELS (an `imutility label` folder); writes OUT/model.pt and OUT/card.json."""
     from imutility.predictor import TrainConfig, train_predictor
 
-    cfg = TrainConfig(labels=labels, mode=mode, label_column=label_column, target_column=target_column,
+    cfg = TrainConfig(labels=labels, architecture=architecture, features=features, soft_target=soft_target,
+                      max_tiles=max_tiles, hidden=hidden, dropout=dropout, weight_decay=weight_decay,
+                      train_distortions=list(train_distortions) or None,
+                      mode=mode, label_column=label_column,
+                      target_column=target_column,
                       backbone=backbone, pretrained=not no_pretrained, recipe=recipe, geometry=geometry, size=size,
                       epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_samples=max_samples,
                       test_sources_file=test_sources)
@@ -351,14 +386,17 @@ _model_option = click.option("--model", "model", default="default", show_default
                              help="A predictor folder, its card.json, or a built-in name.")
 
 
-def _load_predictor(model: str, runtime: str = "torch"):
+def _load_predictor(model: str, runtime: str = "auto", device: str = "cpu"):
+    """``auto``: ONNX Runtime on the CPU (several times faster than eager PyTorch there), PyTorch elsewhere."""
     from imutility.predictor import Predictor, PredictorLoadError
 
     try:
-        p = Predictor.load(model)
+        p = Predictor.load(model, device=device)
     except PredictorLoadError as e:
         raise click.ClickException(str(e)) from e
-    return p.use_onnx_runtime() if runtime == "onnx" else p
+    if runtime == "onnx" or (runtime == "auto" and device == "cpu"):
+        p = _library_call(p.use_onnx_runtime)
+    return p
 
 
 def _expand(paths) -> list[Path]:
@@ -376,14 +414,16 @@ def _expand(paths) -> list[Path]:
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
 @click.option("--batch-size", default=32, show_default=True)
-@click.option("--runtime", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True)
-def predict(paths, model, fmt, output, batch_size, runtime) -> int:
+@click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
+              help="auto: ONNX Runtime on the CPU, PyTorch on a GPU.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1).")
+def predict(paths, model, fmt, output, batch_size, runtime, device) -> int:
     """P(useful) for image files or folders, one line each; unreadable files are reported and skipped."""
     import csv
     import io
     import json
 
-    pred = _load_predictor(model, runtime)
+    pred = _load_predictor(model, runtime, device)
     key = "p_useful" if pred.mode == "binary" else "utility"
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n") if fmt == "csv" else None
@@ -391,6 +431,8 @@ def predict(paths, model, fmt, output, batch_size, runtime) -> int:
         writer.writerow(["path", key])
     skipped = 0
     for path, score, err in pred.predict_paths(_expand(paths), batch_size):
+        if err is None and not math.isfinite(score):
+            err = "the predictor gave no finite score (a broken card or weights?)"
         if err is not None:
             skipped += 1
             click.echo(f"skipped {path}: {err}", err=True)
@@ -416,37 +458,18 @@ def predict(paths, model, fmt, output, batch_size, runtime) -> int:
 @_model_option
 @click.option("--batch-size", default=32, show_default=True)
 def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size) -> int:
-    """Copy the images of SRC predicted useful into OUT (and report the rest in OUT/filter.csv)."""
-    from imutility import atomic
+    """Copy the images of SRC predicted useful into OUT, which ends up holding exactly those (and OUT/filter.csv
+    with every file's score and decision). A rerun into the same OUT replaces the earlier run's outputs."""
+    from imutility.predictor.filter_folder import filter_folder
 
+    if not math.isfinite(min_utility) or not 0 <= min_utility <= 1:
+        raise click.BadParameter(f"{min_utility} is not in [0, 1]", param_hint="--min-utility")
     pred = _load_predictor(model)
-    src_p, out_p = Path(src), Path(out)
-    pristine = {}
-    if replace_with_pristine:
-        root = Path(replace_with_pristine)
-        pristine = {p.relative_to(root).with_suffix("").as_posix(): p for p in _expand([root])}
-    rows, kept, replaced, skipped = [], 0, 0, 0
-    for path, score, err in pred.predict_paths(_expand([src_p]), batch_size):
-        rel = path.relative_to(src_p)
-        if err is not None:
-            skipped += 1
-            click.echo(f"skipped {path}: {err}", err=True)
-            rows.append({"path": rel.as_posix(), "score": "", "decision": f"unreadable: {err}"})
-            continue
-        if score >= min_utility:
-            atomic.write_bytes(out_p / rel, path.read_bytes(), durable=False)
-            decision, kept = "kept", kept + 1
-        elif rel.with_suffix("").as_posix() in pristine:
-            p = pristine[rel.with_suffix("").as_posix()]
-            atomic.write_bytes(out_p / rel.with_suffix(p.suffix), p.read_bytes(), durable=False)
-            decision, replaced = "replaced with pristine", replaced + 1
-        else:
-            decision = "filtered out"
-        rows.append({"path": rel.as_posix(), "score": f"{score:.6f}", "decision": decision})
-    atomic.write_csv(out_p / "filter.csv", rows, ["path", "score", "decision"])
-    click.echo(f"kept {kept}, replaced {replaced}, filtered {len(rows) - kept - replaced - skipped}, "
-               f"unreadable {skipped} -> {out_p}")
-    return EXIT_SKIPPED if skipped else EXIT_OK
+    rep = _library_call(filter_folder, src, out, pred, min_utility, replace_with_pristine, batch_size,
+                        on_error=lambda p, r: click.echo(f"skipped {p}: {r}", err=True))
+    click.echo(f"kept {rep.kept}, replaced {rep.replaced}, filtered {rep.filtered}, unreadable {len(rep.unreadable)} "
+               f"-> {rep.out} (decisions: {rep.out / 'filter.csv'})")
+    return EXIT_SKIPPED if rep.unreadable else EXIT_OK
 
 
 @cli.command()
@@ -457,13 +480,61 @@ def export(model, onnx_path) -> None:
     import numpy as np
     from PIL import Image
 
-    pred = _load_predictor(model)
+    pred = _load_predictor(model, "torch")
     path = pred.export_onnx(onnx_path)
-    x = pred.batch([Image.new("RGB", (pred.input.size + 17, pred.input.size + 5), (120, 90, 60))])
-    ref = pred._run(x)
+    rng = np.random.default_rng(0)
+    probe = Image.fromarray(rng.integers(0, 256, (300, 451, 3), dtype=np.uint8))
+    ref = pred(probe)
     pred.use_onnx_runtime(path)
-    diff = float(np.abs(pred._run(x) - ref).max())
-    click.echo(f"wrote {path} (ONNX Runtime vs PyTorch: max |diff| {diff:.1e})")
+    diff = float(np.abs(pred(probe) - ref).max())
+    click.echo(f"wrote {path} (ONNX Runtime vs PyTorch on a probe image: max |diff| {diff:.1e})")
+
+
+def _named(values: tuple[str, ...], what: str) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, where = v.partition("=")
+        if not sep:
+            name, where = Path(v).name or v, v
+        if not name or not where:
+            raise click.BadParameter(f"{v!r}: expected NAME=PATH (or a path)", param_hint=what)
+        out[name] = where
+    return out
+
+
+@cli.command("benchmark")
+@click.argument("labels", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where results.json, report.md and the "
+              "figure go.")
+@click.option("--test-sources", "test_sources", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSON list of the photos to test on, one per LABELS folder in order ('-' = all its photos); "
+                   "default: all photos of every folder.")
+@click.option("--predictor", "predictors", multiple=True, required=True,
+              help="NAME=PATH of a predictor to judge (a folder, card or built-in name); repeatable.")
+@click.option("--baseline", "baselines", multiple=True,
+              help="NAME=PATH of a predictor used as a baseline rule (e.g. a pixel quality regressor); repeatable.")
+@click.option("--msp", default=None, help="Comma-separated networks of the folders whose max-softmax probability is "
+                                          "a baseline [default: all of them].")
+@click.option("--bootstrap", "n_boot", type=click.IntRange(min=10), default=1000, show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def benchmark_cmd(labels, out, test_sources, predictors, baselines, msp, n_boot, seed, device) -> None:
+    """Judge predictors against bits per pixel, the file's JPEG quality and networks' own confidence, within each
+    level and pooled, with bootstrap intervals over photos (LABELS: `imutility label` folders with --held-out)."""
+    from imutility.predictor.benchmark import BenchmarkSet, BenchmarkSpec, benchmark
+    from imutility.predictor.benchmark_report import write_report
+
+    if test_sources and len(test_sources) != len(labels):
+        raise click.BadParameter(f"{len(test_sources)} --test-sources for {len(labels)} LABELS folders",
+                                 param_hint="--test-sources")
+    sets = [BenchmarkSet(Path(d).name, Path(d), None if not test_sources or test_sources[i] == "-"
+                         else Path(test_sources[i])) for i, d in enumerate(labels)]
+    spec = BenchmarkSpec(sets=sets, predictors=_named(predictors, "--predictor"),
+                         baselines=_named(baselines, "--baseline"), msp=msp.split(",") if msp else None,
+                         n_boot=n_boot, seed=seed, device=device)
+    results = _library_call(benchmark, spec, out, log=lambda m: click.echo(m, err=True))
+    write_report(results, out)
+    click.echo(f"report: {Path(out) / 'report.md'} (results: {Path(out) / 'results.json'})")
 
 
 REPRODUCE_STAGES = ("label", "train", "evaluate", "baselines", "report")  # = reproduce.pipeline.STAGES (tested)

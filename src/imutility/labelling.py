@@ -49,6 +49,9 @@ from imutility.utility import (
 
 PRISTINE = "pristine"
 TOPK = 5
+#: what a distorted image is judged against: the dataset's ground truth, or the pristine decisions
+GROUND_TRUTH, PRISTINE_REFERENCE = "ground-truth", "pristine"
+REFERENCES = (GROUND_TRUTH, PRISTINE_REFERENCE)
 
 
 LabellingConfigError = atomic.ConfigMismatchError  # OUT holds a labelling run with other settings
@@ -92,6 +95,17 @@ class Thresholds:
 
 def sources_from_classification(dataset) -> list[Source]:
     return [Source(key=s.key, path=str(s.path), target=int(s.target)) for s in dataset]
+
+
+def sources_from_folder(folder: str | os.PathLike) -> list[Source]:
+    """Every image under a folder, without ground truth (for ``reference="pristine"``)."""
+    from imutility.images import list_images
+
+    root = Path(folder)
+    files = list_images(root)
+    if not files:
+        raise ValueError(f"no image files found in {root}")
+    return [Source(key=p.relative_to(root).as_posix() if p != root else p.name, path=str(p)) for p in files]
 
 
 def sources_from_coco(dataset) -> list[Source]:
@@ -210,6 +224,7 @@ def _records(labeler, chunk: _Chunk, targets: dict[str, int | None]) -> tuple[li
                 outputs.append(None)
                 failed[i] = f"{type(e).__name__}: {e}"
     recs = []
+    own_top1: dict[str, int] = {}  # the labeler's pristine decision per source (pristine comes first in a chunk)
     for i, (key, dist) in enumerate(chunk.items):
         if i in failed:
             recs.append({"k": key, "d": dist, "error": failed[i]})
@@ -218,9 +233,12 @@ def _records(labeler, chunk: _Chunk, targets: dict[str, int | None]) -> tuple[li
         if labeler.task == "classification":
             p = np.asarray(out, dtype=np.float64)
             top = np.argsort(-p)[:TOPK]
-            t = targets.get(key)
+            if dist == PRISTINE:
+                own_top1[key] = int(top[0])
+            t, r = targets.get(key), own_top1.get(key)
             recs.append({"k": key, "d": dist, "top": top.tolist(), "p": np.round(p[top], 6).tolist(),
-                         "pt": None if t is None else round(float(p[t]), 6)})
+                         "pt": None if t is None else round(float(p[t]), 6),
+                         "pr": None if r is None else round(float(p[r]), 6)})
         else:
             recs.append({"k": key, "d": dist, "b": np.round(out.boxes, 1).tolist(),
                          "l": out.labels.astype(int).tolist(), "s": np.round(out.scores, 5).tolist()})
@@ -247,18 +265,39 @@ def _read_cache(path: Path) -> dict[tuple[str, str], dict]:
 def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Distortion], labelers: Sequence,
                   out: str | os.PathLike, dataset: str = "", seed: int = 0, thresholds: Thresholds = Thresholds(),
                   chunk_size: int = 8, balance: bool = False, progress: bool = True,
-                  on_error: Callable[[str, str], None] | None = None) -> LabelReport:
-    """Distort, run every labeler, cache raw outputs, then build the table and statistics."""
+                  on_error: Callable[[str, str], None] | None = None, held_out: Sequence = (),
+                  reference: str = GROUND_TRUTH) -> LabelReport:
+    """Distort, run every labeler, cache raw outputs, then build the table and statistics.
+
+    ``held_out`` networks run on every image like the labelers and get the same columns, but take no
+    part in the combined label (the unseen networks a predictor is judged on). ``reference``:
+    ``"ground-truth"`` (the dataset's classes or boxes) or ``"pristine"`` (no ground truth needed: the
+    reference class is the labelers' agreed pristine top-1, images where they disagree are excluded;
+    for detection each network's confident pristine detections are its reference objects).
+    """
     out = Path(out)
     if task not in ("classification", "detection"):
         raise ValueError(f"task must be classification or detection, got {task!r}")
-    wrong = [lab.name for lab in labelers if lab.task != task]
+    if reference not in REFERENCES:
+        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    wrong = [lab.name for lab in (*labelers, *held_out) if lab.task != task]
     if wrong:
         raise ValueError(f"labelers {wrong} are not {task} labelers")
+    both = {lab.name for lab in labelers} & {lab.name for lab in held_out}
+    if both:
+        raise ValueError(f"{sorted(both)} cannot both label and be held out")
+    if reference == GROUND_TRUTH and task == "classification" and any(s.target is None for s in sources):
+        raise ValueError("some sources have no class label: use reference='pristine' (`--reference pristine`) "
+                         "to label photos without ground truth")
     specs = {d.spec: d for d in distortions}
     config = {"task": task, "dataset": dataset, "labelers": [lab.name for lab in labelers],
               "distortions": list(specs), "seed": seed}
+    if held_out:  # only when used: runs made before these settings existed resume unchanged
+        config["held_out"] = [lab.name for lab in held_out]
+    if reference != GROUND_TRUTH:
+        config["reference"] = reference
     atomic.check_or_write_config(out / "config.json", config)
+    labelers = [*labelers, *held_out]
     sources = list(sources)
     check_unique_outputs(s.key for s in sources)
     _write_sources(out, sources)
@@ -275,7 +314,7 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
             lab_err += l2
             n_aug = len(aug)
     table = build_table(out, thresholds)
-    write_outputs(out, table, config["labelers"])
+    write_outputs(out, table, config["labelers"] + config.get("held_out", []))
     return LabelReport(out=out, n_sources=len(sources), n_rows=len(table), errors=errors,
                        labeler_errors=lab_err, n_augmented=n_aug)
 
@@ -384,27 +423,35 @@ def build_table(out: str | os.PathLike, thresholds: Thresholds = Thresholds()):
     """Labels from the caches alone. One row per (source, distortion) with, for every labeler ``L``:
 
     classification: ``L.pristine_top5``/``L.pristine_p5``, ``L.top5``/``L.p5``, ``L.pristine_pred``,
-    ``L.pred`` (nullable integers: ``<NA>`` where the labeler failed), ``L.phi_ref`` (pristine probability of the true class), ``L.ccsp`` (= phi, distorted),
+    ``L.pred`` (nullable integers: ``<NA>`` where the labeler failed), ``L.phi_ref`` (pristine
+    probability of the true class), ``L.ccsp`` (= phi, distorted),
     ``L.utility`` (Eq. 2), ``L.label`` (Eq. 5);
     detection: ``L.phi_g_ref``/``L.phi_g`` (per ground-truth object, best same-label score at IoU >=
     det_iou), ``L.iou_g`` (per object, best IoU of a same-label detection scoring >= det_score on the
     distorted image), ``L.phi_ref``/``L.phi`` (their means), ``L.found`` (share found), ``L.utility``,
     ``L.label`` (Eq. 6);
-    and the combined ``utility_mean|max|min`` and ``label_unanimous|majority`` (``label`` = unanimous,
-    the paper's rule). Missing outputs (a labeler failed on that image) are NaN.
+    and the combined ``utility_mean|max|min``, ``label_unanimous|majority`` (``label`` = unanimous,
+    the paper's rule), ``confidence_mean`` (the labelers' mean ``ccsp`` / ``phi`` on the distorted
+    image) and ``retained_mean`` (their mean share of the pristine confidence kept, ``min(1, phi / phi')``):
+    dense targets that, unlike the label, nearly every image has. Held-out networks get the same
+    per-network columns and take no part in the combined ones. Missing outputs (a labeler failed on
+    that image) are NaN. With ``reference = "pristine"`` the ``target`` is the labelers' agreed pristine
+    top-1 class (``<NA>`` where they disagree: those rows are excluded).
     """
     import pandas as pd
 
     out = Path(out)
     config = json.loads((out / "config.json").read_text())
     task, names = config["task"], config["labelers"]
+    everyone = names + config.get("held_out", [])
+    reference = config.get("reference", GROUND_TRUTH)
     sources = {s.key: s for s in read_sources(out)}
     meta = [r for line in atomic.Journal(out / "cache" / "_images.jsonl").read() for r in line.get("records", [])]
     meta = list({(r["k"], r["d"]): r for r in meta if r["k"] in sources}.values())
     order = {d: i for i, d in enumerate(config["distortions"])}
     key_order = {k: i for i, k in enumerate(sources)}
     meta.sort(key=lambda r: (key_order[r["k"]], order.get(r["d"], 1 << 30)))
-    caches = {n: _read_cache(out / "cache" / f"{n}.jsonl") for n in names}
+    caches = {n: _read_cache(out / "cache" / f"{n}.jsonl") for n in everyone}
 
     rows: dict[str, list] = {
         "key": [r["k"] for r in meta],
@@ -416,16 +463,32 @@ def build_table(out: str | os.PathLike, thresholds: Thresholds = Thresholds()):
         "bytes": [r["bytes"] for r in meta],
         "bpp": [r["bpp"] for r in meta],
     }
-    labels = np.full((len(meta), len(names)), np.nan)
-    utils = np.full((len(meta), len(names)), np.nan)
+    labels = np.full((len(meta), len(everyone)), np.nan)
+    utils = np.full((len(meta), len(everyone)), np.nan)
+    conf = np.full((len(meta), len(everyone)), np.nan)
+    kept = np.full((len(meta), len(everyone)), np.nan)
     if task == "classification":
-        rows["target"] = [sources[r["k"]].target for r in meta]
-        for j, n in enumerate(names):
-            _classification_columns(rows, n, meta, caches[n], np.asarray(rows["target"]), thresholds, labels, utils, j)
+        if reference == PRISTINE_REFERENCE:
+            agreed = _agreed_pristine_class([caches[n] for n in names], list(sources))
+            rows["target"] = pd.array([agreed.get(r["k"]) for r in meta], dtype="Int64")
+        else:
+            rows["target"] = [sources[r["k"]].target for r in meta]
+        targets = np.asarray(pd.array(rows["target"], dtype="Int64").to_numpy(dtype=np.float64, na_value=np.nan))
+        for j, n in enumerate(everyone):
+            _classification_columns(rows, n, meta, caches[n], targets, thresholds, labels, utils, j,
+                                    ground_truth=reference == GROUND_TRUTH)
+            conf[:, j] = rows[f"{n}.ccsp"]
+            kept[:, j] = _retained(rows[f"{n}.ccsp"], rows[f"{n}.phi_ref"])
     else:
         rows["n_gt"] = [len(sources[r["k"]].labels or ()) for r in meta]
-        for j, n in enumerate(names):
-            _detection_columns(rows, n, meta, sources, caches[n], thresholds, labels, utils, j)
+        for j, n in enumerate(everyone):
+            _detection_columns(rows, n, meta, sources, caches[n], thresholds, labels, utils, j,
+                               pristine_reference=reference == PRISTINE_REFERENCE)
+            conf[:, j] = rows[f"{n}.phi"]
+            kept[:, j] = _retained(rows[f"{n}.phi"], rows[f"{n}.phi_ref"])
+    labels, utils, conf, kept = (a[:, :len(names)] for a in (labels, utils, conf, kept))  # labelers only
+    rows["confidence_mean"] = combine(conf, "mean") if len(meta) else []
+    rows["retained_mean"] = combine(kept, "mean") if len(meta) else []
     for op in ("mean", "max", "min"):
         rows[f"utility_{op}"] = combine(utils, op) if len(meta) else []
     for op in ("unanimous", "majority"):
@@ -441,7 +504,37 @@ def _pair(cache: dict, key: str, dist: str) -> tuple[dict | None, dict | None]:
     return r0, r1
 
 
-def _classification_columns(rows, n, meta, cache, targets, th: Thresholds, labels, utils, j) -> None:
+def _retained(phi, phi_ref) -> np.ndarray:
+    """``min(1, phi / phi')``: the share of its pristine confidence a network keeps (NaN where phi' = 0)."""
+    phi, phi_ref = np.asarray(phi, dtype=np.float64), np.asarray(phi_ref, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(phi_ref > 0, np.clip(phi / phi_ref, 0.0, 1.0), np.nan)
+
+
+def _agreed_pristine_class(caches: list[dict], keys: list[str]) -> dict[str, int]:
+    """Per source, the pristine top-1 class all labelers agree on (sources where they disagree are absent)."""
+    out = {}
+    for k in keys:
+        tops = {c.get((k, PRISTINE), {}).get("top", [None])[0] for c in caches}
+        if len(tops) == 1 and None not in tops:
+            out[k] = int(tops.pop())
+    return out
+
+
+def _class_probability(record: dict, cls: int, own_pristine_top1: int, is_ground_truth: bool) -> float | None:
+    """A network's probability of ``cls`` from its cached record: exact when ``cls`` is the ground truth
+    (``pt``) or the network's own pristine top-1 (``pr``), else read from its top-5; None when unknown."""
+    if is_ground_truth:
+        return None if record.get("pt") is None else float(record["pt"])
+    if cls == own_pristine_top1 and record.get("pr") is not None:
+        return float(record["pr"])
+    if cls in record["top"]:
+        return float(record["p"][record["top"].index(cls)])
+    return None
+
+
+def _classification_columns(rows, n, meta, cache, targets, th: Thresholds, labels, utils, j,
+                            ground_truth: bool = True) -> None:
     import pandas as pd
 
     m = len(meta)
@@ -453,13 +546,18 @@ def _classification_columns(rows, n, meta, cache, targets, th: Thresholds, label
     ok = np.zeros(m, dtype=bool)
     for i, r in enumerate(meta):
         r0, r1 = _pair(cache, r["k"], r["d"])
-        if r0 is None or r0.get("pt") is None:
+        if r0 is None or not np.isfinite(targets[i]):
+            continue
+        t = int(targets[i])
+        f1 = _class_probability(r1, t, r0["top"][0], ground_truth)
+        f0 = _class_probability(r0, t, r0["top"][0], ground_truth)
+        if f1 is None or f0 is None:
             continue
         ok[i] = True
         cols["pristine_top5"][i], cols["pristine_p5"][i] = r0["top"], r0["p"]
         cols["top5"][i], cols["p5"][i] = r1["top"], r1["p"]
         p0[i], p1[i] = r0["top"][0], r1["top"][0]
-        phi[i], phi_ref[i] = r1["pt"], r0["pt"]
+        phi[i], phi_ref[i] = f1, f0
     for c, v in cols.items():
         rows[f"{n}.{c}"] = v
     # a failed output is missing (<NA>), never a class index: it must not count as a wrong answer
@@ -468,7 +566,8 @@ def _classification_columns(rows, n, meta, cache, targets, th: Thresholds, label
     rows[f"{n}.phi_ref"] = phi_ref
     rows[f"{n}.ccsp"] = phi
     if m:
-        lab = classification_label(p0, p1, targets, np.where(ok, phi, 0.0), th.th, th.tl)
+        lab = classification_label(p0, p1, np.nan_to_num(targets, nan=-3).astype(np.int64), np.where(ok, phi, 0.0),
+                                   th.th, th.tl)
         util = confidence_utility(np.where(ok, phi, 0.0), np.where(ok, phi_ref, 0.0), th.phi_rec)
         labels[:, j] = np.where(ok, lab, np.nan)
         utils[:, j] = np.where(ok, util, np.nan)
@@ -476,7 +575,8 @@ def _classification_columns(rows, n, meta, cache, targets, th: Thresholds, label
     rows[f"{n}.label"] = labels[:, j].copy()
 
 
-def _detection_columns(rows, n, meta, sources, cache, th: Thresholds, labels, utils, j) -> None:
+def _detection_columns(rows, n, meta, sources, cache, th: Thresholds, labels, utils, j,
+                       pristine_reference: bool = False) -> None:
     import torch
     from torchvision.ops import box_iou
 
@@ -490,10 +590,14 @@ def _detection_columns(rows, n, meta, sources, cache, th: Thresholds, labels, ut
         if r0 is None:
             continue
         src = sources[r["k"]]
-        gt_b = np.asarray(src.boxes or (), dtype=np.float64).reshape(-1, 4)
-        gt_l = np.asarray(src.labels or (), dtype=np.int64)
         d0 = {"boxes": np.asarray(r0["b"], np.float64).reshape(-1, 4), "labels": np.asarray(r0["l"], np.int64),
               "scores": np.asarray(r0["s"], np.float64)}
+        if pristine_reference:  # the network's own confident pristine detections are the reference objects
+            confident = d0["scores"] >= th.det_score
+            gt_b, gt_l = d0["boxes"][confident], d0["labels"][confident]
+        else:
+            gt_b = np.asarray(src.boxes or (), dtype=np.float64).reshape(-1, 4)
+            gt_l = np.asarray(src.labels or (), dtype=np.int64)
         d1 = {"boxes": np.asarray(r1["b"], np.float64).reshape(-1, 4), "labels": np.asarray(r1["l"], np.int64),
               "scores": np.asarray(r1["s"], np.float64)}
         labels[i, j] = detection_label(gt_b, gt_l, d0, d1, th.det_score, th.det_iou, th.require_pristine_hit)
@@ -501,8 +605,8 @@ def _detection_columns(rows, n, meta, sources, cache, th: Thresholds, labels, ut
         utils[i, j] = u["utility"]
         for c in num:
             num[c][i] = u[c]
-        cols["phi_g_ref"][i] = np.round(match_scores(gt_b, gt_l, **_det_args(d0), iou_threshold=th.det_iou), 5).tolist()
-        cols["phi_g"][i] = np.round(match_scores(gt_b, gt_l, **_det_args(d1), iou_threshold=th.det_iou), 5).tolist()
+        cols["phi_g_ref"][i] = np.round(match_scores(gt_b, gt_l, **d0, iou_threshold=th.det_iou), 5).tolist()
+        cols["phi_g"][i] = np.round(match_scores(gt_b, gt_l, **d1, iou_threshold=th.det_iou), 5).tolist()
         keep = d1["scores"] >= th.det_score
         if len(gt_b) and keep.any():
             iou = box_iou(torch.from_numpy(gt_b), torch.from_numpy(d1["boxes"][keep])).numpy()
@@ -516,10 +620,6 @@ def _detection_columns(rows, n, meta, sources, cache, th: Thresholds, labels, ut
         rows[f"{n}.{c}"] = v
     rows[f"{n}.utility"] = utils[:, j].copy()
     rows[f"{n}.label"] = labels[:, j].copy()
-
-
-def _det_args(d: dict) -> dict:
-    return {"boxes": d["boxes"], "labels": d["labels"], "scores": d["scores"]}
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -589,9 +689,11 @@ def relabel(out: str | os.PathLike, thresholds: Thresholds = Thresholds()):
     """Recompute every label from the cached outputs with new thresholds; rewrites the outputs."""
     out = Path(out)
     table = build_table(out, thresholds)
-    write_outputs(out, table, json.loads((out / "config.json").read_text())["labelers"])
+    config = json.loads((out / "config.json").read_text())
+    write_outputs(out, table, config["labelers"] + config.get("held_out", []))
     return table
 
 
-__all__ = ["COMBINE_OPS", "LabelReport", "Source", "Thresholds", "build_table", "label_counts", "relabel",
-           "run_labelling", "sources_from_classification", "sources_from_coco"]
+__all__ = ["COMBINE_OPS", "GROUND_TRUTH", "PRISTINE_REFERENCE", "REFERENCES", "LabelReport", "Source", "Thresholds",
+           "build_table", "label_counts", "relabel", "run_labelling", "sources_from_classification",
+           "sources_from_coco", "sources_from_folder"]

@@ -113,3 +113,47 @@ def create_backbone(name: str, num_outputs: int = 2, pretrained: bool = True) ->
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------ recognition backbones
+def _lite_pooled_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pooled = model.extract_features(x).mean((2, 3))
+    return pooled, model._fc(pooled)
+
+
+def _squeezenet_pooled_and_logits(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    f = model.features(x)
+    return f.mean((2, 3)), model.classifier(f).flatten(1)
+
+
+@dataclass(frozen=True)
+class RecognitionBackbone:
+    """A zoo classifier used whole and frozen by the content-aware predictor (:mod:`.content`).
+
+    ``name`` is the zoo entry: its weights (hash-checked) and its declared preprocessing are the zoo's,
+    so the predictor and the labeler see pixels the same way. ``pooled_and_logits`` reads the pooled
+    penultimate features and the class logits in one pass.
+    """
+
+    name: str
+    pooled_and_logits: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    n_pooled: int
+
+
+_RECOGNITION = {b.name: b for b in (
+    RecognitionBackbone("efficientnet_lite0", _lite_pooled_and_logits, 1280),
+    RecognitionBackbone("efficientnet_lite1", _lite_pooled_and_logits, 1280),
+    RecognitionBackbone("efficientnet_lite2", _lite_pooled_and_logits, 1280),
+    RecognitionBackbone("squeezenet1_1", _squeezenet_pooled_and_logits, 512),
+)}
+
+
+def list_recognition_backbones() -> list[str]:
+    return list(_RECOGNITION)
+
+
+def get_recognition_backbone(name: str) -> RecognitionBackbone:
+    try:
+        return _RECOGNITION[name]
+    except KeyError:
+        raise UnknownNameError("recognition backbone", name, _RECOGNITION) from None

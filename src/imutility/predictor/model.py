@@ -2,7 +2,16 @@
 
 A predictor is a folder (or its ``card.json``) holding ``model.pt`` (a state dict, loaded with
 ``weights_only=True``) and the card that says how it was made and how it wants its input. The
-package ships one: ``Predictor.load("default")``.
+package ships two: ``Predictor.load("default")`` (= ``default-classification``) and
+``default-detection``.
+
+The card's ``architecture`` is dispatched once, at load, to an engine:
+
+- ``finetune``: a backbone trained end to end; it sees one native-resolution crop (or the resized
+  image), the paper's way and the project's first predictors;
+- ``content``: a frozen pretrained classifier read over tiles covering the whole image, and a small
+  head (:mod:`imutility.predictor.content`); ``model.pt`` holds only the head, the backbone's weights
+  are the zoo's (hash-checked against the card).
 """
 
 from __future__ import annotations
@@ -18,12 +27,12 @@ import torch
 from PIL import Image
 
 from imutility.images import ImageLoadError, load_image
-from imutility.predictor.backbones import create_backbone
 from imutility.predictor.data import InputSpec, to_tensor
 from imutility.predictor.train import CARD_FORMAT
 
 #: Predictors shipped inside the package, by name.
-BUILTIN = {"default": "default-classification", "default-classification": "default-classification"}
+BUILTIN = {"default": "default-classification", "default-classification": "default-classification",
+           "default-detection": "default-detection"}
 
 
 class PredictorLoadError(RuntimeError):
@@ -34,22 +43,122 @@ def builtin_dir(name: str) -> Path:
     return Path(str(resources.files("imutility").joinpath("resources", "predictors", BUILTIN[name])))
 
 
+def _as_images(images) -> list:
+    """One image (PIL or HWC array) or a sequence of them, as a list."""
+    if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)
+                                           and images.dtype == np.uint8):
+        return [images]
+    return list(images)
+
+
+class _FinetuneEngine:
+    """One crop (or the resized image) through a fine-tuned backbone."""
+
+    def __init__(self, card: dict, state: dict, where: Path):
+        from imutility.predictor.backbones import create_backbone
+
+        self.input = InputSpec(**card["input"])
+        self.binary = card["target"]["mode"] == "binary"
+        model, _ = create_backbone(card["backbone"], 2 if self.binary else 1, pretrained=False)
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError) as e:
+            raise PredictorLoadError(f"{where} does not fit a {card['backbone']} predictor: {e}") from e
+        self.model = model.eval()
+        self.session = None
+        self.graph_key = f"finetune|{card['weights_sha256']}|{json.dumps(card['input'], sort_keys=True)}"
+        self.size = self.input.size
+
+    def to(self, device: torch.device) -> None:
+        self.model.to(device)
+
+    def scores(self, images: list, device: torch.device) -> np.ndarray:
+        from imutility.images import to_rgb
+        from imutility.zoo.preprocess import as_pil
+
+        x = torch.stack([to_tensor(to_rgb(as_pil(im)), self.input) for im in images])
+        with torch.inference_mode():
+            if self.session is not None:
+                out = torch.from_numpy(self.session.run(None, {"input": x.numpy()})[0])
+            else:
+                out = self.model(x.to(device)).float().cpu()
+        return (out.softmax(1)[:, 1] if self.binary else out[:, 0]).numpy().astype(np.float64)
+
+    def graph(self) -> torch.nn.Module:
+        return self.model
+
+
+class _ContentEngine:
+    """Tiles over the whole image through a frozen classifier and the trained head, then tile pooling."""
+
+    def __init__(self, card: dict, state: dict, where: Path, models=None):
+        from imutility import zoo
+        from imutility.predictor.content import ContentModel, TilePool, TileSpec, UtilityHead, build_recognition
+
+        declared = zoo.get_spec(card["backbone"]).weights.sha256
+        if declared != card.get("backbone_sha256"):
+            raise PredictorLoadError(f"{where}: trained on {card['backbone']} weights {card.get('backbone_sha256')}, "
+                                     f"but this installation declares {declared}")
+        try:
+            feats, pre, _ = build_recognition(card["backbone"], card["features"] == "pooled", models=models)
+        except Exception as e:  # noqa: BLE001 - missing package or weights: one clear error
+            raise PredictorLoadError(f"{where}: its backbone {card['backbone']} cannot be built here: {e}") from e
+        head = UtilityHead(card["head"]["n_features"], card["head"]["hidden"], card["head"]["dropout"])
+        pool = TilePool()
+        try:
+            head.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("head.")})
+            pool.load_state_dict({k[5:]: v for k, v in state.items() if k.startswith("pool.")})
+        except (RuntimeError, TypeError) as e:
+            raise PredictorLoadError(f"{where} does not fit a content predictor on {card['backbone']}: {e}") from e
+        self.model = ContentModel(feats, head, pool).eval()
+        self.tiles = TileSpec(**card["input"]["tiles"])
+        self.pre = pre
+        self.binary = card["target"]["mode"] == "binary"
+        self.session = None
+        self.size = self.tiles.size
+        self.graph_key = (f"content|{card['weights_sha256']}|{card['backbone']}|{declared}|{card['features']}|"
+                          f"{json.dumps(card['input'], sort_keys=True)}")
+
+    def to(self, device: torch.device) -> None:
+        self.model.to(device)
+
+    def scores(self, images: list, device: torch.device) -> np.ndarray:
+        from imutility.images import to_rgb
+        from imutility.predictor.content import TileBatcher, pool_numpy
+        from imutility.zoo.preprocess import as_pil
+
+        if self.session is not None:
+            def run(x):
+                return self.session.run(None, {"input": x.numpy()})[0]
+        else:
+            @torch.inference_mode()
+            def run(x):
+                return self.model(x.to(device)).float().cpu().numpy()
+
+        logits, owner, _ = TileBatcher(self.tiles, self.pre, run, batch_size=64, threads=1)(
+            [to_rgb(as_pil(im)) for im in images])
+        z = pool_numpy(logits, owner, len(images), self.model.pool)
+        return 1 / (1 + np.exp(-z)) if self.binary else z
+
+    def graph(self) -> torch.nn.Module:
+        return self.model  # per-tile logits; the pooling is in the card (and in ``pool.*`` of model.pt)
+
+
 class Predictor:
     """P(useful) (binary predictors) or predicted utility (continuous ones) from the distorted image alone."""
 
-    def __init__(self, model: torch.nn.Module, card: dict, source: Path, device: str = "cpu"):
-        self.model = model.eval().to(device)
+    def __init__(self, engine, card: dict, source: Path, device: str = "cpu"):
+        self.engine = engine
         self.card = card
         self.source = source
         self.device = torch.device(device)
-        self.input = InputSpec(**card["input"])
+        self.engine.to(self.device)
         self.mode = card["target"]["mode"]
-        self._session = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path_or_name: str | os.PathLike = "default", task: str | None = None, verify: bool = True,
-             device: str = "cpu") -> Predictor:
+             device: str = "cpu", models: str | os.PathLike | None = None) -> Predictor:
         """From a folder, a ``card.json`` or a built-in name; ``task`` refuses a predictor made for the other task."""
         name = str(path_or_name)
         folder = builtin_dir(name) if name in BUILTIN else Path(path_or_name)
@@ -62,14 +171,15 @@ class Predictor:
             card = json.loads(card_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise PredictorLoadError(f"{card_path}: unreadable model card ({e})") from e
-        if card.get("format") != CARD_FORMAT:
-            raise PredictorLoadError(f"{card_path}: not an imutility predictor card (format {card.get('format')!r})")
+        if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+            fmt = card.get("format") if isinstance(card, dict) else type(card).__name__
+            raise PredictorLoadError(f"{card_path}: not an imutility predictor card (format {fmt!r})")
         if task is not None and card.get("task") != task:
             raise PredictorLoadError(f"{folder} was trained on {card.get('task')} utility labels, not {task}; "
                                      f"pass task=None to use it across tasks deliberately")
-        weights = folder / card.get("weights_file", "model.pt")
-        if not weights.is_file():
-            raise PredictorLoadError(f"{weights} is missing")
+        weights = folder / str(card.get("weights_file", "model.pt"))
+        if not weights.is_file() or not weights.resolve().is_relative_to(folder.resolve()):
+            raise PredictorLoadError(f"{weights} is missing (weights_file must name a file in the predictor folder)")
         if verify:
             from imutility.zoo.weights import file_sha256
 
@@ -81,41 +191,33 @@ class Predictor:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
             raise PredictorLoadError(f"{weights}: corrupt checkpoint ({type(e).__name__}: {e})") from e
-        n_out = 2 if card["target"]["mode"] == "binary" else 1
-        model, _ = create_backbone(card["backbone"], n_out, pretrained=False)
         try:
-            model.load_state_dict(state)
-        except (RuntimeError, TypeError) as e:
-            raise PredictorLoadError(f"{weights} does not fit a {card['backbone']} predictor: {e}") from e
-        return cls(model, card, folder, device)
+            arch = card.get("architecture", "finetune")
+            if arch == "content":
+                engine = _ContentEngine(card, state, weights, models)
+            elif arch == "finetune":
+                engine = _FinetuneEngine(card, state, weights)
+            else:
+                raise PredictorLoadError(f"{card_path}: unknown architecture {arch!r} (finetune, content)")
+        except (KeyError, TypeError, ValueError) as e:
+            raise PredictorLoadError(f"{card_path}: incomplete or invalid card ({type(e).__name__}: {e})") from e
+        return cls(engine, card, folder, device)
 
     # ------------------------------------------------------------------ inference
     @property
     def task(self) -> str:
         return self.card["task"]
 
-    def batch(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
-        from imutility.images import to_rgb
-        from imutility.zoo.preprocess import as_pil
+    @property
+    def architecture(self) -> str:
+        return self.card.get("architecture", "finetune")
 
-        return torch.stack([to_tensor(to_rgb(as_pil(im)), self.input) for im in images])
-
-    def __call__(self, images: Sequence[Image.Image | np.ndarray], batch_size: int = 32) -> np.ndarray:
-        """Scores for a batch of images of any size and mode."""
-        out = []
-        for i in range(0, len(images), batch_size):
-            x = self.batch(images[i:i + batch_size])
-            out.append(self._run(x))
-        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
-
-    @torch.inference_mode()
-    def _run(self, x: torch.Tensor) -> np.ndarray:
-        if self._session is not None:
-            logits = self._session.run(None, {"input": x.numpy()})[0]
-            logits = torch.from_numpy(logits)
-        else:
-            logits = self.model(x.to(self.device)).float().cpu()
-        return (logits.softmax(1)[:, 1] if self.mode == "binary" else logits[:, 0]).numpy().astype(np.float32)
+    def __call__(self, images: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray],
+                 batch_size: int = 32) -> np.ndarray:
+        """Scores for one image or a sequence of images of any size and mode (float64, one per image)."""
+        images = _as_images(images)
+        out = [self.engine.scores(images[i:i + batch_size], self.device) for i in range(0, len(images), batch_size)]
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
 
     def predict_paths(self, paths: Iterable[str | os.PathLike], batch_size: int = 32
                       ) -> Iterator[tuple[Path, float | None, str | None]]:
@@ -140,22 +242,29 @@ class Predictor:
 
     # ------------------------------------------------------------------ ONNX
     def export_onnx(self, path: str | os.PathLike) -> Path:
+        """The network as ONNX (dynamic batch): for ``content`` predictors the per-TILE graph; the tiling and
+        the pooling of tile logits are in the card (and in the file's metadata, ``imutility.card``)."""
         from imutility.zoo.backends.onnx_export import export_onnx
 
         path = Path(path)
-        s = self.input.size
-        export_onnx(self.model.cpu().eval(), torch.zeros(1, 3, s, s), path)
-        self.model.to(self.device)
+        s = self.engine.size
+        export_onnx(self.engine.graph().cpu().eval(), torch.zeros(1, 3, s, s), path, metadata={
+            "imutility.card": json.dumps(self.card)})
+        self.engine.to(self.device)
         return path
 
     def use_onnx_runtime(self, onnx_path: str | os.PathLike | None = None) -> Predictor:
-        """Run inference through ONNX Runtime (exported once into the cache when no file is given)."""
+        """Run inference through ONNX Runtime (exported once into the cache when no file is given; the cache
+        is keyed by everything that shapes the graph: weights, backbone, input spec)."""
+        import hashlib
+
         from imutility.zoo.backends.onnx_export import ort_session
         from imutility.zoo.weights import cache_dir
 
         if onnx_path is None:
-            onnx_path = cache_dir() / "onnx" / f"predictor-{self.card['weights_sha256'][:16]}.onnx"
+            tag = hashlib.sha256(f"{self.engine.graph_key}|torch{torch.__version__.split('+')[0]}".encode())
+            onnx_path = cache_dir() / "onnx" / f"predictor-{tag.hexdigest()[:20]}.onnx"
             if not Path(onnx_path).exists():
                 self.export_onnx(onnx_path)
-        self._session = ort_session(onnx_path)
+        self.engine.session = ort_session(onnx_path)
         return self

@@ -24,9 +24,15 @@ from imutility.predictor.data import InputSpec, UtilityImages
 CARD_FORMAT = "imutility-predictor/1"
 
 
+#: predictor architectures: ``finetune`` trains a backbone end to end (the paper's way); ``content`` keeps a
+#: pretrained classifier frozen, reads it over tiles of the whole image and trains a small head (.content)
+ARCHITECTURES = ("finetune", "content")
+
+
 @dataclass
 class TrainConfig:
     labels: str  # a labelling output folder (holds labels.parquet and config.json)
+    architecture: str = "finetune"
     mode: str = "binary"  # "binary" (useful / non-useful) or "continuous" (regress a utility)
     label_column: str = "label"  # binary target: "label" (combined) or "<labeler>.label"
     target_column: str = "utility_mean"  # continuous target
@@ -45,6 +51,40 @@ class TrainConfig:
     max_samples: int | None = None  # cap on training rows (quick runs, tests)
     workers: int = 0
     test_sources_file: str | None = None  # JSON list of source paths to test on (else a seeded split)
+    train_distortions: list[str] | None = None  # train only on these levels (test on all): held-out levels
+    # content architecture only
+    features: str = "confidence"  # "confidence" (the classifier's 5 confidence features) or "pooled" (+ pooled)
+    soft_target: str | None = None  # binary mode: a dense [0, 1] column to distil, then calibrate on label_column
+    max_tiles: int = 4
+    hidden: int = 32
+    dropout: float = 0.0
+
+    def validate(self) -> None:
+        """Refuse settings that cannot train (a one-line :class:`ValueError`)."""
+        from imutility.predictor.content import FEATURE_SETS
+
+        choices = {"architecture": ARCHITECTURES, "mode": ("binary", "continuous"), "recipe": ("paper", "adamw"),
+                   "geometry": ("crop", "resize"), "features": FEATURE_SETS}
+        for k, allowed in choices.items():
+            if getattr(self, k) not in allowed:
+                raise ValueError(f"{k} must be one of {', '.join(allowed)}, got {getattr(self, k)!r}")
+        for k in ("epochs", "batch_size", "size", "max_tiles", "hidden"):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{k} must be a positive integer, got {v!r}")
+        if self.lr is not None and not (isinstance(self.lr, int | float) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples < 1):
+            raise ValueError(f"max_samples must be a positive integer, got {self.max_samples!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.device != "cpu":
+            if not torch.cuda.is_available() and str(self.device).startswith("cuda"):
+                raise ValueError(f"device {self.device!r}: CUDA is not available here")
+            try:
+                torch.empty(0, device=self.device)
+            except (RuntimeError, AssertionError) as e:
+                raise ValueError(f"device {self.device!r} cannot be used: {e}") from e
 
 
 class InsufficientLabelsError(ValueError):
@@ -102,33 +142,49 @@ def _rows(cfg: TrainConfig):
     return table, column
 
 
-def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True) -> dict:
-    """Train, evaluate on the held-out sources, write ``model.pt`` + ``card.json`` into ``out``."""
-    from tqdm.auto import tqdm
-
-    if cfg.mode not in ("binary", "continuous"):
-        raise ValueError(f"mode must be 'binary' or 'continuous', got {cfg.mode!r}")
-    if cfg.recipe not in ("paper", "adamw"):
-        raise ValueError(f"recipe must be 'paper' or 'adamw', got {cfg.recipe!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    labels_dir = Path(cfg.labels)
-    run = json.loads((labels_dir / "config.json").read_text())
-    table, column = _rows(cfg)
+def select_split(cfg: TrainConfig, table, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train rows, test rows, how) among the ``usable`` rows: whole photos on one side, the test side from
+    ``cfg.test_sources_file`` or a seeded split; augmented copies only ever train."""
     if cfg.test_sources_file:  # a split fixed by the caller, shared by several predictors (reproduce)
         fixed = set(json.loads(Path(cfg.test_sources_file).read_text()))
         test = table["source"].isin(fixed).to_numpy().copy()
         if not test.any():
             raise ValueError(f"none of the {len(fixed)} sources in {cfg.test_sources_file} is in {cfg.labels}")
+        how = f"sources listed in {cfg.test_sources_file}"
     else:
-        test = split_by_source(table["source"].to_numpy(), cfg.test_fraction, cfg.seed)
-    test &= table["augment"].isna().to_numpy()  # augmented copies never judge the model
-    train_idx = np.flatnonzero(~test)
-    held_out_sources = set(table.loc[test, "source"])
-    train_idx = np.array([i for i in train_idx if table.at[i, "source"] not in held_out_sources], dtype=int)
+        test = np.zeros(len(table), dtype=bool)
+        if usable.any():
+            test[usable] = split_by_source(table["source"].to_numpy()[usable], cfg.test_fraction, cfg.seed)
+        how = f"{cfg.test_fraction:.0%} of sources held out (GroupShuffleSplit)"
+    test &= table["augment"].isna().to_numpy() & usable  # augmented copies never judge the model
+    held_out_sources = set(table["source"].to_numpy()[test])
+    train = usable & ~test & ~table["source"].isin(held_out_sources).to_numpy()
+    if cfg.train_distortions is not None:
+        unknown = set(cfg.train_distortions) - set(table["distortion"])
+        if unknown:
+            raise ValueError(f"train_distortions {sorted(unknown)} are not in {cfg.labels}")
+        train &= table["distortion"].isin(cfg.train_distortions).to_numpy()
+        how += f"; trained on {len(cfg.train_distortions)} of the {table['distortion'].nunique()} levels"
+    return np.flatnonzero(train), np.flatnonzero(test), how
+
+
+def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True) -> dict:
+    """Train, evaluate on the held-out sources, write ``model.pt`` + ``card.json`` into ``out``."""
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.architecture == "content":
+        from imutility.predictor.train_content import train_content_predictor
+
+        return train_content_predictor(cfg, out, progress)
+    labels_dir = Path(cfg.labels)
+    run = json.loads((labels_dir / "config.json").read_text())
+    table, column = _rows(cfg)
+    train_idx, test_idx, split_note = select_split(cfg, table, np.ones(len(table), dtype=bool))
     if cfg.max_samples is not None:
         train_idx = np.random.default_rng(cfg.seed).permutation(train_idx)[: cfg.max_samples]
-    test_idx = np.flatnonzero(test)
     if len(train_idx) == 0 or len(test_idx) == 0:
         raise InsufficientLabelsError(f"{column}: {len(train_idx)} training and {len(test_idx)} test rows")
     if cfg.mode == "binary" and table.loc[train_idx, column].nunique() < 2:
@@ -208,6 +264,7 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
 
     card = {
         "format": CARD_FORMAT,
+        "architecture": "finetune",
         "task": run["task"],
         "labelers": run["labelers"],
         "distortions": run["distortions"],
@@ -227,13 +284,13 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
                    "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augmentation": "random crop + h-flip"
                    if cfg.geometry == "crop" else "resize + h-flip", "train_loss": history},
         "metrics": metrics,
-        "seed": cfg.seed, "split": f"sources listed in {cfg.test_sources_file}" if cfg.test_sources_file
-        else f"{cfg.test_fraction:.0%} of sources held out (GroupShuffleSplit)",
+        "seed": cfg.seed, "split": split_note,
         "train_seconds": round(train_seconds, 1), "device": cfg.device,
         "package_version": __version__, "torch_version": torch.__version__.split("+")[0],
         "weights_file": "model.pt", "weights_sha256": file_sha256(weights_path),
         "config": asdict(cfg),
     }
+    atomic.write_json(out / "test_sources.json", sorted(set(table.loc[test_idx, "source"])))
     atomic.write_json(out / "card.json", card)
     return card
 

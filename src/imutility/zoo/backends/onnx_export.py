@@ -25,8 +25,13 @@ def ort_session(path: str | os.PathLike, threads: int | None = None):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> None:
-    """Export with a dynamic batch axis; written atomically so a killed export leaves nothing half-done."""
+def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, metadata: dict[str, str] | None = None
+                ) -> None:
+    """Export with a dynamic batch axis and optional metadata properties; written atomically (a killed export
+    leaves nothing half-done) with the usual file mode (not mkstemp's owner-only 0600)."""
+    from imutility.atomic import FILE_MODE
+
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
     os.close(fd)
@@ -34,6 +39,14 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path) -> Non
         torch.onnx.export(model, (sample,), tmp, input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
                           dynamo=False)
+        if metadata:
+            import onnx
+
+            m = onnx.load(tmp)
+            for k, v in metadata.items():
+                m.metadata_props.add(key=k, value=v)
+            onnx.save(m, tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

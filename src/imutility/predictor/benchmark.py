@@ -1,0 +1,232 @@
+"""Predictors against the cheap rules, within each level and pooled, with bootstrap intervals over photos.
+
+``benchmark(...)`` scores the TEST photos of one or more labelling folders (``imutility label`` with the
+unseen networks as ``--held-out``) with every predictor given, and sets beside them:
+
+- the cheap rules: bits per pixel and the JPEG quality read from the file (:mod:`imutility.rules`);
+- the maximum softmax probability (MSP) of every classifier in the folder (one that defined no label is
+  the bar a content-aware predictor must clear at equal cost);
+- any predictor named as a baseline (e.g. a pixel quality regressor trained with ``imutility train``).
+
+It reports, per folder: AUROC against the combined label within each level (the levels where both
+classes are at least ``min_share`` of the labelled images form the transition zone, whose mean is the
+headline), pooled AUROC, balanced accuracy at the predictors' threshold, AUROC for each held-out
+network's success within each level (classification: top-1 == ground truth; detection: its own Eq. 6
+label), and that success rate (top-1 for classifiers) when every score rejects, within each level, as
+many images as the predictor does (matched count), with the gains and their intervals. Scores are
+cached per folder and predictor, so a rerun only adds what is new.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from imutility import atomic
+from imutility.evaluation import (
+    auroc_table,
+    balanced_accuracy_table,
+    by_level,
+    matched_rejection,
+    photo_bootstrap,
+    weighted_auroc,
+)
+
+THRESHOLD = 0.5  # P(useful) below this = rejected
+
+
+@dataclass
+class BenchmarkSet:
+    """One labelling folder and which of its photos to test on (all when ``test_sources`` is None)."""
+
+    name: str
+    labels: Path
+    test_sources: Path | None = None
+
+
+@dataclass
+class BenchmarkSpec:
+    sets: list[BenchmarkSet]
+    predictors: dict[str, str]  # name -> predictor folder or built-in name (the contenders)
+    baselines: dict[str, str] = field(default_factory=dict)  # name -> predictor used as a baseline rule
+    msp: Sequence[str] | None = None  # networks whose MSP is a baseline (default: all in the folder)
+    n_boot: int = 1000
+    seed: int = 0
+    min_share: float = 0.1
+    device: str = "cpu"
+
+
+def _load_set(s: BenchmarkSet):
+    import pandas as pd
+
+    config = json.loads((s.labels / "config.json").read_text())
+    table = pd.read_parquet(s.labels / "labels.parquet")
+    table = table[table["augment"].isna()].reset_index(drop=True)
+    if s.test_sources is not None:
+        test = set(json.loads(Path(s.test_sources).read_text()))
+        table = table[table["source"].isin(test)].reset_index(drop=True)
+        if table.empty:
+            raise ValueError(f"none of the photos in {s.test_sources} is in {s.labels}")
+    return config, table
+
+
+def _scores(s: BenchmarkSet, table, name: str, where: str, out: Path, device: str,
+            log: Callable[[str], None]) -> np.ndarray:
+    """A predictor's scores on a set's test images, cached in ``out/scores/<set>/<name>-<weights hash>.parquet``."""
+    import pandas as pd
+
+    from imutility.predictor.model import Predictor
+
+    pred = Predictor.load(where, device=device)
+    cache = out / "scores" / s.name / f"{_slug(name)}-{pred.card['weights_sha256'][:12]}.parquet"
+    if cache.is_file():
+        old = pd.read_parquet(cache)
+        if set(table["path"]) <= set(old["path"]):
+            return old.set_index("path").loc[table["path"], "score"].to_numpy(dtype=np.float64)
+    if device == "cpu":
+        pred.use_onnx_runtime()
+    log(f"[benchmark] {name} scoring {len(table)} images of {s.name}")
+    paths = [str(s.labels / p) for p in table["path"]]
+    scores = np.asarray([np.nan if v is None else v for _, v, _ in pred.predict_paths(paths, 64)], dtype=np.float64)
+    atomic.write_parquet(cache, pd.DataFrame({"path": table["path"].to_numpy(), "score": scores}))
+    return scores
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _jpeg_quality(s: BenchmarkSet, table) -> np.ndarray:
+    from imutility.rules import NotJpegError, jpeg_quality
+
+    out = np.full(len(table), np.nan)
+    for i, p in enumerate(table["path"]):
+        try:
+            out[i] = jpeg_quality(s.labels / p)
+        except (NotJpegError, OSError):
+            pass
+    return out
+
+
+def _success(table, network: str, task: str) -> np.ndarray:
+    """Whether a held-out network still succeeds on each image: classification, top-1 == ground truth;
+    detection, its own Eq. 6 label (a ground-truth object found in the pristine and the distorted image)."""
+    if task == "detection":
+        return table[f"{network}.label"].to_numpy(dtype=np.float64)
+    pred = table[f"{network}.pred"]
+    ok = pred.notna().to_numpy() & table["target"].notna().to_numpy()
+    same = (pred == table["target"]).to_numpy(dtype=bool, na_value=False)
+    return np.where(ok, same.astype(np.float64), np.nan)
+
+
+def _msp(table, network: str) -> np.ndarray:
+    return table[f"{network}.p5"].map(lambda v: float(v[0]) if v is not None and len(v) else np.nan).to_numpy(
+        dtype=np.float64)
+
+
+def transition_levels(table, min_share: float) -> list[str]:
+    """Distortions where both label classes make at least ``min_share`` of the labelled images."""
+    out = []
+    for d, g in table.groupby("distortion", sort=False):
+        y = g["label"].dropna()
+        if len(y) and min(y.mean(), 1 - y.mean()) >= min_share:
+            out.append(d)
+    return out
+
+
+def _diff(scores: dict[str, np.ndarray], y: np.ndarray, levels: np.ndarray, weights: np.ndarray, a: str, b: str,
+          order: list[str]) -> dict:
+    """Paired bootstrap interval of AUROC(a) - AUROC(b), per level and for the mean over ``order``."""
+    y = np.asarray(y, dtype=np.float64)
+    sa, sb = scores[a], scores[b]
+    ok = np.isfinite(y) & np.isfinite(sa) & np.isfinite(sb)
+
+    def fn(mask):
+        m = mask & ok
+        return weighted_auroc(sa[m], y[m] == 1, weights[:, m]) - weighted_auroc(sb[m], y[m] == 1, weights[:, m])
+
+    return {k: v.as_dict() for k, v in by_level(levels, fn, weights, order).items()}
+
+
+def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], None] = print) -> dict:
+    """Run the comparison; writes ``out/results.json`` and returns it (see the module doc)."""
+    out = Path(out)
+    results: dict = {"predictors": dict(spec.predictors), "baselines": dict(spec.baselines), "sets": {},
+                     "n_boot": spec.n_boot, "threshold": THRESHOLD, "min_share": spec.min_share}
+    for s in spec.sets:
+        config, table = _load_set(s)
+        held_out = config.get("held_out", [])
+        networks = config["labelers"] + held_out
+        task = config["task"]
+        msp_nets = list(spec.msp) if spec.msp is not None else (networks if task == "classification" else [])
+        missing = [n for n in msp_nets if f"{n}.p5" not in table]
+        if missing:
+            raise ValueError(f"{s.labels} has no outputs of {missing} (networks there: {', '.join(networks)})")
+        scores: dict[str, np.ndarray] = {}
+        for name, where in {**spec.predictors, **spec.baselines}.items():
+            scores[name] = _scores(s, table, name, where, out, spec.device, log)
+        scores["bits per pixel"] = table["bpp"].to_numpy(dtype=np.float64)
+        scores["JPEG quality (file)"] = _jpeg_quality(s, table)
+        for n in msp_nets:
+            scores[f"MSP {n}" + (" (labeler)" if n in config["labelers"] else "")] = _msp(table, n)
+        levels = table["distortion"].to_numpy()
+        order = list(dict.fromkeys(config["distortions"]))
+        order = [d for d in order if d in set(levels)]
+        trans = transition_levels(table, spec.min_share)
+        W = photo_bootstrap(table["source"].to_numpy(), spec.n_boot, spec.seed)
+        y = table["label"].to_numpy(dtype=np.float64)
+
+        def summarise(tab: dict) -> dict:
+            return {name: {k: v.as_dict() for k, v in per.items()} for name, per in tab.items()}
+
+        label_auroc = auroc_table(scores, y, levels, W, order)
+        trans_auroc = auroc_table(scores, y, levels, W, trans) if trans else {}
+        decisions = {n: (scores[n] >= THRESHOLD).astype(np.float64) for n in spec.predictors}
+        for n in spec.predictors:
+            decisions[n][~np.isfinite(scores[n])] = np.nan
+        bal = balanced_accuracy_table(decisions, y, levels, W, order)
+        unseen = {}
+        for net in held_out:
+            c = _success(table, net, task)
+            unseen[net] = {"auroc": summarise(auroc_table(scores, c, levels, W, order)),
+                           "auroc_transition": summarise(auroc_table(scores, c, levels, W, trans)) if trans else {},
+                           "matched": {}}
+            for ref in spec.predictors:
+                contenders = {k: v for k, v in scores.items() if k == ref or k not in spec.predictors}
+                mr = matched_rejection(contenders, ref, c, levels, W, THRESHOLD, trans or order)
+                unseen[net]["matched"][ref] = {
+                    "levels": trans or order, "n_reject": mr["n_reject"], "n": mr["n"],
+                    "no_filter": {k: v.as_dict() for k, v in mr["no_filter"].items()},
+                    "top1": {k: {lv: e.as_dict() for lv, e in per.items()} for k, per in mr["top1"].items()},
+                    "gain": {b: {lv: e.as_dict() for lv, e in per.items()} for b, per in mr["gain"][ref].items()}}
+        diffs = {p: {b: _diff(scores, y, levels, W, p, b, trans) for b in scores if b not in spec.predictors}
+                 for p in spec.predictors} if trans else {}
+        results["sets"][s.name] = {
+            "task": task, "labels": str(s.labels), "test_sources": str(s.test_sources) if s.test_sources else None,
+            "photos": int(table["source"].nunique()), "images": int(len(table)),
+            "labelled": {"useful": int((y == 1).sum()), "non_useful": int((y == 0).sum())},
+            "labelers": config["labelers"], "held_out": held_out, "levels": order, "transition": trans,
+            "label_auroc": summarise(label_auroc), "label_auroc_transition": summarise(trans_auroc),
+            "label_auroc_diff": diffs, "balanced_accuracy": summarise(bal), "unseen": unseen,
+            "labelled_per_level": {d: {"useful": int((y[levels == d] == 1).sum()),
+                                       "non_useful": int((y[levels == d] == 0).sum())} for d in order},
+        }
+    atomic.write_json(out / "results.json", _finite(results))
+    return results
+
+
+def _finite(x):
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {str(k): _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    if isinstance(x, np.generic):
+        return _finite(x.item())
+    return x

@@ -1,0 +1,132 @@
+"""Markdown tables and a figure from a benchmark's ``results.json`` (:mod:`.benchmark`): presentation only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from imutility import atomic
+
+
+def _fmt(e: dict | None, pct: bool = False) -> str:
+    if not e or e.get("value") is None:
+        return "n/a"
+    k = 100 if pct else 1
+    f = ".1f" if pct else ".3f"
+    lo, hi = e.get("low"), e.get("high")
+    ci = f" [{lo * k:{f}}, {hi * k:{f}}]" if lo is not None and hi is not None else ""
+    return f"{e['value'] * k:{f}}{ci}"
+
+
+def _level(d: str) -> str:
+    return d.replace("jpeg:q=", "q=")
+
+
+def render(results: dict) -> str:
+    lines = ["# Utility predictors against the cheap rules", "",
+             f"Bootstrap: {results['n_boot']} resamples of photos (95 % percentile intervals). Predictor threshold "
+             f"{results['threshold']}. Transition levels: both label classes at least {results['min_share']:.0%} "
+             "of the labelled images.", ""]
+    preds = list(results["predictors"])
+    for name, st in results["sets"].items():
+        trans = st["transition"]
+        lines += [f"## {name}", "",
+                  f"{st['photos']} test photos, {st['images']} images; labelled {st['labelled']['useful']} useful / "
+                  f"{st['labelled']['non_useful']} non-useful (unanimous over {', '.join(st['labelers'])}); "
+                  f"held-out networks: {', '.join(st['held_out']) or 'none'}. Transition levels: "
+                  f"{', '.join(_level(t) for t in trans) or 'none'}.", ""]
+        if trans:
+            lines += ["### AUROC against the labels, within each transition level", "",
+                      "| score | " + " | ".join(_level(t) for t in trans)
+                      + " | mean (transition) | pooled, all levels |",
+                      "|---|" + "---|" * (len(trans) + 2)]
+            for s, per in st["label_auroc_transition"].items():
+                lines.append(f"| {s} | " + " | ".join(_fmt(per.get(t)) for t in trans)
+                             + f" | **{_fmt(per.get('mean'))}** | {_fmt(st['label_auroc'][s].get('pooled'))} |")
+            lines.append("")
+            if st["label_auroc_diff"]:
+                lines += ["Paired differences (predictor minus baseline, mean AUROC over the transition levels):", ""]
+                for p, per in st["label_auroc_diff"].items():
+                    lines.append(f"- {p}: " + "; ".join(f"vs {b} {_fmt(d.get('mean'))}" for b, d in per.items()))
+                lines.append("")
+        for net, u in st["unseen"].items():
+            tab = u["auroc_transition"] or u["auroc"]
+            what = "correctness (top-1)" if st.get("task") == "classification" else "success (its own Eq. 6 label)"
+            lines += [f"### AUROC for {net}'s {what} (a network that defined no label)", "",
+                      "| score | " + " | ".join(_level(t) for t in (trans or st['levels']))
+                      + " | mean (transition) | mean (all levels) | pooled |",
+                      "|---|" + "---|" * (len(trans or st["levels"]) + 3)]
+            for s, per in tab.items():
+                allv = u["auroc"][s]
+                lines.append(f"| {s} | " + " | ".join(_fmt(per.get(t)) for t in (trans or st["levels"]))
+                             + f" | **{_fmt(per.get('mean'))}** | {_fmt(allv.get('mean'))} "
+                             f"| {_fmt(allv.get('pooled'))} |")
+            lines.append("")
+            for ref, m in u["matched"].items():
+                lv = m["levels"]
+                lines += [f"{'Top-1' if st.get('task') == 'classification' else 'Success rate'} of {net} when every "
+                          f"score rejects, within each level, as many images as {ref} "
+                          f"(rejected per level: " + ", ".join(f"{_level(k)} {v}/{m['n'][k]}"
+                                                               for k, v in m["n_reject"].items()) + "):", "",
+                          "| filter | " + " | ".join(_level(t) for t in lv) + " | pooled | gain of "
+                          f"{ref} over it (pooled) |", "|---|" + "---|" * (len(lv) + 2)]
+                lines.append("| no filter | " + " | ".join(_fmt(m["no_filter"].get(t), True) for t in lv)
+                             + f" | {_fmt(m['no_filter'].get('pooled'), True)} | |")
+                for s, per in m["top1"].items():
+                    gain = "" if s == ref else _fmt(m["gain"][s].get("pooled"), True)
+                    lines.append(f"| {s} | " + " | ".join(_fmt(per.get(t), True) for t in lv)
+                                 + f" | {_fmt(per.get('pooled'), True)} | {gain} |")
+                lines.append("")
+        lines += ["### Balanced accuracy at the threshold, per level", "",
+                  "| predictor | " + " | ".join(_level(t) for t in st["levels"]) + " | pooled |",
+                  "|---|" + "---|" * (len(st["levels"]) + 1)]
+        for p in preds:
+            per = st["balanced_accuracy"][p]
+            lines.append(f"| {p} | " + " | ".join(_fmt(per.get(t)) for t in st["levels"])
+                         + f" | {_fmt(per.get('pooled'))} |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: str | os.PathLike) -> None:
+    """Within-level AUROC per level: against the labels (left) and for each held-out network's correctness."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = list(results["sets"].items())
+    n_cols = 1 + max((len(st["unseen"]) for _, st in sets), default=0)
+    fig, axes = plt.subplots(len(sets), n_cols, figsize=(4.6 * n_cols, 3.8 * len(sets)), squeeze=False)
+    for r, (name, st) in enumerate(sets):
+        panels = [("labels", st["label_auroc"])] + [(f"{n} correct", u["auroc"]) for n, u in st["unseen"].items()]
+        for c, (title, tab) in enumerate(panels):
+            ax = axes[r][c]
+            x = list(range(len(st["levels"])))
+            for s, per in tab.items():
+                ys = [per.get(lv, {}).get("value") for lv in st["levels"]]
+                ys = [float("nan") if v is None else v for v in ys]
+                bold = s in results["predictors"]
+                ax.plot(x, ys, marker="o" if bold else ".", lw=2.2 if bold else 1.0, label=s,
+                        alpha=1.0 if bold else 0.75)
+            ax.axhline(0.5, color="grey", lw=0.7, ls="--")
+            ax.set_xticks(x, [_level(lv) for lv in st["levels"]], rotation=60, fontsize=7)
+            ax.set_ylim(0.2, 1.02)
+            ax.set_title(f"{name}: AUROC vs {title}", fontsize=9)
+        for c in range(len(panels), n_cols):
+            axes[r][c].axis("off")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05 + 0.02 * (len(labels) // 4), 1, 1))
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write_report(results: dict, out: str | os.PathLike) -> None:
+    out = Path(out)
+    atomic.write_text(out / "report.md", render(results))
+    plot(results, out / "within_level_auroc.png")

@@ -1,0 +1,266 @@
+"""The content-aware predictor: a pretrained classifier kept whole, read over the whole image, and a small head.
+
+Why: a predictor fine-tuned end to end on ~1,300 binary labels keeps the blockiness and loses the
+recognition (docs/predictor.md). Here the backbone is a pretrained ImageNet classifier whose weights
+are NOT trained: for each tile of the image it gives its pooled features and what its own softmax says
+(max probability, entropy, margin, log-sum-exp, max logit). A small head, trained on those, scores each
+tile; the image's score pools the tile scores (a learned mix of their mean and their minimum), so a
+region damaged anywhere in the image counts, not only the centre.
+
+Tiles: the image is resized (bilinear) so that its SHORTER side is ``size`` (the scale at which
+ImageNet classifiers see a photo), then cut into ``size`` x ``size`` windows evenly spaced along the
+longer side, as many as cover it (at most ``max_tiles``). A square image is one tile. Pixel values
+follow the backbone's declared preprocessing in the zoo (one preprocessing system for labelers and
+predictors).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+#: what the classifier's own softmax says about a tile, appended to its pooled features
+CONFIDENCE_FEATURES = ("max_prob", "entropy", "margin", "logsumexp", "max_logit")
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """How an image becomes tiles (see the module doc); stored in the predictor's card."""
+
+    size: int = 224
+    max_tiles: int = 4
+
+    def boxes(self, width: int, height: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+        """((resized width, resized height), [(left, top) of each tile]) for an image of this size."""
+        s = self.size
+        r = s / min(width, height)
+        rw, rh = max(s, round(width * r)), max(s, round(height * r))
+        long_side = max(rw, rh)
+        n = min(self.max_tiles, max(1, math.ceil(long_side / s - 0.15)))  # a sliver under 15 % adds no tile
+        starts = [round(i * (long_side - s) / (n - 1)) for i in range(n)] if n > 1 else [(long_side - s) // 2]
+        return (rw, rh), [(x, 0) if rw >= rh else (0, x) for x in starts]
+
+    def tiles(self, img: Image.Image) -> list[np.ndarray]:
+        """The tiles of one RGB image, each an HWC uint8 array of ``size`` x ``size``."""
+        (rw, rh), starts = self.boxes(img.width, img.height)
+        big = img.resize((rw, rh), Image.Resampling.BILINEAR) if (rw, rh) != img.size else img
+        arr = np.asarray(big)
+        return [arr[y:y + self.size, x:x + self.size] for x, y in starts]
+
+
+def normalise(tiles: Sequence[np.ndarray], channels: str, scale: float, mean: Sequence[float],
+              std: Sequence[float]) -> torch.Tensor:
+    """HWC uint8 tiles -> an NCHW float tensor with the backbone's declared value preprocessing."""
+    x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float()
+    if channels == "BGR":
+        x = x.flip(1)
+    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    return (x * scale - m) / s
+
+
+def confidence_features(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 5): :data:`CONFIDENCE_FEATURES` of a batch of classifier logits."""
+    logp = logits.float().log_softmax(1)
+    p = logp.exp()
+    top2 = p.topk(2, dim=1).values
+    entropy = -(p * logp).sum(1)
+    return torch.stack([top2[:, 0], entropy, top2[:, 0] - top2[:, 1], logits.float().logsumexp(1),
+                        logits.float().max(1).values], dim=1)
+
+
+#: which features the head reads: the confidence features alone, or the pooled features too
+FEATURE_SETS = ("confidence", "pooled")
+
+
+class RecognitionFeatures(nn.Module):
+    """A pretrained classifier, frozen: tile -> its confidence features, with its pooled features in front
+    when ``pooled`` (``features="pooled"``)."""
+
+    def __init__(self, backbone: nn.Module, pooled_and_logits, pooled: bool = False):
+        super().__init__()
+        self.backbone = backbone.eval()
+        self.pooled_and_logits = pooled_and_logits
+        self.pooled = pooled
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):  # the backbone stays in eval mode (frozen BatchNorm statistics)
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled, logits = self.pooled_and_logits(self.backbone, x)
+        conf = confidence_features(logits)
+        return torch.cat([pooled.float(), conf], dim=1) if self.pooled else conf
+
+
+class UtilityHead(nn.Module):
+    """Standardised features -> one logit of P(useful) per tile; an MLP with one hidden layer."""
+
+    def __init__(self, n_features: int, hidden: int = 256, dropout: float = 0.2):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_features))
+        self.register_buffer("std", torch.ones(n_features))
+        self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(n_features, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, 1))
+
+    def set_standardisation(self, features: torch.Tensor) -> None:
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp_min(1e-6))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        return self.net((f - self.mean) / self.std).squeeze(1)
+
+
+class TilePool(nn.Module):
+    """Image logit from its tiles' logits: ``a * mean + b * min + c`` (learned; starts as the mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = nn.Parameter(torch.tensor([1.0, 0.0]))
+        self.bias = nn.Parameter(torch.zeros(()))
+
+    def calibrate(self, scale: float, shift: float) -> None:
+        """Fold a Platt scaling ``scale * logit + shift`` into the pooling (it stays one affine map)."""
+        with torch.no_grad():
+            self.weights.mul_(scale)
+            self.bias.mul_(scale).add_(shift)
+
+    def forward(self, tile_logits: torch.Tensor, image_index: torch.Tensor, n_images: int) -> torch.Tensor:
+        ones = torch.ones_like(tile_logits)
+        count = torch.zeros(n_images, dtype=tile_logits.dtype, device=tile_logits.device).index_add_(
+            0, image_index, ones)
+        mean = torch.zeros_like(count).index_add_(0, image_index, tile_logits) / count.clamp_min(1)
+        low = torch.full_like(count, float("inf")).scatter_reduce(0, image_index, tile_logits, "amin")
+        return self.weights[0] * mean + self.weights[1] * low + self.bias
+
+
+class ContentModel(nn.Module):
+    """Frozen recognition features + head (per tile). Pooling over tiles is :class:`TilePool`."""
+
+    def __init__(self, features: RecognitionFeatures, head: UtilityHead, pool: TilePool):
+        super().__init__()
+        self.features, self.head, self.pool = features, head, pool
+
+    def tile_logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-tile logits (the exported graph); :meth:`image_logits` pools them."""
+        return self.tile_logits(x)
+
+    def image_logits(self, tile_logits: torch.Tensor, image_index: torch.Tensor, n_images: int) -> torch.Tensor:
+        return self.pool(tile_logits, image_index, n_images)
+
+
+# ------------------------------------------------------------------------------------------ building and running
+def build_recognition(backbone: str, pooled: bool, models=None, device: str = "cpu"):
+    """(frozen :class:`RecognitionFeatures`, the zoo's declared preprocessing, the weights note) of a backbone."""
+    from imutility import zoo
+    from imutility.predictor.backbones import get_recognition_backbone
+
+    rb = get_recognition_backbone(backbone)
+    labeler = zoo.get_labeler(backbone, runtime="torch", models=models)  # weights found and hash-checked
+    spec = zoo.get_spec(backbone)
+    note = f"{backbone} ImageNet weights (zoo entry, SHA-256 {spec.weights.sha256[:16]}...), frozen"
+    return RecognitionFeatures(labeler.model, rb.pooled_and_logits, pooled).to(device), spec.preprocess, note
+
+
+def n_features(backbone: str, pooled: bool) -> int:
+    from imutility.predictor.backbones import get_recognition_backbone
+
+    return len(CONFIDENCE_FEATURES) + (get_recognition_backbone(backbone).n_pooled if pooled else 0)
+
+
+class TileBatcher:
+    """Decode, tile and normalise images (in a thread pool: Pillow's codecs release the GIL) and run a
+    per-tile module over them in batches; returns per-tile outputs and the image each tile belongs to."""
+
+    def __init__(self, tiles: TileSpec, preprocess, run, batch_size: int = 64, threads: int = 2):
+        self.tiles, self.pre, self.run, self.batch_size, self.threads = tiles, preprocess, run, batch_size, threads
+
+    def tensor(self, tiles: list[np.ndarray]) -> torch.Tensor:
+        p = self.pre
+        return normalise(tiles, p.channels, p.scale, p.mean, p.std)
+
+    def __call__(self, images: Sequence, load=None, progress=None) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """(outputs (T, ...), owner (T,), errors {image index: reason}); ``load`` maps an item to a PIL image."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from imutility.images import ImageLoadError
+
+        def prep(item):
+            try:
+                img = load(item) if load is not None else item
+                return self.tiles.tiles(img), None
+            except ImageLoadError as e:
+                return None, e.reason
+
+        outs, owner, errors = [], [], {}
+        buf, own = [], []
+
+        def flush():
+            outs.append(np.asarray(self.run(self.tensor(buf))))
+            owner.extend(own)
+            buf.clear()
+            own.clear()
+
+        with ThreadPoolExecutor(max(1, self.threads)) as pool:
+            for i, (tiles, err) in enumerate(pool.map(prep, images)):
+                if err is not None:
+                    errors[i] = err
+                else:
+                    buf.extend(tiles)
+                    own.extend([i] * len(tiles))
+                if len(buf) >= self.batch_size:
+                    flush()
+                if progress is not None:
+                    progress(1)
+        if buf:
+            flush()
+        out = np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
+        return out, np.asarray(owner, dtype=np.int64), errors
+
+
+def pool_numpy(tile_logits: np.ndarray, owner: np.ndarray, n_images: int, pool: TilePool) -> np.ndarray:
+    """:class:`TilePool` over numpy tile logits (images with no tile get NaN)."""
+    with torch.no_grad():
+        out = pool(torch.from_numpy(np.asarray(tile_logits, dtype=np.float32)), torch.from_numpy(owner), n_images)
+    out = out.numpy().astype(np.float64)
+    out[np.bincount(owner, minlength=n_images) == 0] = np.nan
+    return out
+
+
+def runner(module: nn.Module, size: int, key: str, runtime: str, device: str = "cpu"):
+    """A function tensor -> numpy running ``module`` per batch: ONNX Runtime (exported once into the cache,
+    under ``key``, which must name everything that shapes the graph) or PyTorch on ``device``."""
+    module = module.eval()
+    if runtime == "onnx":
+        import hashlib
+
+        from imutility.zoo.backends.onnx_export import export_onnx, ort_session
+        from imutility.zoo.weights import cache_dir
+
+        tag = hashlib.sha256(f"{key}|torch{torch.__version__.split('+')[0]}".encode()).hexdigest()[:20]
+        path = cache_dir() / "onnx" / f"content-{tag}.onnx"
+        if not path.exists():
+            export_onnx(module.cpu(), torch.zeros(1, 3, size, size), path)
+        session = ort_session(path)
+        return lambda x: session.run(None, {"input": x.numpy()})[0]
+    if runtime != "torch":
+        raise ValueError(f"runtime must be 'onnx' or 'torch', got {runtime!r}")
+    module.to(device)
+
+    @torch.inference_mode()
+    def run(x: torch.Tensor) -> np.ndarray:
+        return module(x.to(device)).float().cpu().numpy()
+
+    return run

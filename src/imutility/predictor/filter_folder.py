@@ -1,0 +1,122 @@
+"""``imutility filter``: keep the images of a folder that a predictor finds useful.
+
+``OUT`` ends up holding exactly the kept images (and, with a pristine folder, the pristine versions of
+the filtered ones) at their relative paths, plus ``OUT/filter.csv`` with one row per source file (path,
+score, decision, output). The bytes written are the bytes that were scored: each file is read once. A
+rerun into the same ``OUT`` replaces the earlier run's outputs (files it wrote and no longer keeps are
+removed); any other non-empty ``OUT`` is refused, as is an ``OUT`` inside ``SRC`` (it would be read
+back as input).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from imutility import atomic
+from imutility.images import ImageLoadError, list_images, load_image
+
+REPORT = "filter.csv"
+FIELDS = ("path", "score", "decision", "output")
+
+
+@dataclass
+class FilterReport:
+    out: Path
+    kept: int = 0
+    replaced: int = 0
+    filtered: int = 0
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _check_out(src: Path, out: Path) -> set[str]:
+    """Refuse an OUT that would mix with other files; return the outputs of an earlier run in it."""
+    s, o = src.resolve(), out.resolve()
+    if o == s or o.is_relative_to(s):
+        raise ValueError(f"OUT {out} is inside SRC {src}: its files would be read back as input")
+    if not out.exists():
+        return set()
+    if not out.is_dir():
+        raise ValueError(f"OUT {out} exists and is not a folder")
+    report = out / REPORT
+    if report.is_file():
+        with open(report, newline="") as f:
+            return {r["output"] for r in csv.DictReader(f) if r.get("output")}
+    if any(out.iterdir()):
+        raise ValueError(f"OUT {out} is not empty and holds no earlier filter run ({REPORT}); choose an empty folder")
+    return set()
+
+
+def _pristine_index(root: Path) -> dict[str, list[Path]]:
+    index: dict[str, list[Path]] = {}
+    for p in list_images(root):
+        index.setdefault(p.relative_to(root).with_suffix("").as_posix(), []).append(p)
+    return index
+
+
+def filter_folder(src: str | os.PathLike, out: str | os.PathLike, predictor, min_utility: float = 0.5,
+                  replace_with_pristine: str | os.PathLike | None = None, batch_size: int = 32,
+                  on_error: Callable[[str, str], None] | None = None) -> FilterReport:
+    """See the module doc. ``min_utility`` must lie in [0, 1] for a binary (P(useful)) predictor."""
+    src, out = Path(src), Path(out)
+    if not math.isfinite(min_utility) or (predictor.mode == "binary" and not 0 <= min_utility <= 1):
+        raise ValueError(f"min_utility must be a number in [0, 1] (a probability), got {min_utility}")
+    if not src.is_dir():
+        raise ValueError(f"SRC {src} is not a folder")
+    earlier = _check_out(src, out)
+    pristine = _pristine_index(Path(replace_with_pristine)) if replace_with_pristine else {}
+    report = FilterReport(out=out)
+    rows: list[dict] = []
+    written: set[str] = set()
+    files = list_images(src)
+
+    def unreadable(rel: str, reason: str) -> None:
+        report.unreadable.append((rel, reason))
+        rows.append({"path": rel, "score": "", "decision": f"unreadable: {reason}", "output": ""})
+        if on_error is not None:
+            on_error(rel, reason)
+
+    for i in range(0, len(files), batch_size):
+        batch = []
+        for p in files[i:i + batch_size]:
+            rel = p.relative_to(src).as_posix()
+            try:
+                data = p.read_bytes()
+                batch.append((rel, data, load_image(data)))
+            except OSError as e:
+                unreadable(rel, f"cannot read: {e.strerror or e}")
+            except ImageLoadError as e:
+                unreadable(rel, e.reason)
+        scores = predictor([im for _, _, im in batch]) if batch else []
+        for (rel, data, _), score in zip(batch, scores, strict=True):
+            decision, output = "filtered out", ""
+            if not math.isfinite(score):
+                unreadable(rel, "the predictor gave no finite score")
+                continue
+            if score >= min_utility:
+                atomic.write_bytes(out / rel, data, durable=False)
+                decision, output = "kept", rel
+                report.kept += 1
+            else:
+                twins = pristine.get(Path(rel).with_suffix("").as_posix(), [])
+                if len(twins) == 1:
+                    output = Path(rel).with_suffix(twins[0].suffix).as_posix()
+                    atomic.write_bytes(out / output, twins[0].read_bytes(), durable=False)
+                    decision = "replaced with pristine"
+                    report.replaced += 1
+                else:
+                    if len(twins) > 1:
+                        decision = "filtered out (several pristine counterparts: none used)"
+                    report.filtered += 1
+            written.add(output)
+            rows.append({"path": rel, "score": f"{score:.6f}", "decision": decision, "output": output})
+    for stale in earlier - written - {""}:
+        target = (out / stale).resolve()
+        if target.is_relative_to(out.resolve()) and target.is_file():
+            target.unlink()
+    atomic.write_csv(out / REPORT, rows, FIELDS)
+    return report

@@ -1,0 +1,231 @@
+"""Training the content-aware predictor (:mod:`.content`): frozen recognition features, a small head.
+
+The backbone never trains, so its features are computed ONCE per image (tiles included) and the head
+trains on them in seconds. The head can learn the binary labels directly, or distil a dense target that
+every image has (``soft_target``, e.g. ``confidence_mean``: the labelers' mean confidence in the true
+class on the distorted image, defined for every image where the unanimous label is defined for ~20 %);
+a distilled head is then calibrated on the binary labels (Platt scaling folded into the tile pooling),
+so that its output is P(useful) again.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from imutility import __version__, atomic
+
+
+def _features(cfg, paths: list[str], progress: bool):
+    """Per-tile frozen features of every image, and the image of each tile (one pass).
+
+    The pooled + confidence features are computed (the confidence ones are their last columns) and kept in
+    ``<labels>/features/<key>.npz``, keyed by the backbone's weights, the tiling and the image list, so that
+    every head trained on the same images and backbone reuses them.
+    """
+    import hashlib
+
+    from tqdm.auto import tqdm
+
+    from imutility import zoo
+    from imutility.images import load_image
+    from imutility.predictor.content import CONFIDENCE_FEATURES, TileBatcher, TileSpec, build_recognition, runner
+
+    feats, pre, note = build_recognition(cfg.backbone, True, device=cfg.device)
+    spec = TileSpec(size=pre.size[0], max_tiles=cfg.max_tiles)
+    key = f"features|{cfg.backbone}|{zoo.get_spec(cfg.backbone).weights.sha256}|pooled|{asdict(spec)}"
+    digest = hashlib.sha256((key + "\n" + "\n".join(paths)).encode()).hexdigest()[:24]
+    cache = Path(cfg.labels) / "features" / f"{cfg.backbone}-{digest}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            out, owner = z["features"], z["owner"]
+            errors = dict(zip(z["error_index"].tolist(), z["error_reason"].tolist(), strict=True))
+    else:
+        run = runner(feats, spec.size, key, "onnx" if cfg.device == "cpu" else "torch", cfg.device)
+        bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress, dynamic_ncols=True)
+        out, owner, errors = TileBatcher(spec, pre, run, batch_size=64, threads=max(1, cfg.workers or 2))(
+            paths, load=load_image, progress=bar.update)
+        bar.close()
+        buf = io.BytesIO()
+        np.savez(buf, features=out.astype(np.float32), owner=owner, error_index=np.asarray(list(errors), dtype=int),
+                 error_reason=np.asarray(list(errors.values()), dtype=str))
+        atomic.write_bytes(cache, buf.getvalue())
+    if cfg.features == "confidence":
+        out = out[:, -len(CONFIDENCE_FEATURES):]
+    return np.ascontiguousarray(out, dtype=np.float32), owner, errors, spec, pre, note
+
+
+def train_content_predictor(cfg, out, progress: bool = True) -> dict:
+    """See the module doc; writes ``model.pt`` (head + pooling, the backbone is the zoo's) and ``card.json``."""
+    import pandas as pd
+
+    from imutility.predictor.content import TilePool, UtilityHead, pool_numpy
+    from imutility.predictor.train import (
+        CARD_FORMAT,
+        InsufficientLabelsError,
+        binary_metrics,
+        regression_metrics,
+        select_split,
+    )
+    from imutility.zoo.weights import file_sha256
+
+    out = Path(out)
+    labels_dir = Path(cfg.labels)
+    run = json.loads((labels_dir / "config.json").read_text())
+    table = pd.read_parquet(labels_dir / "labels.parquet")
+    target_col = (cfg.soft_target or cfg.label_column) if cfg.mode == "binary" else cfg.target_column
+    for c in {target_col, cfg.label_column} if cfg.mode == "binary" else {target_col}:
+        if c not in table.columns:
+            raise ValueError(f"{c!r} is not a column of {labels_dir}/labels.parquet")
+    y_all = table[target_col].to_numpy(dtype=np.float64)
+    if cfg.mode == "binary" and not np.all((y_all[np.isfinite(y_all)] >= 0) & (y_all[np.isfinite(y_all)] <= 1)):
+        raise ValueError(f"{target_col!r} must hold values in [0, 1] to train a binary predictor on it")
+    train_idx, test_idx, split_note = select_split(cfg, table, np.isfinite(y_all))
+    if cfg.max_samples is not None:
+        train_idx = np.random.default_rng(cfg.seed).permutation(train_idx)[: cfg.max_samples]
+    if len(train_idx) < 10 or len(test_idx) == 0:
+        raise InsufficientLabelsError(f"{target_col}: {len(train_idx)} training and {len(test_idx)} test rows")
+    labels = table[cfg.label_column].to_numpy(dtype=np.float64) if cfg.mode == "binary" else None
+    if cfg.mode == "binary" and len(set(labels[train_idx][np.isfinite(labels[train_idx])])) < 2:
+        raise InsufficientLabelsError(f"{cfg.label_column}: the training rows hold one class only")
+
+    torch.manual_seed(cfg.seed)
+    rows = np.concatenate([train_idx, test_idx])
+    t0 = time.perf_counter()
+    # features of EVERY image of the table (one cache per labels folder and backbone, shared by all heads)
+    all_feats, all_owner, all_errors, spec, pre, note = _features(
+        cfg, [str(labels_dir / p) for p in table["path"]], progress)
+    feature_seconds = time.perf_counter() - t0
+    errors = {i: all_errors[r] for i, r in enumerate(rows) if r in all_errors}
+    ok = np.array([i not in errors for i in range(len(rows))])
+    n_train = len(train_idx)
+    by_row: dict[int, list[int]] = {}
+    for k, r in enumerate(all_owner):
+        by_row.setdefault(int(r), []).append(k)
+    pick = [by_row.get(int(r), []) for r in rows]
+    feats = all_feats[np.concatenate(pick).astype(int)] if rows.size else all_feats[:0]
+    owner = np.concatenate([[i] * len(p) for i, p in enumerate(pick)]).astype(np.int64)
+    tiles_of = [[] for _ in range(len(rows))]
+    for k, i in enumerate(owner):
+        tiles_of[i].append(k)
+
+    head = UtilityHead(feats.shape[1], cfg.hidden, cfg.dropout)
+    pool = TilePool()
+    train_pos = np.flatnonzero(ok[:n_train])
+    train_tiles = np.concatenate([tiles_of[i] for i in train_pos])
+    head.set_standardisation(torch.from_numpy(feats[train_tiles]))
+    F = torch.from_numpy(feats)
+    y = torch.tensor(y_all[rows], dtype=torch.float32)
+    params = list(head.parameters()) + list(pool.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr or 2e-3, weight_decay=cfg.weight_decay)
+    steps = max(1, cfg.epochs * math.ceil(len(train_pos) / cfg.batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr or 2e-3, total_steps=steps)
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits if cfg.mode == "binary" else \
+        torch.nn.functional.mse_loss
+    rng = np.random.default_rng(cfg.seed)
+    history = []
+    t1 = time.perf_counter()
+
+    def image_logits(sel: np.ndarray, training: bool) -> torch.Tensor:
+        ks = np.concatenate([tiles_of[i] for i in sel])
+        img = np.concatenate([[j] * len(tiles_of[i]) for j, i in enumerate(sel)])
+        head.train(training)
+        return pool(head(F[ks]), torch.from_numpy(img), len(sel))
+
+    for _ in range(cfg.epochs):
+        perm = rng.permutation(train_pos)
+        total = 0.0
+        for b in range(0, len(perm), cfg.batch_size):
+            sel = perm[b:b + cfg.batch_size]
+            loss = loss_fn(image_logits(sel, True), y[sel])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(sel)
+        history.append(round(total / max(len(train_pos), 1), 5))
+    head.eval()
+
+    calibration = None
+    if cfg.mode == "binary" and target_col != cfg.label_column:  # Platt scaling on the binary labels
+        from sklearn.linear_model import LogisticRegression
+
+        lab = labels[rows]
+        cal = train_pos[np.isfinite(lab[train_pos])]
+        with torch.no_grad():
+            z = image_logits(cal, False).numpy()[:, None]
+        lr = LogisticRegression(C=1e6).fit(z, lab[cal].astype(int))
+        pool.calibrate(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
+        calibration = {"on": cfg.label_column, "rows": int(len(cal)), "scale": float(lr.coef_[0, 0]),
+                       "shift": float(lr.intercept_[0])}
+    train_seconds = time.perf_counter() - t1
+
+    test_pos = np.flatnonzero(ok[n_train:]) + n_train
+    with torch.no_grad():
+        z = pool_numpy(head(F).numpy(), owner, len(rows), pool)[test_pos]
+    scores = 1 / (1 + np.exp(-z)) if cfg.mode == "binary" else z
+    test_rows = rows[test_pos]
+    if cfg.mode == "binary":
+        lab = labels[test_rows]
+        have = np.isfinite(lab)
+        metrics = binary_metrics(lab[have], scores[have])
+        levels = table["distortion"].to_numpy()[test_rows][have]
+        metrics["accuracy_per_level"] = {
+            lv: float(((scores[have][levels == lv] >= 0.5) == (lab[have][levels == lv] == 1)).mean())
+            for lv in [d for d in run["distortions"] if d in set(levels)]}
+        if target_col != cfg.label_column:
+            metrics["distilled"] = regression_metrics(y_all[test_rows], scores)
+    else:
+        metrics = regression_metrics(y_all[test_rows], scores)
+
+    buf = io.BytesIO()
+    state = {f"head.{k}": v for k, v in head.state_dict().items()} | {f"pool.{k}": v.detach()
+                                                                      for k, v in pool.state_dict().items()}
+    torch.save(state, buf)
+    atomic.write_bytes(out / "model.pt", buf.getvalue())
+    from imutility import zoo
+
+    card = {
+        "format": CARD_FORMAT,
+        "architecture": "content",
+        "task": run["task"],
+        "labelers": run["labelers"],
+        "held_out": run.get("held_out", []),
+        "reference": run.get("reference", "ground-truth"),
+        "distortions": run["distortions"],
+        "data": {"labels": str(labels_dir), "dataset": run.get("dataset", ""), "rows": int(len(table)),
+                 "train_rows": int(len(train_pos)), "test_rows": int(len(test_pos)),
+                 "train_sources": int(table["source"].iloc[rows[train_pos]].nunique()),
+                 "test_sources": int(table["source"].iloc[test_rows].nunique()),
+                 "unreadable": len(errors)},
+        "target": {"mode": cfg.mode, "column": target_col,
+                   **({"labels": cfg.label_column, "calibration": calibration} if cfg.mode == "binary" else {})},
+        "backbone": cfg.backbone, "weights_init": note,
+        "backbone_sha256": zoo.get_spec(cfg.backbone).weights.sha256,
+        "features": cfg.features,
+        "input": {"tiles": asdict(spec), "channels": pre.channels, "scale": pre.scale, "mean": list(pre.mean),
+                  "std": list(pre.std), "resize": "shorter side to tiles.size (bilinear), then tiles"},
+        "head": {"hidden": cfg.hidden, "dropout": cfg.dropout, "n_features": int(feats.shape[1])},
+        "pool": {"mean_weight": float(pool.weights[0].detach()), "min_weight": float(pool.weights[1].detach()),
+                 "bias": float(pool.bias.detach())},
+        "recipe": {"name": "frozen backbone + head", "optimizer": "AdamW", "lr": cfg.lr or 2e-3,
+                   "weight_decay": cfg.weight_decay, "schedule": "one-cycle",
+                   "loss": "binary cross-entropy (soft targets)" if cfg.mode == "binary" else "MSE",
+                   "epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_loss": history},
+        "metrics": metrics,
+        "seed": cfg.seed, "split": split_note,
+        "feature_seconds": round(feature_seconds, 1), "train_seconds": round(train_seconds, 1),
+        "device": cfg.device, "package_version": __version__, "torch_version": torch.__version__.split("+")[0],
+        "weights_file": "model.pt", "weights_sha256": file_sha256(out / "model.pt"),
+        "config": asdict(cfg),
+    }
+    atomic.write_json(out / "test_sources.json", sorted(set(table["source"].iloc[test_rows])))
+    atomic.write_json(out / "card.json", card)
+    return card

@@ -1,0 +1,72 @@
+"""`imutility benchmark`: predictors beside the cheap rules, within level, with intervals; checked by hand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from conftest import require_shared
+from imutility.cli import main
+
+
+@pytest.fixture(scope="module")
+def held_out_labels(tmp_path_factory):
+    src = require_shared("data", "imagenet-sample")
+    require_shared("models")
+    root = tmp_path_factory.mktemp("bench")
+    photos = root / "photos"
+    photos.mkdir()
+    for p in sorted(src.iterdir())[::50]:
+        shutil.copy(p, photos / p.name)
+    out = root / "labels"
+    rc = main(["label", str(out), "--task", "classification", "--data", str(photos), "--labelers",
+               "mobilenet_v2,mobilenet_v1_075", "--held-out", "mobilenet_v3_small", "-d", "jpeg:q=3", "-d",
+               "jpeg:q=6", "-d", "jpeg:q=50", "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_benchmark_tables_match_direct_computation(held_out_labels, tmp_path, capsys):
+    out = tmp_path / "b"
+    rc = main(["benchmark", str(held_out_labels), "--out", str(out), "--predictor", "content=default",
+               "--bootstrap", "50"])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "results.json").read_text())
+    st = res["sets"]["labels"]
+    t = pd.read_parquet(held_out_labels / "labels.parquet")
+    assert st["images"] == len(t) and st["held_out"] == ["mobilenet_v3_small"]
+    scores = set(st["label_auroc"])
+    assert {"content", "bits per pixel", "JPEG quality (file)", "MSP mobilenet_v3_small",
+            "MSP mobilenet_v2 (labeler)"} <= scores
+    # the MSP row of one level equals sklearn on that level's labelled rows
+    lv = "jpeg:q=6"
+    g = t[(t["distortion"] == lv) & t["label"].notna()]
+    msp = g["mobilenet_v3_small.p5"].map(lambda v: v[0])
+    if g["label"].nunique() == 2:
+        assert st["label_auroc"]["MSP mobilenet_v3_small"][lv]["value"] == pytest.approx(roc_auc_score(g["label"], msp))
+    # the JPEG quality is constant within a level: exactly chance there
+    for d in st["levels"]:
+        v = st["label_auroc"]["JPEG quality (file)"][d]["value"]
+        assert v is None or v == pytest.approx(0.5)
+    # correctness of the held-out network, and matched rejection counts equal the predictor's own rejections
+    correct = (t["mobilenet_v3_small.pred"] == t["target"]).to_numpy(dtype=float)
+    (cached,) = (out / "scores" / "labels").glob("content-*.parquet")
+    scored = pd.read_parquet(cached).set_index("path").loc[t["path"], "score"]
+    m = st["unseen"]["mobilenet_v3_small"]["matched"]["content"]
+    for d, k in m["n_reject"].items():
+        assert k == int((scored[(t["distortion"] == d).to_numpy()] < 0.5).sum())
+    pooled = st["unseen"]["mobilenet_v3_small"]["auroc"]["bits per pixel"]["pooled"]["value"]
+    assert pooled == pytest.approx(roc_auc_score(correct, t["bpp"]))
+    report = (out / "report.md").read_text()
+    assert "## labels" in report and "content" in report and (out / "within_level_auroc.png").stat().st_size > 10_000
+    # a rerun reuses the cached scores
+    capsys.readouterr()
+    assert main(["benchmark", str(held_out_labels), "--out", str(out), "--predictor", "content=default",
+                 "--bootstrap", "50"]) == 0
+    assert "scoring" not in capsys.readouterr().err
+    assert np.isfinite(scored).all()
