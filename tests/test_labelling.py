@@ -420,3 +420,19 @@ def test_held_out_networks_change_no_label(imagenet_folder, tmp_path, tflite_pai
     assert "mobilenet_v1_075.ccsp" in tb and "mobilenet_v1_075.ccsp" not in ta
     with pytest.raises(ValueError, match="both label and be held out"):
         classification_run(imagenet_folder, tmp_path / "c", tflite_pair, held_out=tflite_pair[1:])
+
+
+def test_a_damaged_cache_line_is_refused_loudly_then_healed(imagenet_folder, tmp_path, tflite_pair, capsys):
+    out = tmp_path / "out"
+    ref = classification_run(imagenet_folder, out, tflite_pair[:1], chunk_size=2)
+    before = pd.read_parquet(ref.table)
+    cache = out / "cache" / "mobilenet_v2.jsonl"
+    lines = cache.read_text().splitlines(keepends=True)
+    assert len(lines) >= 3
+    lines[1] = lines[1][:40] + "\n"  # a damaged line in the middle (not a crash's torn tail)
+    cache.write_text("".join(lines))
+    assert main(["relabel", str(out)]) == 1
+    assert "line(s) 2 are damaged" in capsys.readouterr().err
+    classification_run(imagenet_folder, out, tflite_pair[:1], chunk_size=2)  # the same run again: redoes it
+    assert main(["relabel", str(out)]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "labels.parquet"), before)

@@ -80,31 +80,52 @@ def check_or_write_config(path: str | os.PathLike, config: Mapping[str, Any]) ->
     write_json(path, dict(config))
 
 
+class CorruptJournalError(RuntimeError):
+    """A journal holds damaged lines that are not the torn last one: work recorded there is lost."""
+
+
 class Journal:
     """An append-only JSON-lines log of finished work, the record a rerun resumes from.
 
-    Each record is one line, flushed as written; a line torn by a crash is ignored on reading,
-    so the work it described is simply done again.
+    Each record is one line, flushed as written; a line torn by a crash (the last one) is ignored on
+    reading, so the work it described is simply done again. A damaged line ELSEWHERE is not a crash's
+    doing: :meth:`read` lists it in :attr:`corrupt` (1-based line numbers) and, with ``strict``, raises
+    :class:`CorruptJournalError`; :meth:`compact` drops such lines once their work has been redone.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = None
+        self.corrupt: list[int] = []
 
-    def read(self) -> list[dict]:
+    def read(self, strict: bool = False) -> list[dict]:
+        self.corrupt = []
         if not self.path.exists():
             return []
         records = []
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
+        with open(self.path, encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
                 if not line.endswith("\n"):
                     break  # torn final line
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError:
-                    continue
+                    self.corrupt.append(n)
+        if self.corrupt and strict:
+            raise CorruptJournalError(
+                f"{self.path}: line(s) {', '.join(map(str, self.corrupt[:10]))} are damaged (not the torn last line "
+                "of a crash): the outputs recorded there are lost. Rerun the same `imutility label` command into "
+                "this folder: it redoes exactly that work.")
         return records
+
+    def compact(self) -> None:
+        """Rewrite the journal without its damaged lines (atomically)."""
+        records = self.read()
+        if self.corrupt:
+            self.close()
+            write_text(self.path, "".join(json.dumps(r, default=str) + "\n" for r in records))
+            self.corrupt = []
 
     def append(self, record: Mapping[str, Any]) -> None:
         if self._f is None:

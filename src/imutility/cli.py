@@ -602,14 +602,14 @@ def reproduce(config_name, out, from_stage, until, shared, models, device, worke
 
 def _library_call(fn, *args, **kwargs):
     """Turn the library's expected errors into one clean CLI error line."""
-    from imutility.atomic import ConfigMismatchError
+    from imutility.atomic import ConfigMismatchError, CorruptJournalError
     from imutility.predictor.model import PredictorLoadError
     from imutility.zoo.weights import WeightsError
 
     try:
         return fn(*args, **kwargs)
-    except (ValueError, KeyError, FileNotFoundError, ConfigMismatchError, WeightsError, ImportError,
-            PredictorLoadError) as e:
+    except (ValueError, KeyError, FileNotFoundError, ConfigMismatchError, CorruptJournalError, WeightsError,
+            ImportError, PredictorLoadError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
 
 

@@ -254,9 +254,9 @@ def read_outputs(out: str | os.PathLike, labeler: str) -> dict[tuple[str, str], 
     return _read_cache(Path(out) / "cache" / f"{labeler}.jsonl")
 
 
-def _read_cache(path: Path) -> dict[tuple[str, str], dict]:
+def _read_cache(path: Path, strict: bool = False) -> dict[tuple[str, str], dict]:
     out: dict[tuple[str, str], dict] = {}
-    for line in atomic.Journal(path).read():
+    for line in atomic.Journal(path).read(strict=strict):
         for r in line.get("records", []):
             out[(r["k"], r["d"])] = r
     return out
@@ -370,6 +370,8 @@ def _process(sources: list[Source], specs: dict[str, Distortion], labelers: Sequ
         bar.close()
         for j in (meta_journal, *journals.values()):
             j.close()
+    for j in (meta_journal, *journals.values()):  # damaged lines' work was redone above: drop the lines
+        j.compact()
     return errors, lab_err
 
 
@@ -446,12 +448,13 @@ def build_table(out: str | os.PathLike, thresholds: Thresholds = Thresholds()):
     everyone = names + config.get("held_out", [])
     reference = config.get("reference", GROUND_TRUTH)
     sources = {s.key: s for s in read_sources(out)}
-    meta = [r for line in atomic.Journal(out / "cache" / "_images.jsonl").read() for r in line.get("records", [])]
+    meta = [r for line in atomic.Journal(out / "cache" / "_images.jsonl").read(strict=True)
+            for r in line.get("records", [])]
     meta = list({(r["k"], r["d"]): r for r in meta if r["k"] in sources}.values())
     order = {d: i for i, d in enumerate(config["distortions"])}
     key_order = {k: i for i, k in enumerate(sources)}
     meta.sort(key=lambda r: (key_order[r["k"]], order.get(r["d"], 1 << 30)))
-    caches = {n: _read_cache(out / "cache" / f"{n}.jsonl") for n in everyone}
+    caches = {n: _read_cache(out / "cache" / f"{n}.jsonl", strict=True) for n in everyone}
 
     rows: dict[str, list] = {
         "key": [r["k"] for r in meta],

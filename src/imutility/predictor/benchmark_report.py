@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 from imutility import atomic
 
 
+def _known(v) -> bool:
+    return v is not None and math.isfinite(v)
+
+
 def _fmt(e: dict | None, pct: bool = False) -> str:
-    if not e or e.get("value") is None:
+    if not e or not _known(e.get("value")):
         return "n/a"
     k = 100 if pct else 1
     f = ".1f" if pct else ".3f"
     lo, hi = e.get("low"), e.get("high")
-    ci = f" [{lo * k:{f}}, {hi * k:{f}}]" if lo is not None and hi is not None else ""
+    ci = f" [{lo * k:{f}}, {hi * k:{f}}]" if _known(lo) and _known(hi) else ""
     return f"{e['value'] * k:{f}}{ci}"
 
 

@@ -1,0 +1,23 @@
+"""On a CUDA device the predictors give the CPU's scores (marked gpu: skipped without CUDA)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import natural_image
+from imutility.distort import JPEG
+from imutility.predictor import Predictor
+from imutility.predictor.model import BUILTIN
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", sorted(set(BUILTIN.values())))
+def test_gpu_scores_equal_cpu_scores(name):
+    imgs = [JPEG(q)(natural_image(400, 300, seed=q)).image for q in (3, 8, 30, 90)]
+    cpu = Predictor.load(name)(imgs)
+    gpu = Predictor.load(name, device="cuda")(imgs)
+    np.testing.assert_allclose(gpu, cpu, atol=2e-3)
