@@ -332,7 +332,8 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
                    "labels.")
 @click.option("--max-tiles", default=4, show_default=True, help="content: tiles per image at most.")
 @click.option("--train-distortion", "train_distortions", multiple=True,
-              help="Train only on these levels of LABELS (repeatable); test photos are scored at every level.")
+              help="Train only on these levels of LABELS (a spec or a preset name; repeatable); test photos are "
+                   "scored at every level.")
 @click.option("--hidden", default=32, show_default=True, help="content: hidden units of the head.")
 @click.option("--dropout", default=0.0, show_default=True, help="content: dropout in the head.")
 @click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay.")
@@ -365,7 +366,7 @@ def train(labels, out, architecture, backbone, features, soft_target, max_tiles,
 
     cfg = TrainConfig(labels=labels, architecture=architecture, features=features, soft_target=soft_target,
                       max_tiles=max_tiles, hidden=hidden, dropout=dropout, weight_decay=weight_decay,
-                      train_distortions=list(train_distortions) or None,
+                      train_distortions=_train_levels(train_distortions),
                       mode=mode, label_column=label_column,
                       target_column=target_column,
                       backbone=backbone, pretrained=not no_pretrained, recipe=recipe, geometry=geometry, size=size,
@@ -380,6 +381,17 @@ def train(labels, out, architecture, backbone, features, soft_target, max_tiles,
     else:
         click.echo(f"test: SRCC {m['srcc']:.3f}, PLCC {m['plcc']:.3f}, RMSE {m['rmse']:.3f} on {m['n']} images")
     click.echo(f"weights: {card['weights_init']}; card: {Path(out) / 'card.json'}")
+
+
+def _train_levels(values: tuple[str, ...]) -> list[str] | None:
+    """Specs and preset names -> the specs, in order (None when none given)."""
+    from imutility.distort import list_presets, resolve_distortions
+
+    specs: list[str] = []
+    for v in values:
+        specs += [d.spec for d in _library_call(resolve_distortions, v if v in list_presets() else None,
+                                                () if v in list_presets() else (v,))]
+    return list(dict.fromkeys(specs)) or None
 
 
 _model_option = click.option("--model", "model", default="default", show_default=True,

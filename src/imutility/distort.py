@@ -327,6 +327,8 @@ _PRESETS: dict[str, Preset] = {
         Preset("paper-jpeg9", "nine JPEG qualities, dense in the transition zone: 2,3,4,5,6,8,12,25,90",
                PAPER_JPEG9),
         Preset("heldout-jpeg", "JPEG qualities absent from paper-jpeg9: 7,10,15,35,50,75", HELDOUT_JPEG),
+        Preset("jpeg15", "paper-jpeg9 and heldout-jpeg together, by quality: 2,3,4,5,6,7,8,10,12,15,25,35,50,75,90",
+               tuple(sorted(PAPER_JPEG9 + HELDOUT_JPEG, key=lambda d: d.level))),
         Preset("webp6", "WebP qualities 0,2,5,10,25,75", tuple(WebP(q) for q in (0, 2, 5, 10, 25, 75))),
         Preset("blur5", "Gaussian blur sigma 0.5,1,2,3,5 px",
                tuple(GaussianBlur(s) for s in (0.5, 1, 2, 3, 5))),

@@ -2,8 +2,9 @@
 
 A predictor is a folder (or its ``card.json``) holding ``model.pt`` (a state dict, loaded with
 ``weights_only=True``) and the card that says how it was made and how it wants its input. The
-package ships two: ``Predictor.load("default")`` (= ``default-classification``) and
-``default-detection``.
+package ships ``default-classification`` (what ``"default"`` means) and ``default-detection`` (both
+content-aware), ``confidence-classification`` (absolute recognisability) and ``finetune-classification``
+(the 0.1 default, kept for comparison); each card says how it was made, measured and where it fails.
 
 The card's ``architecture`` is dispatched once, at load, to an engine:
 
@@ -32,7 +33,8 @@ from imutility.predictor.train import CARD_FORMAT
 
 #: Predictors shipped inside the package, by name.
 BUILTIN = {"default": "default-classification", "default-classification": "default-classification",
-           "default-detection": "default-detection"}
+           "default-detection": "default-detection", "confidence-classification": "confidence-classification",
+           "finetune-classification": "finetune-classification"}
 
 
 class PredictorLoadError(RuntimeError):
