@@ -232,9 +232,11 @@ class TileBatcher:
 
 def pool_numpy(tile_logits: np.ndarray, owner: np.ndarray, n_images: int, pool: TilePool) -> np.ndarray:
     """:class:`TilePool` over numpy tile logits (images with no tile get NaN)."""
+    dev = pool.bias.device  # the pooling runs where its parameters live (a GPU predictor keeps them there)
     with torch.no_grad():
-        out = pool(torch.from_numpy(np.asarray(tile_logits, dtype=np.float32)), torch.from_numpy(owner), n_images)
-    out = out.numpy().astype(np.float64)
+        out = pool(torch.from_numpy(np.asarray(tile_logits, dtype=np.float32)).to(dev),
+                   torch.from_numpy(owner).to(dev), n_images)
+    out = out.cpu().numpy().astype(np.float64)
     out[np.bincount(owner, minlength=n_images) == 0] = np.nan
     return out
 
