@@ -265,3 +265,27 @@ def test_filter_output_is_exactly_the_kept_set(tiny_predictor, tmp_path, capsys)
     assert [r for r, _ in rep.unreadable] == ["b.jpg"] and rep.kept == 2
     table = pd.read_csv(tmp_path / "o2" / "filter.csv")
     assert table.set_index("path").loc["b.jpg", "decision"].startswith("unreadable")
+
+
+def test_onnx_files_get_the_usual_mode_and_the_cache_key_covers_the_input(tiny_predictor, tmp_path, monkeypatch):
+    import os
+    import shutil
+
+    monkeypatch.setenv("IMUTILITY_CACHE", str(tmp_path / "cache"))
+    p = Predictor.load(tiny_predictor)
+    out = p.export_onnx(tmp_path / "m.onnx")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask
+    # the same weights at another input size: another graph, so another cache entry (the 0.1 cache mixed them)
+    other = tmp_path / "other"
+    shutil.copytree(tiny_predictor, other)
+    card = json.loads((other / "card.json").read_text())
+    card["input"]["size"] = card["input"]["size"] + 32
+    (other / "card.json").write_text(json.dumps(card))
+    a = Predictor.load(tiny_predictor).use_onnx_runtime()
+    b = Predictor.load(other).use_onnx_runtime()
+    imgs = [natural_image(200, 150)]
+    np.testing.assert_allclose(a(imgs), Predictor.load(tiny_predictor)(imgs), atol=1e-4)
+    np.testing.assert_allclose(b(imgs), Predictor.load(other)(imgs), atol=1e-4)
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2

@@ -223,3 +223,11 @@ def test_combined_detection_labels_all_excluded():
     per_network = np.array([[nan, nan, nan]])
     assert math.isnan(combine(per_network, "unanimous")[0])
     assert math.isnan(combine(per_network, "majority")[0])
+
+
+def test_eq2_no_loss_is_one_exactly_when_phi_ref_minus_phi_rec_is_half():
+    from imutility.utility import confidence_utility
+
+    assert confidence_utility(0.9, 0.9, phi_rec=0.4) == pytest.approx(1.0)  # 0.9 - 0.4 = 0.5
+    assert confidence_utility(1.0, 1.0, phi_rec=0.5) == pytest.approx(1.0)
+    assert confidence_utility(0.9, 0.9, phi_rec=0.5) == pytest.approx(0.4 / 0.6)

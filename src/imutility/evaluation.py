@@ -134,43 +134,38 @@ def by_level(levels: np.ndarray, fn: Callable[[np.ndarray], np.ndarray], weights
     return out
 
 
-def auroc_table(scores: dict[str, np.ndarray], y: np.ndarray, levels: np.ndarray, weights: np.ndarray,
-                order: Sequence | None = None) -> dict[str, dict]:
-    """Per score: within-level AUROC (each level and their mean) and the pooled AUROC, with intervals.
-    Rows with a NaN label or score are left out."""
+def _level_table(values: dict[str, np.ndarray], y: np.ndarray, levels: np.ndarray, weights: np.ndarray,
+                 order: Sequence | None, metric: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+                 ) -> dict[str, dict]:
+    """Per entry of ``values``: ``metric`` within each level (and their mean) and pooled, with intervals;
+    rows with a NaN label or value are left out."""
     y = np.asarray(y, dtype=np.float64)
     out = {}
-    for name, s in scores.items():
-        s = np.asarray(s, dtype=np.float64)
-        ok = np.isfinite(y) & np.isfinite(s)
+    for name, v in values.items():
+        v = np.asarray(v, dtype=np.float64)
+        ok = np.isfinite(y) & np.isfinite(v)
 
-        def fn(mask, s=s, ok=ok):
+        def fn(mask, v=v, ok=ok):
             m = mask & ok
-            return weighted_auroc(s[m], y[m] == 1, weights[:, m])
+            return metric(v[m], y[m] == 1, weights[:, m])
 
         res = by_level(levels, fn, weights, order)
         res["pooled"] = _estimate(fn(np.ones(len(y), dtype=bool)))
         out[name] = res
     return out
+
+
+def auroc_table(scores: dict[str, np.ndarray], y: np.ndarray, levels: np.ndarray, weights: np.ndarray,
+                order: Sequence | None = None) -> dict[str, dict]:
+    """Per score: within-level AUROC (each level and their mean) and the pooled AUROC, with intervals."""
+    return _level_table(scores, y, levels, weights, order, weighted_auroc)
 
 
 def balanced_accuracy_table(decisions: dict[str, np.ndarray], y: np.ndarray, levels: np.ndarray,
                             weights: np.ndarray, order: Sequence | None = None) -> dict[str, dict]:
     """Like :func:`auroc_table` for 0/1 decisions (a predictor at its threshold, a rule at a fitted one)."""
-    y = np.asarray(y, dtype=np.float64)
-    out = {}
-    for name, d in decisions.items():
-        d = np.asarray(d, dtype=np.float64)
-        ok = np.isfinite(y) & np.isfinite(d)
-
-        def fn(mask, d=d, ok=ok):
-            m = mask & ok
-            return weighted_balanced_accuracy(d[m] == 1, y[m] == 1, weights[:, m])
-
-        res = by_level(levels, fn, weights, order)
-        res["pooled"] = _estimate(fn(np.ones(len(y), dtype=bool)))
-        out[name] = res
-    return out
+    return _level_table(decisions, y, levels, weights, order,
+                        lambda d, yy, w: weighted_balanced_accuracy(d == 1, yy, w))
 
 
 def matched_rejection(scores: dict[str, np.ndarray], reference: str, correct: np.ndarray, levels: np.ndarray,

@@ -90,7 +90,8 @@ def confidence_utility(phi: ArrayLike, phi_ref: ArrayLike, phi_rec: ArrayLike = 
 
     * ``U < 0`` exactly when ``phi < phi_rec`` (the decision is lost), ``U == 0`` at ``phi == phi_rec``.
     * With ``phi == phi_ref`` (no loss at all) the value is ``(phi_ref - phi_rec) / (1 - phi_ref + phi_rec)``,
-      which is 1 only when ``phi_ref == 1`` and ``phi_rec == 0.5``; e.g. 0.4 / 0.6 = 0.667 for
+      which is 1 exactly when ``phi_ref - phi_rec == 0.5`` (with the default ``phi_rec = 0.5``: only at
+      ``phi_ref == 1``); e.g. 0.4 / 0.6 = 0.667 for
       ``phi_ref = 0.9``. Values are comparable across images only for a fixed reference confidence.
       :func:`normalised_confidence_utility` is the variant that equals 1 at no loss.
     * Domain: ``phi, phi_ref`` in [0, 1], ``phi_rec`` in (0, 1]. The denominator is then at least
