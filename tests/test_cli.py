@@ -26,11 +26,16 @@ def test_presets_command(capsys):
     assert "paper-jpeg9" in out and "heldout-jpeg" in out
 
 
-def test_unknown_preset_is_a_clean_error(tmp_path, capsys):
+def test_unknown_preset_or_bad_spec_is_a_usage_error(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()
-    assert main(["distort", str(src), str(tmp_path / "o"), "--preset", "paper-jpg9"]) == 1
+    assert main(["distort", str(src), str(tmp_path / "o"), "--preset", "paper-jpg9"]) == 2
     assert "Did you mean 'paper-jpeg9'" in capsys.readouterr().err
+    assert main(["distort", str(src), str(tmp_path / "o"), "-d", "jpeg:quality=20"]) == 2
+    err = capsys.readouterr().err
+    assert "'jpeg' takes q, subsampling; got quality" in err and "Traceback" not in err
+    assert main(["distort", str(src), str(tmp_path / "o"), "-d", "jpeg:q=abc"]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_source_is_usage_error(tmp_path):

@@ -170,3 +170,23 @@ def test_resume_redoes_a_source_whose_content_changed(tmp_path):
     rep = distort_folder(src, tmp_path / "o", d, progress=False, workers=1)
     assert rep.n_resumed == 1  # b.png only
     assert (tmp_path / "o" / "jpeg_q10" / "a.png.jpg").read_bytes() != before
+
+
+def test_unlisted_entries_are_reported_not_silently_skipped(tmp_path, capsys):
+    src = tmp_path / "src"
+    (src / "real").mkdir(parents=True)
+    natural_image().save(src / "real" / "a.png")
+    (src / "photo.avif").write_bytes(b"\x00\x00\x00\x1cftypavif")
+    (src / "loop").symlink_to(src, target_is_directory=True)  # a link loop: must not run forever
+    (src / "elsewhere").symlink_to(src / "real", target_is_directory=True)
+    (src / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    rc = main(["distort", str(src), str(tmp_path / "o"), "-d", "jpeg:q=10", "--no-progress", "-j", "1"])
+    assert rc == EXIT_SKIPPED
+    err = capsys.readouterr().err
+    assert "photo.avif: .avif images are not supported" in err
+    assert "loop: symbolic link to a folder: not followed" in err and "elsewhere: symbolic link" in err
+    assert "dangling.jpg: broken symbolic link" in err
+    rows = read_csv(tmp_path / "o" / "manifest.csv")
+    assert [r["source"] for r in rows] == ["real/a.png"]
+    assert {r["source"] for r in read_csv(tmp_path / "o" / "errors.csv")} == {"photo.avif", "loop", "elsewhere",
+                                                                            "dangling.jpg"}

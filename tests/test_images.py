@@ -98,3 +98,20 @@ def test_list_images_lists_bad_files_too(bad_folder, tmp_path):
     assert names == sorted(names)
     with pytest.raises(FileNotFoundError):
         list_images(tmp_path / "absent")
+
+
+def test_max_pixels_is_the_limit_both_ways(tmp_path):
+    """100 MP: above Pillow's 89.5 MP warning, under its 179 MP error; our limit decides, up or down."""
+    from PIL import Image
+
+    from imutility.images import ImageLoadError, load_image
+
+    p = tmp_path / "big.png"
+    Image.new("L", (10_000, 10_000), 128).save(p, optimize=False)
+    assert load_image(p).size == (10_000, 10_000)  # the documented 178.9 MP default, not Pillow's 89.5 MP
+    with pytest.raises(ImageLoadError, match="exceeds the limit of 50000000"):
+        load_image(p, max_pixels=50_000_000)
+    tiny = tmp_path / "tiny.png"
+    Image.new("RGB", (300, 300)).save(tiny)
+    with pytest.raises(ImageLoadError, match="exceeds"):
+        load_image(tiny, max_pixels=1000)

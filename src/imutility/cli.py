@@ -44,13 +44,12 @@ def distort(src: str, out: str, preset: str | None, specs: tuple[str, ...], seed
     Reruns into the same OUT resume: finished images are skipped. Unreadable files are reported
     and skipped (exit status 3); everything readable is still written.
     """
-    from imutility.distort import resolve_distortions
     from imutility.distort_folder import distort_folder
     from imutility.images import DEFAULT_MAX_PIXELS
 
     if preset is None and not specs:
         preset = "paper-jpeg9"
-    distortions = _library_call(resolve_distortions, preset, specs)
+    distortions = _distortions(preset, specs)
     report = _library_call(
         distort_folder, src, out, distortions, seed=seed, workers=workers,
         max_pixels=max_pixels or DEFAULT_MAX_PIXELS, progress=not no_progress,
@@ -59,9 +58,9 @@ def distort(src: str, out: str, preset: str | None, specs: tuple[str, ...], seed
                f"x {len(distortions)} distortions -> {report.out}"
                + (f" ({report.n_resumed} sources already done)" if report.n_resumed else ""))
     click.echo(f"manifest: {report.manifest}")
-    if report.errors:
-        click.echo(f"{len(report.errors)} unreadable sources skipped, listed in {report.out / 'errors.csv'}",
-                   err=True)
+    if report.errors or report.skipped:
+        click.echo(f"{len(report.errors)} unreadable sources and {len(report.skipped)} unlisted entries skipped, "
+                   f"listed in {report.out / 'errors.csv'}", err=True)
         return EXIT_SKIPPED
     return EXIT_OK
 
@@ -208,11 +207,10 @@ def label(out, task, data, labels_file, labelers, held_out, reference, preset, s
     from imutility import labelling as lb
     from imutility import zoo as z
     from imutility.datasets import ClassificationDataset
-    from imutility.distort import resolve_distortions
     from imutility.paths import shared_data
 
     t0 = time.perf_counter()
-    distortions = _library_call(resolve_distortions, preset or (None if specs else "paper-jpeg9"), specs)
+    distortions = _distortions(preset or (None if specs else "paper-jpeg9"), specs)
     names = (labelers or DEFAULT_LABELERS[task]).split(",")
     labs = [_library_call(z.get_labeler, n.strip(), models=models) for n in names]
     held = [_library_call(z.get_labeler, n.strip(), models=models) for n in (held_out or "").split(",") if n.strip()]
@@ -385,12 +383,11 @@ def train(labels, out, architecture, backbone, features, soft_target, max_tiles,
 
 def _train_levels(values: tuple[str, ...]) -> list[str] | None:
     """Specs and preset names -> the specs, in order (None when none given)."""
-    from imutility.distort import list_presets, resolve_distortions
+    from imutility.distort import list_presets
 
     specs: list[str] = []
     for v in values:
-        specs += [d.spec for d in _library_call(resolve_distortions, v if v in list_presets() else None,
-                                                () if v in list_presets() else (v,))]
+        specs += [d.spec for d in _distortions(v if v in list_presets() else None, () if v in list_presets() else (v,))]
     return list(dict.fromkeys(specs)) or None
 
 
@@ -610,6 +607,17 @@ def reproduce(config_name, out, from_stage, until, shared, models, device, worke
         click.echo(f"{unreadable} unreadable photos were skipped: see {out / 'labels'}/unreadable_*.csv", err=True)
         return EXIT_SKIPPED
     return EXIT_OK
+
+
+def _distortions(preset: str | None, specs) -> tuple:
+    """Distortions from CLI options; a bad spec or preset name is a usage error (exit 2), naming what is valid."""
+    from imutility.distort import DistortionSpecError, resolve_distortions
+    from imutility.names import UnknownNameError
+
+    try:
+        return resolve_distortions(preset, specs)
+    except (DistortionSpecError, UnknownNameError) as e:
+        raise click.BadParameter(str(e), param_hint="'-d' / '--preset'") from e
 
 
 def _library_call(fn, *args, **kwargs):

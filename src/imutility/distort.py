@@ -264,11 +264,15 @@ DISTORTION_FAMILIES: dict[str, type[Distortion]] = {
 }
 
 
+class DistortionSpecError(ValueError):
+    """A distortion spec that cannot be parsed (bad syntax, unknown argument, bad value): a usage error."""
+
+
 def parse_distortion(spec: str) -> Distortion:
     """Build a distortion from its spec: ``jpeg:q=10``, ``noise:sigma=5``, ``rescale:factor=2+jpeg:q=20``."""
     parts = [p.strip() for p in spec.split("+") if p.strip()]
     if not parts:
-        raise ValueError("empty distortion spec")
+        raise DistortionSpecError("empty distortion spec")
     steps = [_parse_one(p) for p in parts]
     return steps[0] if len(steps) == 1 else Chain(steps)
 
@@ -282,16 +286,23 @@ def _parse_one(spec: str) -> Distortion:
     for item in filter(None, (a.strip() for a in args.split(","))):
         key, eq, value = item.partition("=")
         if not eq:
-            raise ValueError(f"bad distortion argument {item!r} in {spec!r}: expected name=value")
+            raise DistortionSpecError(f"bad distortion argument {item!r} in {spec!r}: expected name=value")
         try:
             num = float(value)
         except ValueError as e:
-            raise ValueError(f"bad value {value!r} for {key!r} in {spec!r}") from e
+            raise DistortionSpecError(f"bad value {value!r} for {key!r} in {spec!r}") from e
         kwargs[key.strip()] = int(num) if num.is_integer() and key.strip() == "q" else num
+    import inspect
+
+    accepted = [p for p in inspect.signature(DISTORTION_FAMILIES[family]).parameters if p != "self"]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        raise DistortionSpecError(f"{family!r} takes {', '.join(accepted)}; got {', '.join(unknown)} in {spec!r} "
+                                  f"(e.g. {family}:{accepted[0]}=...)")
     try:
         return DISTORTION_FAMILIES[family](**kwargs)
-    except TypeError as e:
-        raise ValueError(f"bad arguments for {family!r} in {spec!r}: {e}") from e
+    except (TypeError, ValueError) as e:
+        raise DistortionSpecError(f"bad arguments for {family!r} in {spec!r}: {e}") from e
 
 
 # --------------------------------------------------------------------------------------------

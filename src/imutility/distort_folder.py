@@ -4,7 +4,8 @@ Layout of ``OUT``::
 
     OUT/<distortion slug>/<source path relative to SRC><codec suffix>   e.g. OUT/jpeg_q5/dog.png.jpg
     OUT/manifest.csv          one row per written image (columns: MANIFEST_FIELDS)
-    OUT/errors.csv            one row per source that could not be read (only when there were some)
+    OUT/errors.csv            one row per source that could not be read, or was not listed though it might
+                              have been meant (unsupported format, link to a folder); only when there were some
     OUT/.imutility/           the run's config and journal, for resuming
 
 The codec's suffix is appended to the source's own name (never replaces it), so every source has its
@@ -47,8 +48,9 @@ class DistortReport:
     out: Path
     n_sources: int
     n_images: int
-    errors: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[tuple[str, str]] = field(default_factory=list)  # listed sources that could not be read
     n_resumed: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # entries not listed (unsupported format, link)
 
     @property
     def manifest(self) -> Path:
@@ -87,7 +89,14 @@ def distort_folder(src: str | os.PathLike, out: str | os.PathLike, distortions: 
                    progress: bool = True, on_error: Callable[[str, str], None] | None = None) -> DistortReport:
     """Write every source image under ``src`` at every distortion into ``out``; see the module doc."""
     src, out = Path(src), Path(out)
-    sources = list_images(src)
+    skipped: list[tuple[str, str]] = []
+
+    def skip(path: str, reason: str) -> None:
+        skipped.append((Path(path).relative_to(src).as_posix() if src.is_dir() else path, reason))
+        if on_error is not None:
+            on_error(skipped[-1][0], reason)
+
+    sources = list_images(src, on_skip=skip)
     root = src if src.is_dir() else src.parent
     specs = [d.spec for d in distortions]
     if len(set(d.slug for d in distortions)) != len(distortions):
@@ -125,12 +134,12 @@ def distort_folder(src: str | os.PathLike, out: str | os.PathLike, distortions: 
     errors = [(r["source"], r["reason"]) for r in ordered if not r["ok"]]
     atomic.write_csv(out / "manifest.csv", rows, MANIFEST_FIELDS)
     err_path = out / "errors.csv"
-    if errors:
-        atomic.write_csv(err_path, ({"source": s, "reason": r} for s, r in errors), ERROR_FIELDS)
+    if errors or skipped:
+        atomic.write_csv(err_path, ({"source": s, "reason": r} for s, r in skipped + errors), ERROR_FIELDS)
     elif err_path.exists():
         err_path.unlink()
     return DistortReport(out=out, n_sources=len(sources), n_images=len(rows), errors=errors,
-                         n_resumed=len(done))
+                         n_resumed=len(done), skipped=skipped)
 
 
 def _sha256(path: Path) -> str | None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,10 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
 )
-#: Pillow's own default bomb limit; an image with more pixels is refused before it is decoded.
+#: The default decompression-bomb limit (what Pillow refuses outright): an image with more pixels is refused
+#: before it is decoded. ``max_pixels`` (``--max-pixels``) may lower or raise it; ``None`` removes it.
 DEFAULT_MAX_PIXELS = 178_956_970
+_BOMB_LOCK = threading.Lock()
 
 
 class ImageLoadError(Exception):
@@ -47,8 +50,15 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
             raise ImageLoadError(path, "empty file (0 bytes)")
         fp = io.BytesIO(source) if path is None else open(path, "rb")  # noqa: SIM115
         with fp, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(fp)
+            # ``max_pixels`` is THE limit: Pillow's own (a warning at 89.5 MP, an error at twice that) would
+            # otherwise cap it whatever the caller asked; the header is read without decoding, then checked.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _BOMB_LOCK:
+                pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+                try:
+                    img = Image.open(fp)
+                finally:
+                    Image.MAX_IMAGE_PIXELS = pillow_limit
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageLoadError(path, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
@@ -112,20 +122,57 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV, RGBX
 
 
-def list_images(root: str | os.PathLike, recursive: bool = True) -> list[Path]:
+#: Image formats that may turn up in a folder but that this installation does not read: reported, not listed.
+UNSUPPORTED_EXTENSIONS: frozenset[str] = frozenset({".avif", ".heic", ".heif", ".jxl", ".jp2", ".raw", ".cr2",
+                                                    ".nef", ".dng", ".arw", ".svg"})
+
+
+def list_images(root: str | os.PathLike, recursive: bool = True,
+                on_skip: Callable[[str, str], None] | None = None) -> list[Path]:
     """Image files under ``root`` by extension, sorted so that runs are reproducible.
 
     Files are selected by name only; whether they decode is :func:`load_image`'s concern, so a
-    corrupt ``.jpg`` is listed here and reported later rather than silently dropped.
+    corrupt ``.jpg`` is listed here and reported later rather than silently dropped. What is NOT
+    listed and might have been meant is reported through ``on_skip(path, reason)``: image formats
+    this installation cannot read (``.avif``, ``.heic``, ...), symbolic links to folders (not followed,
+    so a link loop cannot run forever) and broken links.
     """
     root = Path(root)
     if root.is_file():
         return [root]
     if not root.is_dir():
         raise FileNotFoundError(f"no such file or folder: {root}")
-    it: Iterable[Path] = root.rglob("*") if recursive else root.iterdir()
-    return sorted(p for p in it if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
+    out: list[Path] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = sorted(folder.iterdir())
+        except OSError as e:
+            if on_skip is not None:
+                on_skip(str(folder), f"folder not readable: {e.strerror or e}")
+            continue
+        for p in entries:
+            if p.name.startswith("."):
+                continue
+            if p.is_symlink() and p.is_dir():
+                if on_skip is not None:
+                    on_skip(str(p), "symbolic link to a folder: not followed")
+                continue
+            if p.is_dir():
+                if recursive:
+                    stack.append(p)
+                continue
+            if not p.exists():
+                if on_skip is not None:
+                    on_skip(str(p), "broken symbolic link")
+                continue
+            suffix = p.suffix.lower()
+            if suffix in IMAGE_EXTENSIONS:
+                out.append(p)
+            elif suffix in UNSUPPORTED_EXTENSIONS and on_skip is not None:
+                on_skip(str(p), f"{suffix} images are not supported (convert to PNG or JPEG)")
+    return sorted(out)
 
 
 def iter_images(paths: Iterable[str | os.PathLike], max_pixels: int | None = DEFAULT_MAX_PIXELS
