@@ -436,3 +436,18 @@ def test_a_damaged_cache_line_is_refused_loudly_then_healed(imagenet_folder, tmp
     classification_run(imagenet_folder, out, tflite_pair[:1], chunk_size=2)  # the same run again: redoes it
     assert main(["relabel", str(out)]) == 0
     pd.testing.assert_frame_equal(pd.read_parquet(out / "labels.parquet"), before)
+
+
+def test_measure_normalised_is_one_at_no_loss(tflite_pair, tmp_path, capsys):
+    from imutility.images import load_image
+    from imutility.measure import measure_pairs
+
+    img = load_image(require_shared("data", "photos", "parrot.jpg"))
+    (plain,) = measure_pairs([img], [img], tflite_pair[:1])
+    (norm,) = measure_pairs([img], [img], tflite_pair[:1], normalised=True)
+    assert plain.combined < 1 and norm.combined == pytest.approx(1.0)
+    img.save(tmp_path / "a.png")
+    assert main(["measure", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--task", "classification",
+                 "--labelers", "mobilenet_v2", "--normalised"]) == 0
+    out = capsys.readouterr().out
+    assert "utility: normalised" in out and out.strip().endswith("1.0000")

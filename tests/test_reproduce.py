@@ -82,6 +82,14 @@ def test_config_errors_are_clear(tmp_path):
     overlap = dict(raw, distortions={"train": ["jpeg:q=2"], "held_out": ["jpeg:q=2"]})
     with pytest.raises(ConfigError, match="both train and held-out"):
         parse_config(overlap)
+    bad_values = [(None, "name", "../escape", "plain name"), ("predictor", "epochs", -1, "positive"),
+                  ("predictor", "epochs", "3", "positive"), ("predictor", "size", 0, "positive"),
+                  ("classification", "limit", -5, "positive"), (None, "seed", 1.5, "non-negative"),
+                  ("predictor", "pretrained", "yes", "true or false")]
+    for section, key, value, expect in bad_values:
+        bad = dict(raw, **({key: value} if section is None else {section: dict(raw.get(section, {}), **{key: value})}))
+        with pytest.raises(ConfigError, match=expect):
+            parse_config(bad)
     (tmp_path / "broken.toml").write_text("name = [")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(tmp_path / "broken.toml")

@@ -284,9 +284,13 @@ def relabel(out, th, tl, phi_rec, det_score, det_iou, require_pristine_hit) -> N
               help="Classification ground truth ('file_name class' lines) instead of the pristine predictions.")
 @click.option("--annotations", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Detection ground truth (COCO json) instead of the pristine detections.")
+@click.option("--normalised", is_flag=True,
+              help="Report (phi - phi_rec) / (phi' - phi_rec), 1 at no loss, instead of Eq. 2 as printed "
+                   "(below 1, even negative, when nothing was lost).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per pair).")
 @_models_option
-def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annotations, as_json, models) -> int:
+def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annotations, normalised, as_json,
+            models) -> int:
     """Full-reference utility (Eq. 2-4) of DISTORTED against PRISTINE: two images or two parallel folders."""
     import json
 
@@ -299,13 +303,15 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
     targets = _library_call(read_label_table, Path(labels_file), imagenet_synset_index()) if labels_file else None
     ann = _library_call(coco_annotations_by_file, annotations) if annotations else None
     results, errors = _library_call(measure_paths, pristine, distorted, labs, op=op, phi_rec=phi_rec,
-                                    targets=targets, annotations=ann)
+                                    targets=targets, annotations=ann, normalised=normalised)
+    which = "normalised (1 at no loss)" if normalised else "Eq. 2 as printed (not 1 at no loss; see --normalised)"
     for path, reason in errors:
         click.echo(f"skipped {path}: {reason}", err=True)
     if as_json:
         for r in results:
-            click.echo(json.dumps(r.as_dict()))
+            click.echo(json.dumps({**r.as_dict(), "utility": "normalised" if normalised else "eq2"}))
     else:
+        click.echo(f"utility: {which}")
         click.echo(f"{'distorted':40s} " + " ".join(f"{n:>18s}" for n in names) + f" {'U (' + op + ')':>12s}")
         for r in results:
             click.echo(f"{Path(r.distorted).name:40s} " + " ".join(f"{r.per_labeler[n]:18.4f}" for n in names)

@@ -41,9 +41,13 @@ class PairUtility:
 def measure_pairs(pristine: Sequence[Image.Image], distorted: Sequence[Image.Image], labelers: Sequence[Labeler],
                   op: str = "mean", phi_rec: float = 0.5, targets: Sequence[int] | None = None,
                   annotations: Sequence[dict] | None = None, reference_score: float = 0.5,
-                  iou_threshold: float = PAPER_DET_IOU, names: Sequence[tuple[str, str]] | None = None
-                  ) -> list[PairUtility]:
-    """Per-labeler U_i (Eq. 2) and combined U (Eq. 3-4) for parallel lists of images."""
+                  iou_threshold: float = PAPER_DET_IOU, names: Sequence[tuple[str, str]] | None = None,
+                  normalised: bool = False) -> list[PairUtility]:
+    """Per-labeler U_i (Eq. 2) and combined U (Eq. 3-4) for parallel lists of images.
+
+    ``normalised`` replaces Eq. 2 as printed (which is below 1, even negative, at no loss) by
+    :func:`~imutility.utility.normalised_confidence_utility`, 1 at no loss, from the same phi and phi'.
+    """
     if len(pristine) != len(distorted):
         raise ValueError(f"{len(pristine)} pristine images but {len(distorted)} distorted ones")
     if not labelers:
@@ -79,6 +83,13 @@ def measure_pairs(pristine: Sequence[Image.Image], distorted: Sequence[Image.Ima
             per[lab.name] = np.asarray(vals, dtype=np.float64)
         else:  # pragma: no cover - the zoo only makes these two
             raise TypeError(f"unsupported labeler {lab!r}")
+    if normalised:
+        from imutility.utility import normalised_confidence_utility
+
+        for lab in labelers:
+            phi = np.array([details[i][lab.name]["phi"] for i in range(n)], dtype=np.float64)
+            ref = np.array([details[i][lab.name]["phi_ref"] for i in range(n)], dtype=np.float64)
+            per[lab.name] = np.asarray(normalised_confidence_utility(phi, ref, phi_rec), dtype=np.float64)
     matrix = np.stack([per[lab.name] for lab in labelers], axis=1)
     combined = combine(matrix, op)
     return [PairUtility(names[i][0], names[i][1], {k: float(v[i]) for k, v in per.items()}, float(combined[i]),
@@ -127,7 +138,8 @@ def pair_paths(pristine: str | Path, distorted: str | Path) -> tuple[list[tuple[
 
 def measure_paths(pristine: str | Path, distorted: str | Path, labelers: Sequence[Labeler], op: str = "mean",
                   phi_rec: float = 0.5, batch: int = 16, targets: dict[str, int] | None = None,
-                  annotations: dict[str, dict] | None = None) -> tuple[list[PairUtility], list[tuple[str, str]]]:
+                  annotations: dict[str, dict] | None = None, normalised: bool = False
+                  ) -> tuple[list[PairUtility], list[tuple[str, str]]]:
     """:func:`measure_pairs` over files or parallel folders; unreadable pairs are returned as errors.
 
     ``targets`` (classification) and ``annotations`` (detection, ``{"boxes", "labels"}``) are keyed by the
@@ -157,7 +169,7 @@ def measure_paths(pristine: str | Path, distorted: str | Path, labelers: Sequenc
             if annotations is not None:
                 ann.append(annotations[pp.name])
         if ok:
-            results += measure_pairs(a, b, labelers, op=op, phi_rec=phi_rec, names=ok,
+            results += measure_pairs(a, b, labelers, op=op, phi_rec=phi_rec, names=ok, normalised=normalised,
                                      targets=t if targets is not None else None,
                                      annotations=ann if annotations is not None else None)
     return results, errors

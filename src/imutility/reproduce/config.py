@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -137,6 +138,34 @@ def _distortions(value: Any, where: str) -> tuple[str, ...]:
     return tuple(d.spec for d in dists)
 
 
+_POSITIVE_INTS = {"limit", "epochs", "size", "batch_size", "max_samples", "fig1_max_images", "random_draws"}
+
+
+def _check_value(key: str, value: Any, where: str) -> None:
+    """Refuse values of the wrong type or range (a negative limit would drop photos silently)."""
+    def bad(what: str):
+        raise ConfigError(f"{where}: {key} must be {what}, got {value!r}")
+
+    if value is None and key in ("limit", "max_samples", "lr", "labels_file"):
+        return
+    if key in _POSITIVE_INTS and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        bad("a positive integer")
+    if key == "seed" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+        bad("a non-negative integer")
+    if key == "lr" and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
+        bad("a positive number")
+    if key == "pretrained" and not isinstance(value, bool):
+        bad("true or false")
+    if key == "test_fraction" and (not isinstance(value, int | float) or isinstance(value, bool)
+                                   or not 0 < value < 1):
+        bad("a number in (0, 1)")
+    if key == "name" and (not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", value)):
+        bad("a plain name (letters, digits, '.', '_', '-'; no path)")
+    if key in ("description", "backbone", "recipe", "geometry", "ood_network", "labels_file") \
+            and not isinstance(value, str):
+        bad("a string")
+
+
 def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str = "config") -> ReproduceConfig:
     """A config from a parsed TOML mapping, every name checked."""
     from imutility import zoo
@@ -156,6 +185,8 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
                           labelers=_strings(sec["labelers"], f"[{task}] labelers"),
                           held_out=_strings(sec["held_out"], f"[{task}] held_out"),
                           limit=sec.get("limit"), labels_file=sec.get("labels_file"))
+        for k in ("limit", "labels_file"):
+            _check_value(k, sec.get(k), f"{where} [{task}]")
         for n in ts.labelers + ts.held_out:
             try:
                 spec = zoo.get_spec(n)
@@ -181,6 +212,11 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
     _check_keys(pred, [f.name for f in fields(PredictorSettings)], f"{where} [predictor]")
     from imutility.predictor.backbones import list_backbones
 
+    for k, v in pred.items():
+        _check_value(k, v, f"{where} [predictor]")
+    for k, v in raw.items():
+        if not isinstance(v, dict):
+            _check_value(k, v, where)
     ps = PredictorSettings(**pred)
     if ps.backbone not in list_backbones():
         raise ConfigError(f"{where} [predictor]: {unknown_name_message('backbone', ps.backbone, list_backbones())}")
@@ -196,8 +232,8 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
         name=raw.get("name", default_name), description=raw.get("description", ""),
         classification=tasks["classification"], detection=tasks["detection"],
         train_distortions=train, heldout_distortions=held, predictor=ps, ood_network=ood,
-        fig1_max_images=int(raw.get("fig1_max_images", 800)), random_draws=int(raw.get("random_draws", 5)),
-        test_fraction=float(raw.get("test_fraction", 0.2)), seed=int(raw.get("seed", 0)))
+        fig1_max_images=raw.get("fig1_max_images", 800), random_draws=raw.get("random_draws", 5),
+        test_fraction=float(raw.get("test_fraction", 0.2)), seed=raw.get("seed", 0))
     if not 0 < cfg.test_fraction < 1:
         raise ConfigError(f"{where}: test_fraction must be in (0, 1)")
     return cfg
