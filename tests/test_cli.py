@@ -60,3 +60,38 @@ def test_paper_preset_on_imagenet_sample(tmp_path):
         by_q.setdefault(float(r["level"]), []).append(float(r["bpp"]))
     means = [sum(v) / len(v) for _, v in sorted(by_q.items())]
     assert all(a < b for a, b in zip(means, means[1:], strict=False)), means
+
+
+def test_a_full_disk_is_one_line_and_exit_1(tmp_path, monkeypatch, capsys):
+    import errno
+
+    from conftest import natural_image
+    from imutility import atomic
+
+    src = tmp_path / "src"
+    src.mkdir()
+    natural_image().save(src / "a.png")
+
+    def full(path, data, durable=True):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(atomic, "write_bytes", full)
+    rc = main(["distort", str(src), str(tmp_path / "o"), "-d", "jpeg:q=10", "--no-progress", "-j", "1"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "No space left on device" in err and "Traceback" not in err
+
+
+def test_library_errors_share_one_base_class():
+    from imutility.atomic import ConfigMismatchError, CorruptJournalError
+    from imutility.distort import DistortionSpecError
+    from imutility.errors import ImutilityError
+    from imutility.images import ImageLoadError
+    from imutility.names import UnknownNameError
+    from imutility.predictor.model import PredictorLoadError
+    from imutility.reproduce.config import ConfigError
+    from imutility.zoo.weights import WeightsError
+
+    for cls in (ConfigMismatchError, CorruptJournalError, DistortionSpecError, ImageLoadError, UnknownNameError,
+                PredictorLoadError, ConfigError, WeightsError):
+        assert issubclass(cls, ImutilityError), cls
+    assert issubclass(UnknownNameError, KeyError) and issubclass(ConfigError, ValueError)  # old bases kept

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from imutility.errors import ImutilityError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -61,7 +63,7 @@ def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldn
     write_text(path, buf.getvalue())
 
 
-class ConfigMismatchError(RuntimeError):
+class ConfigMismatchError(ImutilityError, RuntimeError):
     """A folder holds a run made with other settings; resuming into it would mix two runs."""
 
 
@@ -80,7 +82,7 @@ def check_or_write_config(path: str | os.PathLike, config: Mapping[str, Any]) ->
     write_json(path, dict(config))
 
 
-class CorruptJournalError(RuntimeError):
+class CorruptJournalError(ImutilityError, RuntimeError):
     """A journal holds damaged lines that are not the torn last one: work recorded there is lost."""
 
 

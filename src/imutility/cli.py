@@ -627,16 +627,21 @@ def _distortions(preset: str | None, specs) -> tuple:
 
 
 def _library_call(fn, *args, **kwargs):
-    """Turn the library's expected errors into one clean CLI error line."""
-    from imutility.atomic import ConfigMismatchError, CorruptJournalError
-    from imutility.predictor.model import PredictorLoadError
-    from imutility.zoo.weights import WeightsError
+    """Turn the library's expected errors into one clean CLI error line (exit 1).
+
+    Expected: every :class:`~imutility.errors.ImutilityError`, the ``ValueError``/``KeyError`` the library
+    raises for bad input, and the operating system's refusals (a read-only or full disk, a missing file).
+    Anything else is a bug and keeps its traceback.
+    """
+    from imutility.errors import ImutilityError
 
     try:
         return fn(*args, **kwargs)
-    except (ValueError, KeyError, FileNotFoundError, ConfigMismatchError, CorruptJournalError, WeightsError,
-            ImportError, PredictorLoadError) as e:
+    except (ImutilityError, ValueError, KeyError, ImportError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
+    except OSError as e:  # PermissionError, ENOSPC (disk full), FileNotFoundError, ...
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        raise click.ClickException(f"{where}{e.strerror or e}") from e
 
 
 def main(argv: Sequence[str] | None = None) -> int:

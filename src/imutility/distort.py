@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFilter
 
+from imutility.errors import ImutilityError
 from imutility.names import UnknownNameError
 
 
@@ -264,7 +265,7 @@ DISTORTION_FAMILIES: dict[str, type[Distortion]] = {
 }
 
 
-class DistortionSpecError(ValueError):
+class DistortionSpecError(ImutilityError, ValueError):
     """A distortion spec that cannot be parsed (bad syntax, unknown argument, bad value): a usage error."""
 
 

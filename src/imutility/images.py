@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from imutility.errors import ImutilityError
+
 #: File name endings treated as images when a folder is scanned.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pnm"}
@@ -27,7 +29,7 @@ DEFAULT_MAX_PIXELS = 178_956_970
 _BOMB_LOCK = threading.Lock()
 
 
-class ImageLoadError(Exception):
+class ImageLoadError(ImutilityError):
     """An image that could not be read; ``path`` and ``reason`` say which and why."""
 
     def __init__(self, path: str | os.PathLike | None, reason: str):

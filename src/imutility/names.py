@@ -5,6 +5,8 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from imutility.errors import ImutilityError
+
 
 def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
     """Say what was not found, suggest close matches, and list the choices."""
@@ -14,7 +16,7 @@ def unknown_name_message(kind: str, name: str, choices: Iterable[str]) -> str:
     return f"unknown {kind} {name!r}.{hint} Choices: {', '.join(choices)}"
 
 
-class UnknownNameError(KeyError, ValueError):
+class UnknownNameError(ImutilityError, KeyError, ValueError):
     """A name not in a registry; the message carries close-match suggestions."""
 
     def __init__(self, kind: str, name: str, choices: Iterable[str]):

@@ -20,8 +20,10 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
+from imutility.errors import ImutilityError
 
-class NotJpegError(ValueError):
+
+class NotJpegError(ImutilityError, ValueError):
     """The file is not a JPEG: it has no quantisation tables."""
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from imutility.errors import ImutilityError
 from imutility.images import ImageLoadError, load_image
 from imutility.predictor.data import InputSpec, to_tensor
 from imutility.predictor.train import CARD_FORMAT
@@ -37,7 +38,7 @@ BUILTIN = {"default": "default-classification", "default-classification": "defau
            "finetune-classification": "finetune-classification"}
 
 
-class PredictorLoadError(RuntimeError):
+class PredictorLoadError(ImutilityError, RuntimeError):
     """A predictor that cannot be used: missing, corrupt, wrong hash, or made for another task."""
 
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from imutility import __version__, atomic
+from imutility.errors import ImutilityError
 from imutility.predictor.backbones import create_backbone, get_backbone_spec
 from imutility.predictor.data import InputSpec, UtilityImages
 
@@ -87,7 +88,7 @@ class TrainConfig:
                 raise ValueError(f"device {self.device!r} cannot be used: {e}") from e
 
 
-class InsufficientLabelsError(ValueError):
+class InsufficientLabelsError(ImutilityError, ValueError):
     """Too few labelled rows (or one class only) to train and test a predictor."""
 
 

@@ -18,12 +18,13 @@ from typing import Any
 
 import tomllib
 
+from imutility.errors import ImutilityError
 from imutility.names import UnknownNameError, unknown_name_message
 
 TASKS = ("classification", "detection")
 
 
-class ConfigError(ValueError):
+class ConfigError(ImutilityError, ValueError):
     """A study config that cannot be run as written."""
 
 

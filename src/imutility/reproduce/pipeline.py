@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from imutility import __version__, atomic
+from imutility.errors import ImutilityError
 from imutility.reproduce.config import TASKS, ReproduceConfig
 
 STAGES = ("label", "train", "evaluate", "baselines", "report")
@@ -48,7 +49,7 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-class NetworkUnavailableError(RuntimeError):
+class NetworkUnavailableError(ImutilityError, RuntimeError):
     """A network of the config cannot be built here (missing weights file or package)."""
 
 

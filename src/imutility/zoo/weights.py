@@ -20,12 +20,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imutility.errors import ImutilityError
 from imutility.paths import shared_dir
 
 MODELS_ENV = "IMUTILITY_MODELS"
 
 
-class WeightsError(RuntimeError):
+class WeightsError(ImutilityError, RuntimeError):
     """Base class: a labeler's weights cannot be used."""
 
 
