@@ -302,3 +302,12 @@ def test_onnx_runtime_path_matches_pytorch(name, photos):
     eager = zoo.get_labeler(name, runtime="torch")
     imgs = list(photos.values())
     np.testing.assert_allclose(ort_clf(imgs), eager(imgs), atol=1e-4)  # the stated tolerance (docs/zoo.md)
+
+
+def test_zoo_info_shows_the_measured_metrics(capsys):
+    from imutility.cli import main
+
+    assert main(["zoo", "info", "mobilenet_v2"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["metrics"]["imagenet_sample_top1"] == pytest.approx(0.883)
+    assert all(zoo.describe(n)["metrics"] for n in zoo.list_labelers())  # none is empty

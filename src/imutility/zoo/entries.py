@@ -80,6 +80,25 @@ def _paper_entries() -> list[LabelerSpec]:
     ]
 
 
+#: Measured by `imutility zoo eval NAME` (docs/zoo.md): top-1/top-5 on the 1000 imagenet-sample photos,
+#: mAP@0.5 and mAP@[.5:.95] on the 128 coco2017-val128 photos. Data, shown by `imutility zoo info`.
+MEASURED: dict[str, dict[str, float]] = {
+    "efficientnet_lite0": {"imagenet_sample_top1": 0.886, "imagenet_sample_top5": 0.973},
+    "efficientnet_lite1": {"imagenet_sample_top1": 0.890, "imagenet_sample_top5": 0.978},
+    "efficientnet_lite2": {"imagenet_sample_top1": 0.902, "imagenet_sample_top5": 0.984},
+    "efficientnet_lite3": {"imagenet_sample_top1": 0.889, "imagenet_sample_top5": 0.982},
+    "mobilenet_v2": {"imagenet_sample_top1": 0.883, "imagenet_sample_top5": 0.979},
+    "mobilenet_v1_075": {"imagenet_sample_top1": 0.801, "imagenet_sample_top5": 0.947},
+    "mobilenet_v3_small": {"imagenet_sample_top1": 0.785, "imagenet_sample_top5": 0.942},
+    "squeezenet1_1": {"imagenet_sample_top1": 0.659, "imagenet_sample_top5": 0.863},
+    "shufflenet_v1": {"imagenet_sample_top1": 0.143, "imagenet_sample_top5": 0.554},
+    "ssd_mobilenet_v2": {"coco_val128_mAP50": 0.537, "coco_val128_mAP": 0.369},
+    "yolox_nano": {"coco_val128_mAP50": 0.482, "coco_val128_mAP": 0.325},
+    "nanodet_m": {"coco_val128_mAP50": 0.393, "coco_val128_mAP": 0.239},
+    "fastestdet": {"coco_val128_mAP50": 0.352, "coco_val128_mAP": 0.203},
+}
+
+
 def _effnet_lite(n: int, size: int, sha: str, filename: str) -> LabelerSpec:
     return LabelerSpec(
         name=f"efficientnet_lite{n}", task="classification", backend="efficientnet-lite-pytorch",
@@ -182,4 +201,7 @@ def _offline_entries() -> list[LabelerSpec]:
 
 
 def all_entries() -> list[LabelerSpec]:
-    return _paper_entries() + _offline_entries()
+    from dataclasses import replace
+
+    return _paper_entries() + [replace(e, metrics={**e.metrics, **MEASURED.get(e.name, {})})
+                               for e in _offline_entries()]
