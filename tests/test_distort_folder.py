@@ -190,3 +190,17 @@ def test_unlisted_entries_are_reported_not_silently_skipped(tmp_path, capsys):
     assert [r["source"] for r in rows] == ["real/a.png"]
     assert {r["source"] for r in read_csv(tmp_path / "o" / "errors.csv")} == {"photo.avif", "loop", "elsewhere",
                                                                             "dangling.jpg"}
+
+
+def test_resume_removes_what_a_killed_write_left(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    natural_image().save(src / "a.png")
+    d = [parse_distortion("jpeg:q=10")]
+    distort_folder(src, tmp_path / "o", d, progress=False, workers=1)
+    stale = tmp_path / "o" / "jpeg_q10" / ".a.png.jpg.4ztpk1bd.tmp"  # the name a kill -9 mid-write leaves
+    stale.write_bytes(b"half")
+    keep = tmp_path / "o" / "jpeg_q10" / "notes.tmp"  # not ours: kept
+    keep.write_text("x")
+    distort_folder(src, tmp_path / "o", d, progress=False, workers=1)
+    assert not stale.exists() and keep.exists()

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -44,6 +45,20 @@ def write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # what write_bytes' mkstemp names look like
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that writes killed mid-way (``kill -9``) left under ``folder``; call it when
+    a run resumes into its output folder (one run at a time per folder). Returns how many were removed."""
+    n = 0
+    for p in Path(folder).rglob("*.tmp"):
+        if _TEMP_NAME.match(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

@@ -105,6 +105,7 @@ def distort_folder(src: str | os.PathLike, out: str | os.PathLike, distortions: 
     state = out / STATE_DIR
     config = {"source": str(src.resolve()), "distortions": specs, "seed": seed}
     atomic.check_or_write_config(state / "config.json", config)
+    atomic.remove_stale_temps(out)  # what a killed run was writing
 
     journal = atomic.Journal(state / "journal.jsonl")
     rel_of = {p: (p.relative_to(root).as_posix() if p != root else p.name) for p in sources}

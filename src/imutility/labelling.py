@@ -297,6 +297,7 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
     if reference != GROUND_TRUTH:
         config["reference"] = reference
     atomic.check_or_write_config(out / "config.json", config)
+    atomic.remove_stale_temps(out)  # what a killed run was writing
     labelers = [*labelers, *held_out]
     sources = list(sources)
     check_unique_outputs(s.key for s in sources)
