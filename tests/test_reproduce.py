@@ -309,3 +309,32 @@ def test_quick_config_end_to_end(tmp_path):
     assert all("accuracy" in r for r in res["table1"] + res["table2"])
     assert res["fig1"]["useful"] > 0 and res["fig1"]["non_useful"] > 0
     assert Path(out / "report.md").read_text().count("![") >= 5
+
+
+def test_study_config_reaches_the_content_architecture(tmp_path, monkeypatch):
+    """[predictor] architecture = "content" (and its keys) reach imutility train unchanged."""
+    import dataclasses
+
+    from imutility.predictor import train as tr
+    from imutility.reproduce.pipeline import stage_train
+
+    raw = tomllib.loads(TINY)
+    raw["predictor"] = {**raw.get("predictor", {}), "architecture": "content", "backbone": "efficientnet_lite1",
+                        "features": "pooled", "soft_target": "retained_mean", "hidden": 64, "dropout": 0.5}
+    cfg = parse_config(raw)
+    seen = []
+
+    def fake_train(tc, folder, progress=True):
+        seen.append(tc)
+        raise tr.InsufficientLabelsError("stop here")
+
+    monkeypatch.setattr(tr, "train_predictor", fake_train)
+    study = Study(cfg, tmp_path, log=lambda m: None)
+    stage_train(study)
+    assert seen and all(dataclasses.asdict(tc)["architecture"] == "content" for tc in seen)
+    tc = seen[0]
+    assert (tc.backbone, tc.features, tc.soft_target, tc.hidden, tc.dropout) == (
+        "efficientnet_lite1", "pooled", "retained_mean", 64, 0.5)
+    bad = dict(raw, predictor={**raw["predictor"], "backbone": "resnet18"})  # not a zoo classifier to freeze
+    with pytest.raises(ConfigError, match="backbone"):
+        parse_config(bad)

@@ -50,6 +50,13 @@ class PredictorSettings:
     batch_size: int = 32
     lr: float | None = None
     max_samples: int | None = None
+    # the content-aware architecture (imutility.predictor.content); finetune is the paper's way
+    architecture: str = "finetune"
+    features: str = "confidence"
+    soft_target: str | None = None
+    hidden: int = 32
+    dropout: float = 0.0
+    weight_decay: float = 1e-4
 
 
 @dataclass(frozen=True)
@@ -139,7 +146,7 @@ def _distortions(value: Any, where: str) -> tuple[str, ...]:
     return tuple(d.spec for d in dists)
 
 
-_POSITIVE_INTS = {"limit", "epochs", "size", "batch_size", "max_samples", "fig1_max_images", "random_draws"}
+_POSITIVE_INTS = {"limit", "epochs", "size", "batch_size", "max_samples", "fig1_max_images", "random_draws", "hidden"}
 
 
 def _check_value(key: str, value: Any, where: str) -> None:
@@ -219,10 +226,17 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
         if not isinstance(v, dict):
             _check_value(k, v, where)
     ps = PredictorSettings(**pred)
-    if ps.backbone not in list_backbones():
-        raise ConfigError(f"{where} [predictor]: {unknown_name_message('backbone', ps.backbone, list_backbones())}")
+    from imutility.predictor.backbones import list_recognition_backbones
+
+    allowed = list_recognition_backbones() if ps.architecture == "content" else list_backbones()
+    if ps.architecture not in ("finetune", "content"):
+        raise ConfigError(f"{where} [predictor]: architecture is finetune|content, got {ps.architecture!r}")
+    if ps.backbone not in allowed:
+        raise ConfigError(f"{where} [predictor]: {unknown_name_message('backbone', ps.backbone, allowed)}")
     if ps.recipe not in ("paper", "adamw") or ps.geometry not in ("crop", "resize"):
         raise ConfigError(f"{where} [predictor]: recipe is paper|adamw and geometry crop|resize")
+    if ps.features not in ("confidence", "pooled"):
+        raise ConfigError(f"{where} [predictor]: features is confidence|pooled, got {ps.features!r}")
     ood = raw.get("ood_network", tasks["classification"].held_out[0])
     try:
         if zoo.get_spec(ood).task != "classification":

@@ -139,7 +139,8 @@ def preflight(study: Study) -> None:
     names = [n for t in TASKS for n in (*cfg.task(t).labelers, *cfg.task(t).held_out)] + [cfg.ood_network]
     missing = [(a.name, a.detail) for a in (zoo.availability(n, study.models) for n in dict.fromkeys(names))
                if not a.ok]
-    backbone = _backbone_problem(cfg.predictor.backbone) if cfg.predictor.pretrained else None
+    backbone = _backbone_problem(cfg.predictor) if cfg.predictor.pretrained or cfg.predictor.architecture == "content" \
+        else None
     if backbone is not None:
         missing.append((f"predictor backbone {cfg.predictor.backbone}", backbone))
     if missing:
@@ -155,13 +156,17 @@ def preflight(study: Study) -> None:
                                         "(set --shared or IMUTILITY_SHARED, or give a path)")
 
 
-def _backbone_problem(name: str) -> str | None:
+def _backbone_problem(settings) -> str | None:
     """Why the predictor backbone's pretrained weights cannot be loaded, or None when they can."""
+    from imutility import zoo
     from imutility.predictor.backbones import create_backbone
     from imutility.zoo.weights import WeightsError
 
+    if settings.architecture == "content":  # a zoo classifier, used frozen
+        av = zoo.availability(settings.backbone)
+        return None if av.ok else av.detail
     try:
-        create_backbone(name, 2, pretrained=True)
+        create_backbone(settings.backbone, 2, pretrained=True)
     except (WeightsError, ImportError) as e:
         return str(e).splitlines()[0]
     return None
@@ -207,7 +212,9 @@ def stage_train(study: Study) -> dict:
                              else f"{name}.label", backbone=ps.backbone, pretrained=ps.pretrained, recipe=ps.recipe,
                              geometry=ps.geometry, size=ps.size, epochs=ps.epochs, batch_size=ps.batch_size,
                              lr=ps.lr, max_samples=ps.max_samples, seed=cfg.seed, device=study.device,
-                             test_sources_file=str(study.split_file(task)))
+                             test_sources_file=str(study.split_file(task)), architecture=ps.architecture,
+                             features=ps.features, soft_target=ps.soft_target, hidden=ps.hidden, dropout=ps.dropout,
+                             weight_decay=ps.weight_decay)
             study.log(f"[train] {task} predictor on {name} labels")
             try:
                 card = train_predictor(tc, folder, progress=study.progress)
