@@ -338,3 +338,20 @@ def test_study_config_reaches_the_content_architecture(tmp_path, monkeypatch):
     bad = dict(raw, predictor={**raw["predictor"], "backbone": "resnet18"})  # not a zoo classifier to freeze
     with pytest.raises(ConfigError, match="backbone"):
         parse_config(bad)
+
+
+def test_detection_test_photos_come_from_test_data_only(tmp_path):
+    """offline/paper: COCO detectors trained on train2017, so only val2017 photos may be test photos."""
+    from imutility.reproduce.pipeline import _test_eligible
+
+    cfg = load_config("offline")
+    assert cfg.detection.test_data == ("coco2017-val128/instances.json",)
+    study = Study(cfg, tmp_path, shared=SHARED, log=lambda m: None)
+    ok = _test_eligible(study, "detection")
+    assert ok(str(SHARED / "data" / "coco2017-val128" / "images" / "000000000139.jpg"))
+    assert not ok(str(SHARED / "data" / "coco2017-train128" / "images" / "000000000009.jpg"))
+    assert _test_eligible(study, "classification")("/anything.jpg")  # unset: every photo
+    raw = tomllib.loads(TINY)
+    raw["detection"] = {**raw["detection"], "test_data": ["elsewhere.json"]}
+    with pytest.raises(ConfigError, match="not entries of data"):
+        parse_config(raw)

@@ -37,6 +37,7 @@ class TaskSettings:
     held_out: tuple[str, ...]  # never label; judged with and without filtering (Fig. 2, Tables III/IV)
     limit: int | None = None  # first N photos of each data set (None = all)
     labels_file: str | None = None  # classification ground truth when not in the file names
+    test_data: tuple[str, ...] | None = None  # the entries of `data` whose photos may be test photos (None: all)
 
 
 @dataclass(frozen=True)
@@ -192,7 +193,11 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
         ts = TaskSettings(data=_strings(sec["data"], f"[{task}] data"),
                           labelers=_strings(sec["labelers"], f"[{task}] labelers"),
                           held_out=_strings(sec["held_out"], f"[{task}] held_out"),
-                          limit=sec.get("limit"), labels_file=sec.get("labels_file"))
+                          limit=sec.get("limit"), labels_file=sec.get("labels_file"),
+                          test_data=_strings(sec["test_data"], f"[{task}] test_data") if "test_data" in sec else None)
+        if ts.test_data is not None and set(ts.test_data) - set(ts.data):
+            raise ConfigError(f"{where} [{task}]: test_data {sorted(set(ts.test_data) - set(ts.data))} "
+                              "are not entries of data")
         for k in ("limit", "labels_file"):
             _check_value(k, sec.get(k), f"{where} [{task}]")
         for n in ts.labelers + ts.held_out:

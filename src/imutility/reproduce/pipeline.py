@@ -156,6 +156,19 @@ def preflight(study: Study) -> None:
                                         "(set --shared or IMUTILITY_SHARED, or give a path)")
 
 
+def _test_eligible(study: Study, task: str) -> Callable[[str], bool]:
+    """Whether a photo may be a test photo: it comes from one of the task's ``test_data`` entries (all when unset;
+    COCO: the images folder beside the json)."""
+    ts = study.config.task(task)
+    if ts.test_data is None:
+        return lambda path: True
+    roots = []
+    for d in ts.test_data:
+        p = resolve_data(d, study.shared)
+        roots.append((p.parent if p.suffix == ".json" else p).resolve())
+    return lambda path: any(Path(path).resolve().is_relative_to(r) for r in roots)
+
+
 def _backbone_problem(settings) -> str | None:
     """Why the predictor backbone's pretrained weights cannot be loaded, or None when they can."""
     from imutility import zoo
@@ -191,7 +204,9 @@ def stage_label(study: Study) -> dict:
             atomic.write_csv(study.out / "labels" / f"unreadable_{task}.csv",
                              [{"key": k, "reason": r} for k, r in rep.errors], ["key", "reason"])
         readable = {s.key for s in sources} - {k for k, _ in rep.errors}
-        test = choose_test_sources([s.path for s in sources if s.key in readable], cfg.test_fraction, cfg.seed)
+        eligible = _test_eligible(study, task)
+        test = choose_test_sources([s.path for s in sources if s.key in readable and eligible(s.path)],
+                                   cfg.test_fraction, cfg.seed)
         atomic.write_json(study.split_file(task), test)
         info[task] = {"photos": len(sources), "unreadable": len(rep.errors), "rows": rep.n_rows,
                       "test_photos": len(test)}
