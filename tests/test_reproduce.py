@@ -242,8 +242,21 @@ def test_study_writes_every_table_and_figure(tiny_study):
     assert nets["no filter"]["kept"] == 1.0 and 0 <= nets["no filter"]["metric"] <= 1
     det = res["fig2"]["detection"]["networks"]["nanodet_m"]
     assert det["all pristine"]["kept"] == 0.0 and det["all pristine"]["metric"] >= det["no filter"]["metric"] - 1e-9
-    assert set(res["fig1"]["auroc"]) == {"brisque", "psnr", "ssim", "msp", "energy", "predictor"}
+    assert set(res["fig1"]["auroc"]) == {"brisque", "psnr", "ssim", "msp", "energy", "squeeze", "predictor"}
+    # the paper's own Fig. 1 protocol: one classifier, every compressed test image, same decision as pristine
+    pp = res["fig1"]["paper_protocol"]
+    import pandas as pd
+
+    f1 = pd.read_parquet(study.out / "baselines" / "fig1.parquet")
+    ev = pd.read_parquet(study.eval_dir("classification") / "labels.parquet")
+    ood = study.config.ood_network
+    same = (ev[f"{ood}.pred"] == ev[f"{ood}.pristine_pred"]).astype(float)
+    assert pp["images"] == int(f1["in_paper"].sum()) == min(len(ev), study.config.fig1_max_images)
+    paper_rows = f1[f1["in_paper"]].merge(ev[["key", "distortion"]].assign(same=same), on=["key", "distortion"])
+    np.testing.assert_array_equal(paper_rows["label_paper"].to_numpy(), paper_rows["same"].to_numpy())
+    assert pp["useful"] + pp["non_useful"] == pp["images"]
     report = (study.out / "report.md").read_text()
+    assert "Fig. 1 as the paper does it" in report
     for title in ("Table I", "Table II", "Table III", "Table IV", "Fig. 1", "Fig. 2(a)", "Fig. 2(b)", "87.5 %"):
         assert title in report
     for fig in ("labels_per_level", "fig1_baselines", "fig2_classification", "fig2_detection",
@@ -355,3 +368,21 @@ def test_detection_test_photos_come_from_test_data_only(tmp_path):
     raw["detection"] = {**raw["detection"], "test_data": ["elsewhere.json"]}
     with pytest.raises(ConfigError, match="not entries of data"):
         parse_config(raw)
+
+
+def test_feature_squeezing_by_hand():
+    arr = np.arange(256, dtype=np.uint8).reshape(16, 16)[..., None].repeat(3, axis=2)
+    sq = bl.squeeze_bit_depth(arr)
+    assert len(np.unique(sq)) == 16 and sq[0, 0, 0] == 0 and sq[-1, -1, 0] == 255
+    flat = np.full((8, 8, 3), 200, dtype=np.uint8)
+    np.testing.assert_array_equal(bl.squeeze_median(flat), flat)
+
+    class Stub:
+        """Logits that read the image's mean and its number of distinct values: squeezing moves both."""
+
+        def logits(self, images):
+            return np.array([[float(np.mean(im)) / 50, len(np.unique(im)) / 50, 0.0] for im in images])
+
+    smooth = np.full((16, 16, 3), 255, dtype=np.uint8)  # already 4-bit and constant: squeezers change nothing
+    d = bl.feature_squeezing(Stub(), [smooth, arr])
+    assert d[0] == pytest.approx(0.0) and d[1] > 0.05

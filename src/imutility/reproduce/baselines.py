@@ -6,7 +6,10 @@ utility labels, beside the trained predictor on the same images:
 - BRISQUE (no reference; the SVM and scaling shipped in the ``brisque`` package), negated: lower is better;
 - PSNR (dB) and SSIM against the pristine image (scikit-image);
 - maximum softmax probability and the negative energy logsumexp(logits) of a classifier (Hendrycks &
-  Gimpel 2017; Liu et al. 2020), computed on the distorted image alone.
+  Gimpel 2017; Liu et al. 2020), computed on the distorted image alone;
+- feature squeezing (Xu et al., NDSS 2018), the adversarial-detection family of the paper's Fig. 1: the L1
+  distance between the classifier's softmax on the image and on its squeezed versions (4-bit colour depth,
+  2x2 median filter), the larger of the two; larger = more suspicious, so it is negated.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ SCORES: dict[str, tuple[str, bool]] = {
     "ssim": ("SSIM vs pristine", True),
     "msp": ("maximum softmax probability", True),
     "energy": ("negative energy = logsumexp(logits)", True),
+    "squeeze": ("feature squeezing L1 (max of 4-bit, median 2x2; lower = better)", False),
     "predictor": ("predictor P(useful)", True),
 }
 
@@ -70,6 +74,33 @@ def ood_scores(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     lse = (m + np.log(np.exp(z - m).sum(1, keepdims=True)))[:, 0]
     msp = np.exp(z.max(1) - lse)
     return msp, lse
+
+
+def squeeze_bit_depth(image: np.ndarray, bits: int = 4) -> np.ndarray:
+    """Colour depth reduced to ``bits`` per channel (Xu et al.'s first squeezer), as uint8."""
+    levels = 2**bits - 1
+    return (np.round(np.asarray(image, dtype=np.float64) / 255.0 * levels) / levels * 255.0).round().astype(np.uint8)
+
+
+def squeeze_median(image: np.ndarray, size: int = 2) -> np.ndarray:
+    """A ``size`` x ``size`` median filter per channel (Xu et al.'s second squeezer), as uint8."""
+    from scipy.ndimage import median_filter
+
+    return median_filter(np.asarray(image), size=(size, size, 1), mode="reflect")
+
+
+def feature_squeezing(classifier, images: Sequence[np.ndarray]) -> np.ndarray:
+    """Per image, the larger L1 distance between the classifier's softmax on it and on each squeezed version."""
+    def probs(batch):
+        z = np.asarray(classifier.logits(batch), dtype=np.float64)
+        z = z - z.max(1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(1, keepdims=True)
+
+    base = probs(list(images))
+    d_bits = np.abs(base - probs([squeeze_bit_depth(im) for im in images])).sum(1)
+    d_median = np.abs(base - probs([squeeze_median(im) for im in images])).sum(1)
+    return np.maximum(d_bits, d_median)
 
 
 def _image_scores(pair: tuple[str, str]) -> tuple[float, float, float] | str:

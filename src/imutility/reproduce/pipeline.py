@@ -312,25 +312,52 @@ def eval_table(study: Study, task: str):
 
 
 def stage_baselines(study: Study) -> dict:
+    """Fig. 1 on the classification test images, under two labellings (one frame, both label columns):
+
+    - ``label``: the study's unanimous labels (images the labelers agree on, as everywhere in this study);
+    - ``label_paper``: the paper's Fig. 1 protocol: ONE classifier (``ood_network``), ALL compressed images,
+      useful when its top-1 on the image equals its top-1 on the pristine image.
+
+    Each is sampled to at most ``fig1_max_images``; the scores are computed once for the union.
+    """
     import pandas as pd
 
     from imutility.images import ImageLoadError, load_image
-    from imutility.reproduce.baselines import image_quality_scores, ood_scores
+    from imutility.reproduce.baselines import feature_squeezing, image_quality_scores, ood_scores
 
     cfg = study.config
     table = eval_table(study, "classification")
-    table = table[table["combined"].notna()].reset_index(drop=True)
-    if len(table) > cfg.fig1_max_images:
-        pick = np.sort(np.random.default_rng(cfg.seed).permutation(len(table))[: cfg.fig1_max_images])
-        table = table.iloc[pick].reset_index(drop=True)
+    ood = cfg.ood_network
+    if f"{ood}.pred" in table:
+        same = (table[f"{ood}.pred"] == table[f"{ood}.pristine_pred"]).to_numpy(dtype=float, na_value=np.nan)
+        table["label_paper"] = np.where(table[f"{ood}.pred"].notna() & table[f"{ood}.pristine_pred"].notna(),
+                                        same, np.nan)
+    else:  # the OOD network is not among the evaluated networks: the paper's protocol cannot be read off
+        study.log(f"[baselines] {ood} was not run on the test images: no paper-protocol Fig. 1")
+        table["label_paper"] = np.nan
+    rng = np.random.default_rng(cfg.seed)
+
+    def sample(mask: np.ndarray) -> np.ndarray:
+        idx = np.flatnonzero(mask)
+        return np.sort(rng.permutation(idx)[: cfg.fig1_max_images]) if len(idx) > cfg.fig1_max_images else idx
+
+    in_unanimous = np.zeros(len(table), dtype=bool)
+    in_unanimous[sample(table["combined"].notna().to_numpy())] = True
+    in_paper = np.zeros(len(table), dtype=bool)
+    in_paper[sample(table["label_paper"].notna().to_numpy())] = True
+    keep = in_unanimous | in_paper
+    table = table[keep].reset_index(drop=True)
+    in_unanimous, in_paper = in_unanimous[keep], in_paper[keep]
     dist_paths = [str(study.eval_dir("classification") / p) for p in table["path"]]
-    study.log(f"[baselines] {len(table)} labelled test images: BRISQUE, PSNR, SSIM ({study.workers} workers), "
-              f"MSP and energy of {cfg.ood_network}")
+    study.log(f"[baselines] {len(table)} test images ({int(in_unanimous.sum())} unanimous-labelled, "
+              f"{int(in_paper.sum())} for the paper's protocol): BRISQUE, PSNR, SSIM ({study.workers} workers), "
+              f"MSP, energy and feature squeezing of {ood}")
     iq, errors = image_quality_scores(list(zip(dist_paths, table["source"], strict=True)), study.workers,
                                       study.progress)
-    net = study.labeler(cfg.ood_network)
+    net = study.labeler(ood)
     msp = np.full(len(table), np.nan)
     energy = np.full(len(table), np.nan)
+    squeeze = np.full(len(table), np.nan)
     for i in range(0, len(table), 32):
         idx, imgs = [], []
         for j in range(i, min(i + 32, len(table))):
@@ -342,9 +369,11 @@ def stage_baselines(study: Study) -> dict:
         if imgs:
             m, e = ood_scores(net.logits(imgs))
             msp[idx], energy[idx] = m, e
+            squeeze[idx] = feature_squeezing(net, [np.asarray(im) for im in imgs])
     frame = pd.DataFrame({"key": table["key"], "distortion": table["distortion"], "level": table["level"],
-                          "bpp": table["bpp"], "label": table["combined"], "brisque": iq[:, 0], "psnr": iq[:, 1],
-                          "ssim": iq[:, 2], "msp": msp, "energy": energy,
+                          "bpp": table["bpp"], "label": table["combined"], "label_paper": table["label_paper"],
+                          "in_unanimous": in_unanimous, "in_paper": in_paper, "brisque": iq[:, 0], "psnr": iq[:, 1],
+                          "ssim": iq[:, 2], "msp": msp, "energy": energy, "squeeze": squeeze,
                           "predictor": table.get("score:classification-combined", np.nan),
                           "error": errors})
     atomic.write_parquet(study.out / "baselines" / "fig1.parquet", frame)
