@@ -223,6 +223,8 @@ def tiny_study(tmp_path_factory):
 
 
 def test_study_writes_every_table_and_figure(tiny_study):
+    import pandas as pd
+
     study, done, logs = tiny_study
     assert done == dict.fromkeys(STAGES, "ran")
     assert any("n01440764_corrupt" in line for line in logs)  # reported and skipped, not the end of the run
@@ -234,7 +236,22 @@ def test_study_writes_every_table_and_figure(tiny_study):
         assert key in res
     assert [r["labels"] for r in res["table1"]] == ["mobilenet_v2", "squeezenet1_1", "combined"]
     trained = [r for r in res["table1"] + res["table2"] if "accuracy" in r]
-    assert trained and all(0 <= r["accuracy"] <= 1 for r in trained)
+    assert trained
+    for task, rows in (("classification", res["table1"]), ("detection", res["table2"])):
+        for r in rows:
+            if "accuracy" not in r:
+                continue
+            folder = study.predictor_dir(task, r["labels"])
+            card = json.loads((folder / "card.json").read_text())
+            (tn, fp), (fn, tp) = card["metrics"]["confusion_matrix"]
+            assert r["accuracy"] == pytest.approx((tn + tp) / (tn + fp + fn + tp))  # the table is the card's
+            # train/test disjointness inside the study: the predictor's test photos are the study's split,
+            # and no photo of the split reached its training rows
+            split = set(json.loads(study.split_file(task).read_text()))
+            tested = set(json.loads((folder / "test_sources.json").read_text()))
+            assert tested <= split
+            assert card["data"]["train_sources"] + card["data"]["test_sources"] <= len(
+                {p for p in pd.read_parquet(study.labels_dir(task) / "labels.parquet")["source"]})
     assert res["table1"][-1]["paper_accuracy"] == 0.933
     lv = {r["distortion"] for r in res["labels"]["classification"]["per_level"]}
     assert lv == {"jpeg:q=2", "jpeg:q=50"}
@@ -245,7 +262,6 @@ def test_study_writes_every_table_and_figure(tiny_study):
     assert set(res["fig1"]["auroc"]) == {"brisque", "psnr", "ssim", "msp", "energy", "squeeze", "predictor"}
     # the paper's own Fig. 1 protocol: one classifier, every compressed test image, same decision as pristine
     pp = res["fig1"]["paper_protocol"]
-    import pandas as pd
 
     f1 = pd.read_parquet(study.out / "baselines" / "fig1.parquet")
     ev = pd.read_parquet(study.eval_dir("classification") / "labels.parquet")
