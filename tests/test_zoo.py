@@ -312,3 +312,13 @@ def test_zoo_info_shows_the_measured_metrics(capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["metrics"]["imagenet_sample_top1"] == pytest.approx(0.883)
     assert all(zoo.describe(n)["metrics"] for n in zoo.list_labelers())  # none is empty
+
+
+def test_missing_model_files_say_how_to_point_at_them(tmp_path, monkeypatch):
+    monkeypatch.delenv("IMUTILITY_MODELS", raising=False)
+    monkeypatch.setenv("IMUTILITY_SHARED", str(tmp_path / "nowhere"))
+    with pytest.raises(WeightsNotFoundError) as e:
+        zoo.get_labeler("yolox_nano")
+    msg = str(e.value)
+    assert "--models" in msg and "IMUTILITY_MODELS" in msg and "IMUTILITY_SHARED" in msg
+    assert str(tmp_path / "nowhere") in msg  # where it looked

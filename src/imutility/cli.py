@@ -360,11 +360,12 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
               help="JSON list of source paths to test on (e.g. a reproduce run's labels/test_sources_<task>.json) "
                    "instead of a seeded 20 % split.")
 @click.option("--device", default="cpu", show_default=True)
+@_models_option
 @click.option("--no-progress", is_flag=True)
 def train(labels, out, architecture, backbone, features, soft_target, max_tiles, train_distortions, hidden, dropout,
           weight_decay, recipe, geometry, mode,
           label_column, target_column, epochs, batch_size, lr, size, max_samples, no_pretrained, seed, test_sources,
-          device, no_progress) -> None:
+          device, models, no_progress) -> None:
     """Train a utility predictor on LABELS (an `imutility label` folder); writes OUT/model.pt and OUT/card.json."""
     from imutility.predictor import TrainConfig, train_predictor
 
@@ -375,7 +376,7 @@ def train(labels, out, architecture, backbone, features, soft_target, max_tiles,
                       target_column=target_column,
                       backbone=backbone, pretrained=not no_pretrained, recipe=recipe, geometry=geometry, size=size,
                       epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_samples=max_samples,
-                      test_sources_file=test_sources)
+                      test_sources_file=test_sources, models=models)
     card = _library_call(train_predictor, cfg, out, progress=not no_progress)
     m = card["metrics"]
     if mode == "binary":
@@ -401,12 +402,12 @@ _model_option = click.option("--model", "model", default="default", show_default
                              help="A predictor folder, its card.json, or a built-in name.")
 
 
-def _load_predictor(model: str, runtime: str = "auto", device: str = "cpu"):
+def _load_predictor(model: str, runtime: str = "auto", device: str = "cpu", models: str | None = None):
     """``auto``: ONNX Runtime on the CPU (several times faster than eager PyTorch there), PyTorch elsewhere."""
     from imutility.predictor import Predictor, PredictorLoadError
 
     try:
-        p = Predictor.load(model, device=device)
+        p = Predictor.load(model, device=device, models=models)
     except PredictorLoadError as e:
         raise click.ClickException(str(e)) from e
     if runtime == "onnx" or (runtime == "auto" and device == "cpu"):
@@ -432,13 +433,14 @@ def _expand(paths) -> list[Path]:
 @click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
               help="auto: ONNX Runtime on the CPU, PyTorch on a GPU.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1).")
-def predict(paths, model, fmt, output, batch_size, runtime, device) -> int:
+@_models_option
+def predict(paths, model, fmt, output, batch_size, runtime, device, models) -> int:
     """P(useful) for image files or folders, one line each; unreadable files are reported and skipped."""
     import csv
     import io
     import json
 
-    pred = _load_predictor(model, runtime, device)
+    pred = _load_predictor(model, runtime, device, models)
     key = "p_useful" if pred.mode == "binary" else "utility"
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n") if fmt == "csv" else None

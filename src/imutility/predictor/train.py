@@ -52,6 +52,7 @@ class TrainConfig:
     max_samples: int | None = None  # cap on training rows (quick runs, tests)
     workers: int = 0
     test_sources_file: str | None = None  # JSON list of source paths to test on (else a seeded split)
+    models: str | None = None  # the folder of the offline model files (default: $IMUTILITY_MODELS, ../shared/models)
     train_distortions: list[str] | None = None  # train only on these levels (test on all): held-out levels
     # content architecture only
     features: str = "confidence"  # "confidence" (the classifier's 5 confidence features) or "pooled" (+ pooled)

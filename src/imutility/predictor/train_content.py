@@ -38,7 +38,7 @@ def _features(cfg, paths: list[str], progress: bool):
     from imutility.images import load_image
     from imutility.predictor.content import CONFIDENCE_FEATURES, TileBatcher, TileSpec, build_recognition, runner
 
-    feats, pre, note = build_recognition(cfg.backbone, True, device=cfg.device)
+    feats, pre, note = build_recognition(cfg.backbone, True, models=cfg.models, device=cfg.device)
     spec = TileSpec(size=pre.size[0], max_tiles=cfg.max_tiles)
     key = f"features|{cfg.backbone}|{zoo.get_spec(cfg.backbone).weights.sha256}|pooled|{asdict(spec)}"
     digest = hashlib.sha256((key + "\n" + "\n".join(paths)).encode()).hexdigest()[:24]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imutility.errors import ImutilityError
-from imutility.paths import shared_dir
+from imutility.paths import SHARED_ENV, shared_dir
 
 MODELS_ENV = "IMUTILITY_MODELS"
 
@@ -133,7 +133,9 @@ def _missing_message(spec: WeightsSpec, places: list[Path]) -> str:
     if spec.torch_cache and spec.url:
         how.append(f"download {spec.url} into {torch_hub_checkpoints()} (or pass its path explicitly)")
     elif not spec.package:
-        how.append(f"put {spec.file} under the models folder (set {MODELS_ENV} or pass models_dir)")
+        how.append(f"put {spec.file} under the models folder: pass --models DIR (models_dir=), set {MODELS_ENV}, "
+                   f"or set {SHARED_ENV} to the shared folder whose models/ holds it (default ../shared, "
+                   "relative to where you run)")
     return f"weights {spec.filename} not found; looked in:\n{where}\nTo fix: " + "; or ".join(how)
 
 
