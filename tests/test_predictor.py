@@ -300,3 +300,28 @@ def test_onnx_files_get_the_usual_mode_and_the_cache_key_covers_the_input(tiny_p
     np.testing.assert_allclose(a(imgs), Predictor.load(tiny_predictor)(imgs), atol=1e-4)
     np.testing.assert_allclose(b(imgs), Predictor.load(other)(imgs), atol=1e-4)
     assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2
+
+
+def test_hostile_or_broken_cards_are_refused_or_reported(tiny_predictor, tmp_path, capsys):
+    import shutil
+
+    for name, change in (("garbage-input", {"input": "garbage"}), ("no-target", {"target": None}),
+                         ("escape", {"weights_file": "../../etc/passwd"}), ("arch", {"architecture": "quantum"})):
+        bad = tmp_path / name
+        shutil.copytree(tiny_predictor, bad)
+        card = json.loads((bad / "card.json").read_text())
+        (bad / "card.json").write_text(json.dumps({**card, **change}))
+        with pytest.raises(PredictorLoadError):
+            Predictor.load(bad)
+        assert main(["predict", str(tmp_path), "--model", str(bad)]) == 1  # one line, no traceback
+        assert "Traceback" not in capsys.readouterr().err
+    # a card whose std is 0 makes every score NaN: reported per file, never written as JSON NaN
+    zero = tmp_path / "zero-std"
+    shutil.copytree(tiny_predictor, zero)
+    card = json.loads((zero / "card.json").read_text())
+    card["input"]["std"] = [0.0, 0.0, 0.0]
+    (zero / "card.json").write_text(json.dumps(card))
+    natural_image().save(tmp_path / "x.png")
+    rc = main(["predict", str(tmp_path / "x.png"), "--model", str(zero), "--runtime", "torch"])
+    cap = capsys.readouterr()
+    assert rc == EXIT_SKIPPED and "NaN" not in cap.out and "no finite score" in cap.err
