@@ -19,32 +19,25 @@ import time
 from pathlib import Path
 
 from imutility import zoo
-from imutility.cli import DEFAULT_LABELERS
 from imutility.distort import get_preset
 from imutility.images import load_image
-from imutility.labelling import relabel, run_labelling, sources_from_classification, sources_from_coco
+from imutility.labelling import relabel, run_labelling
 from imutility.paths import shared_data
+from imutility.tasks import TASK_NAMES, get_task
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=24, help="source photos")
-    ap.add_argument("--task", choices=["classification", "detection"], default="classification")
+    ap.add_argument("--task", choices=TASK_NAMES, default="classification")
     ap.add_argument("--labelers", default=None)
     ap.add_argument("--preset", default="paper-jpeg9")
     args = ap.parse_args()
 
-    if args.task == "classification":
-        from imutility.datasets import ClassificationDataset
-
-        sources = sources_from_classification(ClassificationDataset.from_folder(shared_data("imagenet-sample")))
-    else:
-        from imutility.datasets import CocoDetectionDataset
-
-        sources = sources_from_coco(CocoDetectionDataset.from_json(shared_data("coco2017-val128") / "instances.json"))
-    sources = sources[: args.n]
+    task = get_task(args.task)
+    sources, _ = task.sources([shared_data(task.default_data[0])], limit=args.n)
     distortions = get_preset(args.preset).distortions
-    labelers = [zoo.get_labeler(n) for n in (args.labelers or DEFAULT_LABELERS[args.task]).split(",")]
+    labelers = [zoo.get_labeler(n) for n in (args.labelers or ",".join(task.default_labelers)).split(",")]
     for lab in labelers:  # warm-up: sessions, ONNX export, lazy init
         lab([load_image(sources[0].path)])
 

@@ -14,11 +14,11 @@ import argparse
 import time
 
 from imutility import zoo
-from imutility.cli import DEFAULT_LABELERS
 from imutility.images import list_images, load_image
 from imutility.paths import shared_data
 from imutility.predictor import Predictor
 from imutility.predictor.model import BUILTIN
+from imutility.tasks import get_task
 
 
 def timed(fn, warm=None) -> float:
@@ -36,7 +36,7 @@ def main() -> None:
 
     decode = timed(lambda: [load_image(f) for f in files])
     print(f"{len(files)} JPEG files; decode only: {len(files) / decode:.1f} img/s (the ceiling)")
-    labelers = [zoo.get_labeler(n) for n in DEFAULT_LABELERS["classification"].split(",")]
+    labelers = [zoo.get_labeler(n) for n in get_task("classification").default_labelers]
     ensemble = timed(lambda: [lab([load_image(f) for f in files]) for lab in labelers])
     print(f"ensemble baseline ({', '.join(lab.name for lab in labelers)}): "
           f"{ensemble:.2f} s = {len(files) / ensemble:.1f} img/s")

@@ -172,7 +172,7 @@ def test_a_failing_labeler_loses_only_its_own_outputs(imagenet_folder, tmp_path,
     # a failed output is missing, not a class index, and so not a wrong answer in top-1 (Fig. 2)
     assert t.loc[thin, "fragile.pred"].isna().all() and t.loc[thin, "fragile.pristine_pred"].isna().all()
     assert t.loc[~thin, "fragile.pred"].notna().all()
-    from imutility.reproduce.filtering import top1_correct
+    from imutility.filtering import top1_correct
 
     valid, correct = top1_correct(t, "fragile")
     assert not valid[thin.to_numpy()].any() and valid[~thin.to_numpy()].all()

@@ -12,9 +12,9 @@ from PIL import Image
 
 from conftest import SHARED, natural_image, require_shared
 from imutility.cli import main
+from imutility.filtering import CocoScorer, filtered_top1, lowest_rate_keep, random_keep
 from imutility.reproduce import baselines as bl
 from imutility.reproduce.config import ConfigError, list_configs, load_config, parse_config
-from imutility.reproduce.filtering import CocoScorer, filtered_top1, lowest_rate_keep, random_keep
 from imutility.reproduce.pipeline import (
     STAGES,
     NetworkUnavailableError,

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from imutility import __version__
+from imutility.tasks import TASK_NAMES
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -86,7 +87,7 @@ _models_option = click.option("--models", "models", type=click.Path(file_okay=Fa
 
 
 @zoo.command("list")
-@click.option("--task", type=click.Choice(["classification", "detection"]), default=None)
+@click.option("--task", type=click.Choice(TASK_NAMES), default=None)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_models_option
 def zoo_list(task: str | None, as_json: bool, models: str | None) -> None:
@@ -128,25 +129,18 @@ def zoo_info(name: str) -> None:
 def zoo_eval(names: tuple[str, ...], data: str | None, models: str | None) -> None:
     """Pristine top-1/top-5 (classifiers) or COCO mAP (detectors) of labelers."""
     from imutility import zoo as z
-    from imutility.datasets import ClassificationDataset, CocoDetectionDataset
-    from imutility.paths import shared_data
-    from imutility.zoo.evaluate import classification_accuracy, detection_map
+    from imutility.tasks import get_task
 
     for name in names:
         spec = _library_call(z.get_spec, name)
         labeler = _library_call(z.get_labeler, name, models=models)
-        if spec.task == "classification":
-            ds = ClassificationDataset.from_folder(data or shared_data("imagenet-sample"))
-            r = classification_accuracy(labeler, ds, progress=True)
-            click.echo(f"{name}: top-1 {r.top1:.4f} top-5 {r.top5:.4f} on {r.n} images")
-        else:
-            ds = CocoDetectionDataset.from_json(data or shared_data("coco2017-val128") / "instances.json")
-            m = detection_map(labeler, ds, progress=True)
-            click.echo(f"{name}: mAP@0.5 {m['mAP50']:.4f} mAP@[.5:.95] {m['mAP']:.4f} on {int(m['n'])} images")
+        click.echo(_library_call(get_task(spec.task).evaluate_labeler, labeler, data, progress=True))
 
 
-DEFAULT_LABELERS = {"classification": "efficientnet_lite0,mobilenet_v2,squeezenet1_1",
-                    "detection": "ssd_mobilenet_v2,yolox_nano,nanodet_m"}
+def _default_labelers(task: str) -> str:
+    from imutility.tasks import get_task
+
+    return ",".join(get_task(task).default_labelers)
 
 
 def _threshold_options(fn):
@@ -175,7 +169,7 @@ def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit):
 
 @cli.command()
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--task", type=click.Choice(["classification", "detection"]), required=True)
+@click.option("--task", type=click.Choice(TASK_NAMES), required=True)
 @click.option("--data", "data", multiple=True, type=click.Path(exists=True),
               help="ImageNet-style folder, or COCO instances json (repeatable) [default: the shared sets].")
 @click.option("--labels-file", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -206,34 +200,20 @@ def label(out, task, data, labels_file, labelers, held_out, reference, preset, s
 
     from imutility import labelling as lb
     from imutility import zoo as z
-    from imutility.datasets import ClassificationDataset
     from imutility.paths import shared_data
+    from imutility.tasks import get_task
 
     t0 = time.perf_counter()
     distortions = _distortions(preset or (None if specs else "paper-jpeg9"), specs)
-    names = (labelers or DEFAULT_LABELERS[task]).split(",")
+    names = (labelers or _default_labelers(task)).split(",")
     labs = [_library_call(z.get_labeler, n.strip(), models=models) for n in names]
     held = [_library_call(z.get_labeler, n.strip(), models=models) for n in (held_out or "").split(",") if n.strip()]
-    sources, described = [], []
-    if reference == "pristine" and not (task == "detection" and data and str(data[0]).endswith(".json")):
-        folder = data[0] if data else shared_data("imagenet-sample")
-        sources = _library_call(lb.sources_from_folder, folder)[:limit]
-        described.append(str(folder))
-    elif task == "classification":
-        folder = data[0] if data else shared_data("imagenet-sample")
-        ds = _library_call(ClassificationDataset.from_folder, folder, labels_file)
-        for p in ds.unlabelled:
-            click.echo(f"skipped {p}: no class label", err=True)
-        sources = lb.sources_from_classification(ds)[:limit]
-        described.append(str(folder))
-    else:
-        jsons = list(data) or [shared_data(n) / "instances.json" for n in ("coco2017-val128", "coco2017-train128")]
-        sources, skipped = _library_call(lb.sources_from_coco_files, jsons, limit)
-        for line in skipped:
-            click.echo(f"skipped {line}", err=True)
-        described += [str(js) for js in jsons]
+    spec = get_task(task)
+    data_paths = list(data) or [shared_data(d) for d in spec.default_data]
+    sources, described = _library_call(spec.sources, data_paths, labels_file, limit, reference,
+                                       log=lambda m: click.echo(m, err=True))
     report = _library_call(
-        lb.run_labelling, task, sources, distortions, labs, out, dataset=";".join(described), seed=seed,
+        lb.run_labelling, task, sources, distortions, labs, out, dataset=described, seed=seed,
         thresholds=_thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit), chunk_size=chunk,
         balance=balance, progress=not no_progress, on_error=lambda k, r: click.echo(f"skipped {k}: {r}", err=True),
         held_out=held, reference=reference)
@@ -275,7 +255,7 @@ def relabel(out, th, tl, phi_rec, det_score, det_iou, require_pristine_hit) -> N
 @cli.command()
 @click.argument("pristine", type=click.Path(exists=True))
 @click.argument("distorted", type=click.Path(exists=True))
-@click.option("--task", type=click.Choice(["classification", "detection"]), required=True)
+@click.option("--task", type=click.Choice(TASK_NAMES), required=True)
 @click.option("--labelers", default=None, help="Comma-separated labelers [default: three offline ones].")
 @click.option("--op", type=click.Choice(["mean", "max", "min", "majority", "unanimous"]), default="mean",
               show_default=True, help="Operator combining the labelers (Eq. 3).")
@@ -298,7 +278,7 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
     from imutility.datasets import imagenet_synset_index, read_label_table
     from imutility.measure import coco_annotations_by_file, measure_paths
 
-    names = (labelers or DEFAULT_LABELERS[task]).split(",")
+    names = (labelers or _default_labelers(task)).split(",")
     labs = [_library_call(z.get_labeler, n.strip(), models=models) for n in names]
     targets = _library_call(read_label_table, Path(labels_file), imagenet_synset_index()) if labels_file else None
     ann = _library_call(coco_annotations_by_file, annotations) if annotations else None

@@ -36,6 +36,7 @@ from imutility.evaluation import (
     photo_bootstrap,
     weighted_auroc,
 )
+from imutility.tasks import get_task
 
 THRESHOLD = 0.5  # P(useful) below this = rejected
 
@@ -113,17 +114,6 @@ def _jpeg_quality(s: BenchmarkSet, table) -> np.ndarray:
     return out
 
 
-def _success(table, network: str, task: str) -> np.ndarray:
-    """Whether a held-out network still succeeds on each image: classification, top-1 == ground truth;
-    detection, its own Eq. 6 label (a ground-truth object found in the pristine and the distorted image)."""
-    if task == "detection":
-        return table[f"{network}.label"].to_numpy(dtype=np.float64)
-    pred = table[f"{network}.pred"]
-    ok = pred.notna().to_numpy() & table["target"].notna().to_numpy()
-    same = (pred == table["target"]).to_numpy(dtype=bool, na_value=False)
-    return np.where(ok, same.astype(np.float64), np.nan)
-
-
 def _msp(table, network: str) -> np.ndarray:
     return table[f"{network}.p5"].map(lambda v: float(v[0]) if v is not None and len(v) else np.nan).to_numpy(
         dtype=np.float64)
@@ -162,8 +152,8 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
         config, table = _load_set(s)
         held_out = config.get("held_out", [])
         networks = config["labelers"] + held_out
-        task = config["task"]
-        msp_nets = list(spec.msp) if spec.msp is not None else (networks if task == "classification" else [])
+        task = get_task(config["task"])
+        msp_nets = list(spec.msp) if spec.msp is not None else (networks if task.class_probabilities else [])
         missing = [n for n in msp_nets if f"{n}.p5" not in table]
         if missing:
             raise ValueError(f"{s.labels} has no outputs of {missing} (networks there: {', '.join(networks)})")
@@ -192,7 +182,7 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
         bal = balanced_accuracy_table(decisions, y, levels, W, order)
         unseen = {}
         for net in held_out:
-            c = _success(table, net, task)
+            c = task.success(table, net)
             unseen[net] = {"auroc": summarise(auroc_table(scores, c, levels, W, order)),
                            "auroc_transition": summarise(auroc_table(scores, c, levels, W, trans)) if trans else {},
                            "matched": {}}
@@ -207,7 +197,8 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
         diffs = {p: {b: _diff(scores, y, levels, W, p, b, trans) for b in scores if b not in spec.predictors}
                  for p in spec.predictors} if trans else {}
         results["sets"][s.name] = {
-            "task": task, "labels": str(s.labels), "test_sources": str(s.test_sources) if s.test_sources else None,
+            "task": task.name, "success": task.success_name, "labels": str(s.labels),
+            "test_sources": str(s.test_sources) if s.test_sources else None,
             "photos": int(table["source"].nunique()), "images": int(len(table)),
             "labelled": {"useful": int((y == 1).sum()), "non_useful": int((y == 0).sum())},
             "labelers": config["labelers"], "held_out": held_out, "levels": order, "transition": trans,

@@ -56,8 +56,7 @@ def render(results: dict) -> str:
                 lines.append("")
         for net, u in st["unseen"].items():
             tab = u["auroc_transition"] or u["auroc"]
-            what = "correctness (top-1)" if st.get("task") == "classification" else "success (its own Eq. 6 label)"
-            lines += [f"### AUROC for {net}'s {what} (a network that defined no label)", "",
+            lines += [f"### AUROC for {net}'s {st['success']} (a network that defined no label)", "",
                       "| score | " + " | ".join(_level(t) for t in (trans or st['levels']))
                       + " | mean (transition) | mean (all levels) | pooled |",
                       "|---|" + "---|" * (len(trans or st["levels"]) + 3)]
@@ -69,7 +68,7 @@ def render(results: dict) -> str:
             lines.append("")
             for ref, m in u["matched"].items():
                 lv = m["levels"]
-                lines += [f"{'Top-1' if st.get('task') == 'classification' else 'Success rate'} of {net} when every "
+                lines += [f"The {st['success']} rate of {net} when every "
                           f"score rejects, within each level, as many images as {ref} "
                           f"(rejected per level: " + ", ".join(f"{_level(k)} {v}/{m['n'][k]}"
                                                                for k, v in m["n_reject"].items()) + "):", "",

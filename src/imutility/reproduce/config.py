@@ -20,8 +20,9 @@ import tomllib
 
 from imutility.errors import ImutilityError
 from imutility.names import UnknownNameError, unknown_name_message
+from imutility.tasks import TASK_NAMES, get_task
 
-TASKS = ("classification", "detection")
+TASKS = TASK_NAMES  # a study runs every task, in this order
 
 
 class ConfigError(ImutilityError, ValueError):
@@ -76,7 +77,9 @@ class ReproduceConfig:
     seed: int = 0
 
     def task(self, task: str) -> TaskSettings:
-        return self.classification if task == "classification" else self.detection
+        if task not in TASKS:
+            raise UnknownNameError("task", task, TASKS)
+        return getattr(self, task)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,8 +215,8 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
         both = set(ts.labelers) & set(ts.held_out)
         if both:
             raise ConfigError(f"{where} [{task}]: {sorted(both)} cannot both label and be held out")
-        if task == "classification" and len(ts.data) != 1:
-            raise ConfigError(f"{where} [classification]: data must name one image folder")
+        if get_task(task).one_data_folder and len(ts.data) != 1:
+            raise ConfigError(f"{where} [{task}]: data must name one image folder")
         tasks[task] = ts
     dist = dict(raw.get("distortions", {}))
     _check_keys(dist, ["train", "held_out"], f"{where} [distortions]")
@@ -244,7 +247,7 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
         raise ConfigError(f"{where} [predictor]: features is confidence|pooled, got {ps.features!r}")
     ood = raw.get("ood_network", tasks["classification"].held_out[0])
     try:
-        if zoo.get_spec(ood).task != "classification":
+        if not get_task(zoo.get_spec(ood).task).class_probabilities:
             raise ConfigError(f"{where}: ood_network {ood} is not a classifier")
     except KeyError as e:
         raise ConfigError(f"{where}: ood_network: {e}") from None

@@ -105,22 +105,13 @@ def resolve_data(entry: str, shared: Path | None) -> Path:
 
 
 def build_sources(study: Study, task: str) -> tuple[list, str]:
-    """The task's labelling sources and a description of the data."""
-    from imutility import labelling as lb
-    from imutility.datasets import ClassificationDataset
+    """The task's labelling sources and a description of the data (the task reads its data)."""
+    from imutility.tasks import get_task
 
     ts = study.config.task(task)
     paths = [resolve_data(d, study.shared) for d in ts.data]
-    if task == "classification":
-        labels_file = resolve_data(ts.labels_file, study.shared) if ts.labels_file else None
-        ds = ClassificationDataset.from_folder(paths[0], labels_file)
-        for p in ds.unlabelled:
-            study.log(f"skipped {p}: no class label")
-        return lb.sources_from_classification(ds)[:ts.limit], str(paths[0])
-    sources, skipped = lb.sources_from_coco_files(paths, ts.limit)
-    for line in skipped:
-        study.log(f"skipped {line}")
-    return sources, ";".join(map(str, paths))
+    labels_file = resolve_data(ts.labels_file, study.shared) if ts.labels_file else None
+    return get_task(task).sources(paths, labels_file, ts.limit, log=study.log)
 
 
 def choose_test_sources(paths: list[str], fraction: float, seed: int) -> list[str]:
@@ -246,7 +237,9 @@ def stage_train(study: Study) -> dict:
 
 def _predictor_jobs(study: Study, task: str) -> list[tuple[str, Path]]:
     """(score name, predictor folder) to run on a task's evaluation images: its own, then the other task's."""
-    other = "detection" if task == "classification" else "classification"
+    from imutility.tasks import get_task
+
+    other = get_task(task).other
     jobs = [(f"{task}-{n}", study.predictor_dir(task, n)) for n in study.predictors(task)]
     return [*jobs, (f"{other}-combined", study.predictor_dir(other, "combined"))]
 

@@ -18,20 +18,14 @@ import numpy as np
 from imutility import __version__, atomic
 from imutility.reproduce.config import TASKS
 from imutility.reproduce.pipeline import STAGES, Study, eval_table
+from imutility.tasks import get_task
 
-#: The paper's published numbers (Tables I-IV); Fig. 1 and Fig. 2 are plots without printed values.
-PAPER = {
-    "table1": [("Inception-v3", 0.875), ("VGG-19", 0.842), ("DenseNet-121", 0.912),
-               ("Inception+VGG+DenseNet", 0.933)],
-    "table2": [("Faster R-CNN ResNet-50", 0.848), ("SSD-300 VGG-16", 0.813), ("SSD-320 MobileNet-v3", 0.831),
-               ("SSD-300 + SSD-320 + Faster R-CNN", 0.928)],
-    # held-out network, accuracy with the classification-trained / the detection-trained predictor
-    "table3": [("AlexNet", 0.468, 0.460), ("ResNeXt-50", 0.663, 0.654), ("EfficientNet-B7", 0.658, 0.659)],
-    # held-out detector, mAP with the detection-trained / the classification-trained predictor
-    "table4": [("Mask R-CNN", 0.128, 0.126), ("RetinaNet", 0.128, 0.125), ("FR-CNN MobileNet", 0.164, 0.161)],
-}
-OTHER = {"classification": "detection", "detection": "classification"}
+#: The paper's published numbers (Tables I-IV), from each task; Fig. 1 and Fig. 2 are plots without printed values.
+PAPER = {table: rows for t in map(get_task, TASKS)
+         for table, rows in ((t.paper_tables[0], t.paper_predictors), (t.paper_tables[1], t.paper_inter_task))}
 THRESHOLD = 0.5  # P(useful) below this = filtered
+#: the filter whose rejection count the rate-based baselines match (Fig. 2)
+REFERENCE_FILTER = "predictor (combined)"
 
 
 def _nan_to_none(x):
@@ -65,7 +59,7 @@ def _labels(study: Study, task: str) -> dict:
 
 
 def _predictor_table(study: Study, task: str) -> list[dict]:
-    paper = PAPER["table1" if task == "classification" else "table2"]
+    paper = get_task(task).paper_predictors
     rows = []
     names = study.predictors(task)
     for i, name in enumerate(names):
@@ -93,8 +87,9 @@ def _heldout_level_accuracy(study: Study, task: str, table) -> dict:
 
     held = table[table["distortion"].isin(study.config.heldout_distortions)]
     out = {}
-    for name in [*study.predictors(task), f"{OTHER[task]}:combined"]:
-        col = f"score:{OTHER[task]}-combined" if name.startswith(OTHER[task]) else f"score:{task}-{name}"
+    other = get_task(task).other
+    for name in [*study.predictors(task), f"{other}:combined"]:
+        col = f"score:{other}-combined" if name.startswith(other) else f"score:{task}-{name}"
         ycol = "combined" if name.endswith("combined") else f"{name}.label"
         if col not in held:
             continue
@@ -115,83 +110,31 @@ def _filters(study: Study, task: str, held) -> dict[str, np.ndarray]:
         col = f"score:{task}-{name}"
         if col in held:
             keeps[f"predictor ({name})"] = ~(held[col].to_numpy() < THRESHOLD)
-    col = f"score:{OTHER[task]}-combined"
+    col = f"score:{get_task(task).other}-combined"
     if col in held:
-        keeps[f"{OTHER[task]}-trained predictor"] = ~(held[col].to_numpy() < THRESHOLD)
+        keeps[f"{get_task(task).other}-trained predictor"] = ~(held[col].to_numpy() < THRESHOLD)
     keeps["labels (oracle)"] = ~(held["combined"].to_numpy() == 0)
     return keeps
 
 
-def _fig2_classification(study: Study, table) -> dict:
-    from imutility.reproduce.filtering import filtered_top1, lowest_rate_keep, top1_correct
-
+def _fig2(study: Study, task: str, table) -> dict:
+    """What filtering does to the task's held-out networks at the held-out levels (the task scores it)."""
     held = table[table["distortion"].isin(study.config.heldout_distortions)].reset_index(drop=True)
-    keeps = _filters(study, "classification", held)
-    combined = keeps.get("predictor (combined)")
-    levels = held["distortion"].to_numpy()
-    out, per_level = {}, {d: {} for d in study.config.heldout_distortions} if combined is not None else {}
-    for net in study.config.classification.held_out:
-        valid, correct = top1_correct(held, net)  # a failed output is not a wrong answer: left out
-        res = {fname: filtered_top1(correct, keep[valid]).as_dict() for fname, keep in keeps.items()}
-        if combined is not None:
-            n_rej = int((~combined[valid]).sum())
-            res["lowest bit rate (same count)"] = filtered_top1(
-                correct, lowest_rate_keep(held["bpp"].to_numpy()[valid], n_rej)).as_dict()
-            for d in per_level:  # where filtering acts: per held-out level, no filter vs combined
-                at = levels[valid] == d
-                per_level[d][net] = {"no_filter": filtered_top1(correct[at], np.ones(int(at.sum()), bool)).metric,
-                                     "combined": filtered_top1(correct[at], combined[valid][at]).as_dict()}
-        out[net] = res
-    return {"images": int(len(held)), "photos": int(held["key"].nunique()), "networks": out, "per_level": per_level}
-
-
-def _fig2_detection(study: Study, table) -> dict:
-    from imutility import labelling as lb
-    from imutility.reproduce.filtering import CocoScorer, lowest_rate_keep, random_keep
-
-    held = table[table["distortion"].isin(study.config.heldout_distortions)].reset_index(drop=True)
-    sources = {s.key: s for s in lb.read_sources(study.eval_dir("detection"))}
-    gt = [(np.asarray(sources[k].boxes or (), dtype=float).reshape(-1, 4), list(sources[k].labels or ()))
-          for k in held["key"]]
-    scorer = CocoScorer(gt)
-    keeps = _filters(study, "detection", held)
-    empty = {"b": [], "l": [], "s": []}
-    out = {}
-    for net in study.config.detection.held_out:
-        cache = lb.read_outputs(study.eval_dir("detection"), net)
-
-        def dets(key, dist, cache=cache):
-            r = cache.get((key, dist))
-            return r if r is not None and "error" not in r else empty
-
-        distorted = [dets(k, d) for k, d in zip(held["key"], held["distortion"], strict=True)]
-        pristine = [dets(k, lb.PRISTINE) for k in held["key"]]
-        res = {f: scorer.filtered(distorted, pristine, keep).as_dict() for f, keep in keeps.items()}
-        res["all pristine"] = scorer.filtered(distorted, pristine, np.zeros(len(held), dtype=bool)).as_dict()
-        if "predictor (combined)" in keeps:
-            n_rej = int((~keeps["predictor (combined)"]).sum())
-            res["lowest bit rate (same count)"] = scorer.filtered(
-                distorted, pristine, lowest_rate_keep(held["bpp"].to_numpy(), n_rej)).as_dict()
-            rng = np.random.default_rng(study.config.seed)
-            draws = [scorer.filtered(distorted, pristine, random_keep(len(held), n_rej, rng))
-                     for _ in range(study.config.random_draws)]
-            res["random (same count)"] = {"metric": float(np.mean([d.metric for d in draws])),
-                                          "metric50": float(np.mean([d.metric50 for d in draws])),
-                                          "kept": draws[0].kept if draws else float("nan"),
-                                          "metric_std": float(np.std([d.metric for d in draws]))}
-        out[net] = res
-    return {"images": int(len(held)), "photos": int(held["key"].nunique()), "networks": out}
+    return get_task(task).fig2(held, _filters(study, task, held), study.config.task(task).held_out,
+                               study.eval_dir(task), REFERENCE_FILTER, study.config.seed, study.config.random_draws,
+                               study.config.heldout_distortions)
 
 
 def _inter_task(study: Study, fig2: dict, task: str) -> list[dict]:
-    paper = PAPER["table3" if task == "classification" else "table4"]
+    paper = get_task(task).paper_inter_task
+    other = get_task(task).other
     rows = []
     for i, (net, res) in enumerate(fig2["networks"].items()):
         row = {"network": net, "no_filter": res["no filter"]["metric"],
                "same_task_trained": res.get("predictor (combined)", {}).get("metric"),
                "same_task_kept": res.get("predictor (combined)", {}).get("kept"),
-               "other_task_trained": res.get(f"{OTHER[task]}-trained predictor", {}).get("metric"),
-               "other_task_kept": res.get(f"{OTHER[task]}-trained predictor", {}).get("kept")}
+               "other_task_trained": res.get(f"{other}-trained predictor", {}).get("metric"),
+               "other_task_kept": res.get(f"{other}-trained predictor", {}).get("kept")}
         if i < len(paper):
             row.update({"paper_network": paper[i][0], "paper_same_task": paper[i][1], "paper_other_task": paper[i][2]})
         rows.append(row)
@@ -237,8 +180,7 @@ def build_results(study: Study) -> dict:
         if marker.is_file():
             stages[s] = json.loads(marker.read_text())["seconds"]
     tables = {t: eval_table(study, t) for t in TASKS}
-    fig2 = {"classification": _fig2_classification(study, tables["classification"]),
-            "detection": _fig2_detection(study, tables["detection"])}
+    fig2 = {t: _fig2(study, t, tables[t]) for t in TASKS}
     res = {
         "config": cfg.as_dict(),
         "environment": {"imutility": __version__, "torch": torch.__version__, "python": platform.python_version(),
@@ -246,12 +188,10 @@ def build_results(study: Study) -> dict:
                         "device": study.device, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "stage_seconds": stages,
         "labels": {t: _labels(study, t) for t in TASKS},
-        "table1": _predictor_table(study, "classification"),
-        "table2": _predictor_table(study, "detection"),
+        **{get_task(t).paper_tables[0]: _predictor_table(study, t) for t in TASKS},
         "heldout_levels": {t: _heldout_level_accuracy(study, t, tables[t]) for t in TASKS},
         "fig2": fig2,
-        "table3": _inter_task(study, fig2["classification"], "classification"),
-        "table4": _inter_task(study, fig2["detection"], "detection"),
+        **{get_task(t).paper_tables[1]: _inter_task(study, fig2[t], t) for t in TASKS},
         "fig1": _fig1(study),
         "paper": PAPER,
     }
@@ -331,6 +271,7 @@ def _plot_fig2(results: dict, task: str, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    spec = get_task(task)
     nets = results["fig2"][task]["networks"]
     if not nets:
         return
@@ -343,7 +284,7 @@ def _plot_fig2(results: dict, task: str, path: Path) -> None:
                 for n in nets]
         kept = [nets[n].get(fname, {}).get("kept") for n in nets]
         xs = np.arange(len(nets)) + (j - (len(filters) - 1) / 2) * width
-        bars = ax.bar(xs, [100 * v if task == "classification" else v for v in vals], width, label=fname,
+        bars = ax.bar(xs, [100 * v if spec.metric_percent else v for v in vals], width, label=fname,
                       color=cmap(j % 10))
         for b, k in zip(bars, kept, strict=True):
             if k is not None:
@@ -351,9 +292,9 @@ def _plot_fig2(results: dict, task: str, path: Path) -> None:
                             va="bottom", fontsize=6)
     ax.set_xticks(np.arange(len(nets)), list(nets))
     ax.set_xlabel("held-out network (never used for labels)")
-    ax.set_ylabel("top-1 accuracy (%)" if task == "classification" else "mAP@[.5:.95] (COCO)")
-    what = ("filtered images dropped" if task == "classification" else "filtered images replaced by pristine")
-    ax.set_title(f"{task} at held-out JPEG levels: {what} (numbers on bars: % of images kept)")
+    ax.set_ylabel(spec.metric_name + (" (%)" if spec.metric_percent else ""))
+    ax.set_title(f"{task} at held-out JPEG levels: {spec.filter_rule} (numbers on bars: % of images kept)",
+                 fontsize=9)
     ax.margins(y=0.08)
     fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=min(4, len(filters)), fontsize=8)
     _save(fig, path)
@@ -370,8 +311,7 @@ def _plot_levels(study: Study, results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for task, colour in zip(TASKS, ("tab:blue", "tab:green"), strict=True):
-        comb = next((r for r in results["table1" if task == "classification" else "table2"]
-                     if r["labels"] == "combined"), None)
+        comb = next((r for r in results[get_task(task).paper_tables[0]] if r["labels"] == "combined"), None)
         pts = []
         if comb and comb.get("accuracy_per_level"):
             pts += [(parse_distortion(d).level, a, "train") for d, a in comb["accuracy_per_level"].items()]
@@ -437,7 +377,9 @@ def _markdown(study: Study, r: dict) -> str:
                            + [["**all**", *(r["labels"][task]["combined"][k]
                                              for k in ("useful", "non_useful", "excluded"))]]),
                 ""]
-    for key, task, title in (("table1", "classification", "Table I"), ("table2", "detection", "Table II")):
+    for task in TASKS:
+        key = get_task(task).paper_tables[0]
+        title = {"table1": "Table I", "table2": "Table II"}.get(key, key)
         out += [f"## {title}: predictor accuracy per labeler ({task})", "",
                 "Test photos at the training levels, against the labels of the network(s) in the first column.", "",
                 _table(["labels from", "accuracy", "balanced acc.", "AUROC", "test images (useful / non-useful)",
@@ -458,16 +400,17 @@ def _markdown(study: Study, r: dict) -> str:
                                           [[k, _pct(m["accuracy"]), _pct(m["balanced_accuracy"]), _num(m["auroc"]),
                                             f"{m['n']} ({m['n_useful']} / {m['n_non_useful']})"]
                                            for k, m in h.items()]), ""]
-    for task, fig_title in (("classification", "Fig. 2(a)"), ("detection", "Fig. 2(b)")):
+    for task in TASKS:
+        spec = get_task(task)
         f2 = r["fig2"][task]
-        metric = "top-1" if task == "classification" else "mAP@[.5:.95] (mAP@0.5)"
+        fig_title = spec.paper_tables[2]
+        nets = f2["networks"]
+        baselines = [f for f in (next(iter(nets.values())) if nets else {}) if f.endswith("(same count)")]
         out += [f"## {fig_title}: held-out {task} networks with and without filtering", "",
                 f"{f2['images']} images ({f2['photos']} test photos x held-out levels). "
-                + ("Filtered images are dropped; top-1 over the kept ones." if task == "classification" else
-                   "Filtered images are replaced by their pristine versions (the paper's rule); mAP over all.")
-                + " Baselines at the same rejection count as the combined predictor: the lowest bit rates"
-                + (" and random images (mean of draws)." if task == "detection" else ".")
-                + " `labels (oracle)` filters the images the labelers call non-useful.", "",
+                f"{spec.filter_rule[0].upper()}{spec.filter_rule[1:]}. Baselines at the same rejection count as the "
+                f"combined predictor: {', '.join(baselines) or 'none'}. `labels (oracle)` filters the images the "
+                "labelers call non-useful.", "",
                 f"![{fig_title}](figures/fig2_{task}.png)", ""]
         nets = f2["networks"]
         if nets:
@@ -479,24 +422,25 @@ def _markdown(study: Study, r: dict) -> str:
                     m = nets[n].get(fname)
                     if not m or m.get("metric") is None:
                         cells.append("—")
-                    elif task == "classification":
-                        cells.append(f"{_pct(m['metric'])} (kept {_pct(m['kept'])})")
                     else:
-                        cells.append(f"{_num(m['metric'])} ({_num(m.get('metric50'))}; kept {_pct(m['kept'])})")
+                        extra = f"{_num(m['metric50'])}; " if m.get("metric50") is not None else ""
+                        cells.append(f"{spec.format_metric(m['metric'])} ({extra}kept {_pct(m['kept'])})")
                 rows.append(cells)
-            out += [f"{metric} per held-out network:", "", _table(["filter", *nets], rows), ""]
+            out += [f"{spec.metric_name} per held-out network:", "", _table(["filter", *nets], rows), ""]
         if f2.get("per_level"):
             out += ["Per held-out level, no filter → combined predictor (share kept):", "",
                     _table(["level", *nets], [[_level_name(d), *(
                         f"{_pct(v[n]['no_filter'])} → {_pct(v[n]['combined']['metric'])} "
                         f"({_pct(v[n]['combined']['kept'])})" for n in nets)] for d, v in f2["per_level"].items()]), ""]
-    for key, task, title in (("table3", "classification", "Table III: classification accuracy"),
-                             ("table4", "detection", "Table IV: detection mAP@[.5:.95]")):
-        fmt = _pct if task == "classification" else _num
+    for task in TASKS:
+        spec = get_task(task)
+        key = spec.paper_tables[1]
+        title = f"{ {'table3': 'Table III', 'table4': 'Table IV'}.get(key, key)}: {task} {spec.metric_name}"
+        fmt = spec.format_metric
         out += [f"## {title}, inter-task", "",
                 f"Held-out {task} networks filtered by the predictor trained on {task} labels versus the one trained "
-                f"on {OTHER[task]} labels (both on combined labels).", "",
-                _table(["network", "no filter", f"{task}-trained (kept)", f"{OTHER[task]}-trained (kept)",
+                f"on {spec.other} labels (both on combined labels).", "",
+                _table(["network", "no filter", f"{task}-trained (kept)", f"{spec.other}-trained (kept)",
                         "paper network", "paper same-task", "paper other-task"],
                        [[x["network"], fmt(x["no_filter"]),
                          f"{fmt(x['same_task_trained'])} ({_pct(x['same_task_kept'])})",

@@ -27,56 +27,64 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 TORCHVISION_LICENSE = "BSD-3-Clause (torchvision); weights under their datasets' terms"
 
 
-def _torchvision_entry(name: str, enum_member: str, task: str, kwargs: dict | None = None,
-                       description: str = "", **options) -> LabelerSpec:
+def _torchvision_weights(name: str, enum_member: str, metrics_key: str):
+    """(the weights enum member, its declared file, its published metrics on ``metrics_key``)."""
     import torchvision.models as tvm
 
     weights = tvm.get_model_weights(name)[enum_member]
     filename = weights.url.rsplit("/", 1)[-1]
     m = re.search(r"-([a-f0-9]{6,})\.", filename)
-    if task == "classification":
-        t = weights.transforms()
-        interp = str(t.interpolation.value).lower()
-        pre = Preprocess(size=(t.crop_size[0], t.crop_size[0]), resize="center_crop", resize_size=t.resize_size[0],
-                         interpolation="bicubic" if "bicubic" in interp else "bilinear",
-                         scale=1 / 255, mean=tuple(t.mean), std=tuple(t.std))
-        builder = build_torchvision_classifier
-    else:
-        size = {"ssd300_vgg16": 300, "ssdlite320_mobilenet_v3_large": 320}.get(name, 800)
-        pre = Preprocess(size=(size, size), resize="model", scale=1 / 255)
-        builder = build_torchvision_detector
-    metrics = {k: float(v) for k, v in weights.meta.get("_metrics", {}).get(
-        "ImageNet-1K" if task == "classification" else "COCO-val2017", {}).items()}
+    spec = WeightsSpec(file=filename, sha256=m.group(1) if m else None, url=weights.url,
+                       source=f"torchvision.models.{type(weights).__name__}.{enum_member}",
+                       license=TORCHVISION_LICENSE, torch_cache=True)
+    metrics = {k: float(v) for k, v in weights.meta.get("_metrics", {}).get(metrics_key, {}).items()}
+    return weights, spec, metrics
+
+
+def _torchvision_classifier(name: str, enum_member: str, kwargs: dict | None = None, **options) -> LabelerSpec:
+    """A torchvision ImageNet classifier; its preprocessing comes from its weights' own transforms."""
+    weights, wspec, metrics = _torchvision_weights(name, enum_member, "ImageNet-1K")
+    t = weights.transforms()
+    interp = str(t.interpolation.value).lower()
+    pre = Preprocess(size=(t.crop_size[0], t.crop_size[0]), resize="center_crop", resize_size=t.resize_size[0],
+                     interpolation="bicubic" if "bicubic" in interp else "bilinear",
+                     scale=1 / 255, mean=tuple(t.mean), std=tuple(t.std))
     return LabelerSpec(
-        name=name, task=task, backend="torchvision", paper=True, builder=builder, preprocess=pre,
-        weights=WeightsSpec(file=filename, sha256=m.group(1) if m else None, url=weights.url,
-                            source=f"torchvision.models.{type(weights).__name__}.{enum_member}",
-                            license=TORCHVISION_LICENSE, torch_cache=True),
-        description=description or f"torchvision {name} ({enum_member})",
+        name=name, task="classification", backend="torchvision", paper=True, builder=build_torchvision_classifier,
+        preprocess=pre, weights=wspec, description=f"torchvision {name} ({enum_member})",
         options={"arch": name, "kwargs": kwargs or {}, **options}, metrics=metrics)
 
 
+def _torchvision_detector(name: str, enum_member: str, size: int = 800, **options) -> LabelerSpec:
+    """A torchvision COCO detector; it resizes internally (``size`` is its nominal input). The backbone's own
+    ImageNet weights are never looked up (``weights_backbone=None``): the detector file holds them."""
+    weights, wspec, metrics = _torchvision_weights(name, enum_member, "COCO-val2017")
+    return LabelerSpec(
+        name=name, task="detection", backend="torchvision", paper=True, builder=build_torchvision_detector,
+        preprocess=Preprocess(size=(size, size), resize="model", scale=1 / 255), weights=wspec,
+        description=f"torchvision {name} ({enum_member})",
+        options={"arch": name, "kwargs": {"weights_backbone": None}, **options}, metrics=metrics)
+
+
 def _paper_entries() -> list[LabelerSpec]:
-    cls = "classification"
-    det = "detection"
     return [
         # labelers of Table I
-        _torchvision_entry("inception_v3", "IMAGENET1K_V1", cls,
-                           {"transform_input": True, "aux_logits": True, "init_weights": False}),
-        _torchvision_entry("vgg19", "IMAGENET1K_V1", cls),
-        _torchvision_entry("densenet121", "IMAGENET1K_V1", cls, state_dict_fixup="densenet"),
+        _torchvision_classifier("inception_v3", "IMAGENET1K_V1",
+                                {"transform_input": True, "aux_logits": True, "init_weights": False}),
+        _torchvision_classifier("vgg19", "IMAGENET1K_V1"),
+        _torchvision_classifier("densenet121", "IMAGENET1K_V1", state_dict_fixup="densenet"),
         # held-out classifiers of Fig. 2a and Table III
-        _torchvision_entry("alexnet", "IMAGENET1K_V1", cls),
-        _torchvision_entry("resnext50_32x4d", "IMAGENET1K_V1", cls),
-        _torchvision_entry("efficientnet_b7", "IMAGENET1K_V1", cls, batch_size=8),
+        _torchvision_classifier("alexnet", "IMAGENET1K_V1"),
+        _torchvision_classifier("resnext50_32x4d", "IMAGENET1K_V1"),
+        _torchvision_classifier("efficientnet_b7", "IMAGENET1K_V1", batch_size=8),
         # labelers of Table II
-        _torchvision_entry("fasterrcnn_resnet50_fpn", "COCO_V1", det),
-        _torchvision_entry("ssd300_vgg16", "COCO_V1", det),
-        _torchvision_entry("ssdlite320_mobilenet_v3_large", "COCO_V1", det),
+        _torchvision_detector("fasterrcnn_resnet50_fpn", "COCO_V1"),
+        _torchvision_detector("ssd300_vgg16", "COCO_V1", size=300),
+        _torchvision_detector("ssdlite320_mobilenet_v3_large", "COCO_V1", size=320),
         # held-out detectors of Fig. 2b and Table IV
-        _torchvision_entry("maskrcnn_resnet50_fpn", "COCO_V1", det),
-        _torchvision_entry("retinanet_resnet50_fpn", "COCO_V1", det),
-        _torchvision_entry("fasterrcnn_mobilenet_v3_large_fpn", "COCO_V1", det),
+        _torchvision_detector("maskrcnn_resnet50_fpn", "COCO_V1"),
+        _torchvision_detector("retinanet_resnet50_fpn", "COCO_V1"),
+        _torchvision_detector("fasterrcnn_mobilenet_v3_large_fpn", "COCO_V1"),
     ]
 
 

@@ -83,9 +83,7 @@ STATE_DICT_FIXUPS: dict[str, Callable[[dict], dict]] = {"densenet": _densenet_ke
 def build_torchvision_model(spec: LabelerSpec, weights_path: Path | None) -> torch.nn.Module:
     import torchvision
 
-    kwargs = dict(spec.options.get("kwargs", {}))
-    if spec.task == "detection":
-        kwargs.setdefault("weights_backbone", None)
+    kwargs = dict(spec.options.get("kwargs", {}))  # declared per entry (detectors: weights_backbone=None)
     model = torchvision.models.get_model(spec.options["arch"], weights=None, **kwargs)
     if weights_path is not None:
         state = load_state_dict_file(weights_path)

@@ -1,4 +1,4 @@
-"""What filtering by predicted utility does to other networks (Section V-B/C, Fig. 2, Tables III/IV).
+"""Filtering by predicted utility and what it does to other networks (the paper's Section V-B/C, Fig. 2, Tables III/IV).
 
 Classification: images predicted non-useful are dropped; the top-1 accuracy of a network is taken over
 the images kept. Detection: dropped images are replaced by their pristine versions (the paper's rule,

@@ -1,0 +1,165 @@
+"""What every task shares, and the :class:`Task` interface each task implements once.
+
+A task owns everything that differs between classification and detection: how labelled photos become
+labelling :class:`Source` records, what a labeler's raw output is cached as (the only code that knows
+the record schema), the per-network columns of the labels table (Eq. 5 / Eq. 6 and the continuous
+utilities), what "a network still succeeds" means, how filtering is scored (top-1 after dropping, mAP
+after replacing with the pristine image), and its defaults and the paper's published numbers. Generic
+code asks ``get_task(name)`` once and calls these methods; it never compares task names.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from imutility.utility import PAPER_DET_IOU, PAPER_DET_SCORE, PAPER_TH, PAPER_TL
+
+#: the distortion key of the pristine image in the caches
+PRISTINE = "pristine"
+#: what a distorted image is judged against: the dataset's ground truth, or the pristine decisions
+GROUND_TRUTH, PRISTINE_REFERENCE = "ground-truth", "pristine"
+REFERENCES = (GROUND_TRUTH, PRISTINE_REFERENCE)
+
+
+@dataclass(frozen=True)
+class Source:
+    """One pristine image and its ground truth; ``augment`` makes it a virtual, augmented copy."""
+
+    key: str
+    path: str
+    target: int | None = None  # classification
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None  # detection, xyxy
+    labels: tuple[int, ...] | None = None
+    augment: str | None = None
+    distortions: tuple[str, ...] | None = None  # a subset of the run's (balancing); None = all
+
+    def as_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: dict) -> Source:
+        d = dict(d)
+        for k in ("boxes", "labels", "distortions"):
+            if k in d:
+                d[k] = tuple(tuple(x) if isinstance(x, list) else x for x in d[k])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Everything a relabel may change without running a model."""
+
+    th: float = PAPER_TH
+    tl: float = PAPER_TL
+    phi_rec: float = 0.5
+    det_score: float = PAPER_DET_SCORE
+    det_iou: float = PAPER_DET_IOU
+    require_pristine_hit: bool = False
+
+
+#: the paper's thresholds (Section IV): the default of every labelling and relabel
+PAPER_THRESHOLDS = Thresholds()
+
+
+@dataclass
+class NetworkColumns:
+    """One network's per-row results in the labels table (besides the named columns it adds itself)."""
+
+    label: np.ndarray  # Eq. 5 / Eq. 6, NaN = excluded
+    utility: np.ndarray  # Eq. 2 (continuous)
+    confidence: np.ndarray  # phi on the distorted image
+    confidence_ref: np.ndarray  # phi' on the pristine image
+
+
+def sources_from_folder(folder: str | os.PathLike, log: Callable[[str], None] | None = None) -> list[Source]:
+    """Every image under a folder, without ground truth (for the pristine reference); what is not listed
+    (unsupported formats, links) is reported through ``log``."""
+    from imutility.images import list_images
+
+    root = Path(folder)
+    files = list_images(root, on_skip=(lambda p, r: log(f"skipped {p}: {r}")) if log else None)
+    if not files:
+        raise ValueError(f"no image files found in {root}")
+    return [Source(key=p.relative_to(root).as_posix() if p != root else p.name, path=str(p)) for p in files]
+
+
+def pair(cache: dict, key: str, dist: str) -> tuple[dict | None, dict | None]:
+    """A network's (pristine, distorted) records of one image, or (None, None) when either failed or is missing."""
+    r0, r1 = cache.get((key, PRISTINE)), cache.get((key, dist))
+    if r0 is None or r1 is None or "error" in r0 or "error" in r1:
+        return None, None
+    return r0, r1
+
+
+class Task(ABC):
+    """One machine-vision task; see the module doc. Instances are stateless; get them with ``get_task``."""
+
+    name: ClassVar[str]
+    other: ClassVar[str]  # the task whose predictor is tried across tasks (Tables III/IV)
+    default_labelers: ClassVar[tuple[str, ...]]
+    default_data: ClassVar[tuple[str, ...]]  # under <shared>/data
+    one_data_folder: ClassVar[bool]  # a study names exactly one data entry
+    class_probabilities: ClassVar[bool]  # its networks output class probabilities (MSP, energy, Fig. 1)
+    metric_name: ClassVar[str]  # what filtering is judged by
+    metric_percent: ClassVar[bool]  # shown as a percentage
+    filter_rule: ClassVar[str]  # what happens to a filtered image
+    success_name: ClassVar[str]  # what "a held-out network still succeeds" means
+    paper_tables: ClassVar[tuple[str, str, str]]  # its predictor table, inter-task table and Fig. 2 panel
+    paper_predictors: ClassVar[list[tuple[str, float]]]  # Table I / II: labels from -> accuracy
+    paper_inter_task: ClassVar[list[tuple[str, float, float]]]  # Table III / IV
+
+    # ------------------------------------------------------------------ data
+    @abstractmethod
+    def sources(self, data: Sequence[str | os.PathLike], labels_file: str | os.PathLike | None = None,
+                limit: int | None = None, reference: str = GROUND_TRUTH,
+                log: Callable[[str], None] | None = None) -> tuple[list[Source], str]:
+        """The labelling sources of the data entries (``limit`` per entry) and a description of the data.
+        Photos that cannot be used (no label, missing, unannotated) are reported through ``log``."""
+
+    def check_sources(self, sources: Sequence[Source], reference: str) -> None:  # noqa: B027 - an optional hook
+        """Refuse sources that cannot be judged against ``reference`` (``ValueError``); by default all pass."""
+
+    # ------------------------------------------------------------------ the labeler's raw outputs
+    @abstractmethod
+    def records(self, items: Sequence[tuple[str, str]], outputs: Sequence, failed: dict[int, str],
+                targets: dict[str, int | None]) -> list[dict]:
+        """The cache records of one chunk: ``items`` are (source key, distortion) in chunk order, each source's
+        pristine image first; ``failed`` maps item positions to the reason a labeler failed there."""
+
+    # ------------------------------------------------------------------ the labels table
+    @abstractmethod
+    def table_reference(self, rows: dict, meta: list[dict], sources: dict[str, Source],
+                        labeler_caches: Sequence[dict], reference: str) -> np.ndarray | None:
+        """Add the task's per-row reference columns to ``rows``; return what :meth:`columns` needs of them."""
+
+    @abstractmethod
+    def columns(self, rows: dict, name: str, meta: list[dict], sources: dict[str, Source], cache: dict,
+                thresholds: Thresholds, reference: str, ref_data) -> NetworkColumns:
+        """Add network ``name``'s columns to ``rows`` and return its label / utility / confidences."""
+
+    # ------------------------------------------------------------------ judging
+    @abstractmethod
+    def success(self, table, network: str) -> np.ndarray:
+        """Per row, 1 when a (held-out) network still succeeds on the distorted image, 0 when not, NaN unknown."""
+
+    @abstractmethod
+    def fig2(self, held, keeps: dict[str, np.ndarray], networks: Sequence[str], labels_dir: Path,
+             reference_filter: str | None, seed: int, draws: int) -> dict:
+        """What filtering does to held-out networks on ``held`` (one row per test image at a held-out level):
+        every keep-mask of ``keeps``, plus rate-based baselines at the count that ``reference_filter`` rejects."""
+
+    @abstractmethod
+    def evaluate_labeler(self, labeler, data: str | os.PathLike | None, progress: bool = True) -> str:
+        """A labeler's pristine accuracy on a labelled set, as one line (``imutility zoo eval``)."""
+
+    def format_metric(self, value: float | None) -> str:
+        if value is None or (isinstance(value, float) and np.isnan(value)):
+            return "—"
+        return f"{100 * value:.1f} %" if self.metric_percent else f"{value:.3f}"

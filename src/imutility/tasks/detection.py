@@ -1,0 +1,193 @@
+"""Object detection: COCO categories, Eq. 6 labels, mAP after replacing filtered images by pristine ones."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from imutility.tasks.base import (
+    GROUND_TRUTH,
+    PRISTINE,
+    NetworkColumns,
+    Source,
+    Task,
+    Thresholds,
+    pair,
+    sources_from_folder,
+)
+
+
+class DetectionTask(Task):
+    name = "detection"
+    other = "classification"
+    default_labelers = ("ssd_mobilenet_v2", "yolox_nano", "nanodet_m")
+    default_data = ("coco2017-val128/instances.json", "coco2017-train128/instances.json")
+    one_data_folder = False
+    class_probabilities = False
+    metric_name = "mAP@[.5:.95]"
+    metric_percent = False
+    filter_rule = "filtered images are replaced by their pristine versions; mAP over all images"
+    success_name = "success (its own Eq. 6 label)"
+    # where the paper shows this task: Table II (labels from -> predictor accuracy), Table IV (held-out detector:
+    # OD-trained, cls-trained predictor), Fig. 2(b)
+    paper_tables = ("table2", "table4", "Fig. 2(b)")
+    paper_predictors = [("Faster R-CNN ResNet-50", 0.848), ("SSD-300 VGG-16", 0.813), ("SSD-320 MobileNet-v3", 0.831),
+                        ("SSD-300 + SSD-320 + Faster R-CNN", 0.928)]
+    paper_inter_task = [("Mask R-CNN", 0.128, 0.126), ("RetinaNet", 0.128, 0.125), ("FR-CNN MobileNet", 0.164, 0.161)]
+
+    # ------------------------------------------------------------------ data
+    def sources(self, data: Sequence[str | os.PathLike], labels_file: str | os.PathLike | None = None,
+                limit: int | None = None, reference: str = GROUND_TRUTH,
+                log: Callable[[str], None] | None = None) -> tuple[list[Source], str]:
+        """COCO json file(s) (keys prefixed by each set's folder when there are several); with the pristine
+        reference, the images of a folder, unannotated."""
+        from imutility.datasets import CocoDetectionDataset
+
+        paths = [Path(d) for d in data]
+        if reference != GROUND_TRUTH and paths[0].suffix != ".json":
+            return sources_from_folder(paths[0], log)[:limit], str(paths[0])
+        sources: list[Source] = []
+        for js in paths:
+            ds = CocoDetectionDataset.from_json(js)
+            if log is not None:
+                for p in ds.missing:
+                    log(f"skipped {p}: listed in {js} but not on disk")
+                for p in ds.unannotated:
+                    log(f"skipped {p}: not in the annotations of {js}")
+            srcs = sources_from_dataset(ds)[:limit]
+            if len(paths) > 1:
+                prefix = js.parent.name
+                srcs = [Source(key=f"{prefix}/{s.key}", path=s.path, boxes=s.boxes, labels=s.labels) for s in srcs]
+            sources += srcs
+        return sources, ";".join(map(str, paths))
+
+    # ------------------------------------------------------------------ the labeler's raw outputs
+    def records(self, items, outputs, failed, targets) -> list[dict]:
+        """``b``: xyxy boxes, ``l``: COCO category ids, ``s``: scores (after the detector's NMS)."""
+        recs = []
+        for i, (key, dist) in enumerate(items):
+            if i in failed:
+                recs.append({"k": key, "d": dist, "error": failed[i]})
+                continue
+            out = outputs[i]
+            recs.append({"k": key, "d": dist, "b": np.round(out.boxes, 1).tolist(),
+                         "l": out.labels.astype(int).tolist(), "s": np.round(out.scores, 5).tolist()})
+        return recs
+
+    # ------------------------------------------------------------------ the labels table
+    def table_reference(self, rows, meta, sources, labeler_caches, reference) -> None:
+        rows["n_gt"] = [len(sources[r["k"]].labels or ()) for r in meta]
+        return None
+
+    def columns(self, rows, name, meta, sources, cache, thresholds: Thresholds, reference, ref_data
+                ) -> NetworkColumns:
+        """``N.phi_g_ref``/``N.phi_g`` (per reference object, the best same-label score at IoU >= det_iou),
+        ``N.iou_g`` (per object, the best IoU of a same-label detection scoring >= det_score on the distorted
+        image), ``N.phi_ref``/``N.phi`` (their means), ``N.found`` (share found), ``N.utility``, ``N.label``
+        (Eq. 6). With the pristine reference, a network's own confident pristine detections are its objects."""
+        import torch
+        from torchvision.ops import box_iou
+
+        from imutility.utility import detection_label, detection_utility, match_scores
+
+        th = thresholds
+        m = len(meta)
+        cols = {c: [None] * m for c in ("phi_g_ref", "phi_g", "iou_g")}
+        num = {c: np.full(m, np.nan) for c in ("phi_ref", "phi", "found")}
+        label, util = np.full(m, np.nan), np.full(m, np.nan)
+        for i, r in enumerate(meta):
+            r0, r1 = pair(cache, r["k"], r["d"])
+            if r0 is None:
+                continue
+            d0 = _detections(r0)
+            if reference != GROUND_TRUTH:
+                confident = d0["scores"] >= th.det_score
+                gt_b, gt_l = d0["boxes"][confident], d0["labels"][confident]
+            else:
+                src = sources[r["k"]]
+                gt_b = np.asarray(src.boxes or (), dtype=np.float64).reshape(-1, 4)
+                gt_l = np.asarray(src.labels or (), dtype=np.int64)
+            d1 = _detections(r1)
+            label[i] = detection_label(gt_b, gt_l, d0, d1, th.det_score, th.det_iou, th.require_pristine_hit)
+            u = detection_utility(gt_b, gt_l, d0, d1, th.det_iou, th.phi_rec)
+            util[i] = u["utility"]
+            for c in num:
+                num[c][i] = u[c]
+            cols["phi_g_ref"][i] = np.round(match_scores(gt_b, gt_l, **d0, iou_threshold=th.det_iou), 5).tolist()
+            cols["phi_g"][i] = np.round(match_scores(gt_b, gt_l, **d1, iou_threshold=th.det_iou), 5).tolist()
+            keep = d1["scores"] >= th.det_score
+            if len(gt_b) and keep.any():
+                iou = box_iou(torch.from_numpy(gt_b), torch.from_numpy(d1["boxes"][keep])).numpy()
+                same = gt_l[:, None] == d1["labels"][keep][None, :]
+                cols["iou_g"][i] = np.round(np.where(same, iou, 0.0).max(1), 4).tolist()
+            else:
+                cols["iou_g"][i] = [0.0] * len(gt_b)
+        for c, v in cols.items():
+            rows[f"{name}.{c}"] = v
+        for c, v in num.items():
+            rows[f"{name}.{c}"] = v
+        rows[f"{name}.utility"] = util.copy()
+        rows[f"{name}.label"] = label.copy()
+        return NetworkColumns(label=label, utility=util, confidence=num["phi"], confidence_ref=num["phi_ref"])
+
+    # ------------------------------------------------------------------ judging
+    def success(self, table, network: str) -> np.ndarray:
+        """The network's own Eq. 6 label: a reference object found in the pristine and the distorted image."""
+        return table[f"{network}.label"].to_numpy(dtype=np.float64)
+
+    def fig2(self, held, keeps, networks, labels_dir, reference_filter, seed, draws, levels=()) -> dict:
+        from imutility.filtering import CocoScorer, lowest_rate_keep, random_keep
+        from imutility.labelling import read_outputs, read_sources
+
+        sources = {s.key: s for s in read_sources(Path(labels_dir))}
+        gt = [(np.asarray(sources[k].boxes or (), dtype=float).reshape(-1, 4), list(sources[k].labels or ()))
+              for k in held["key"]]
+        scorer = CocoScorer(gt)
+        empty = {"b": [], "l": [], "s": []}
+        out = {}
+        for net in networks:
+            cache = read_outputs(labels_dir, net)
+
+            def dets(key, dist, cache=cache):
+                r = cache.get((key, dist))
+                return r if r is not None and "error" not in r else empty
+
+            distorted = [dets(k, d) for k, d in zip(held["key"], held["distortion"], strict=True)]
+            pristine = [dets(k, PRISTINE) for k in held["key"]]
+            res = {f: scorer.filtered(distorted, pristine, keep).as_dict() for f, keep in keeps.items()}
+            res["all pristine"] = scorer.filtered(distorted, pristine, np.zeros(len(held), dtype=bool)).as_dict()
+            if reference_filter in keeps:
+                n_rej = int((~keeps[reference_filter]).sum())
+                res["lowest bit rate (same count)"] = scorer.filtered(
+                    distorted, pristine, lowest_rate_keep(held["bpp"].to_numpy(), n_rej)).as_dict()
+                rng = np.random.default_rng(seed)
+                runs = [scorer.filtered(distorted, pristine, random_keep(len(held), n_rej, rng)) for _ in range(draws)]
+                res["random (same count)"] = {"metric": float(np.mean([d.metric for d in runs])),
+                                              "metric50": float(np.mean([d.metric50 for d in runs])),
+                                              "kept": runs[0].kept if runs else float("nan"),
+                                              "metric_std": float(np.std([d.metric for d in runs]))}
+            out[net] = res
+        return {"images": int(len(held)), "photos": int(held["key"].nunique()), "networks": out}
+
+    def evaluate_labeler(self, labeler, data, progress: bool = True) -> str:
+        from imutility.datasets import CocoDetectionDataset
+        from imutility.paths import shared_data
+        from imutility.zoo.evaluate import detection_map
+
+        ds = CocoDetectionDataset.from_json(data or shared_data(self.default_data[0]))
+        m = detection_map(labeler, ds, progress=progress)
+        return f"{labeler.name}: mAP@0.5 {m['mAP50']:.4f} mAP@[.5:.95] {m['mAP']:.4f} on {int(m['n'])} images"
+
+
+def sources_from_dataset(dataset) -> list[Source]:
+    """Sources of a :class:`~imutility.datasets.CocoDetectionDataset` (boxes xyxy, COCO category ids)."""
+    return [Source(key=s.key, path=str(s.path), boxes=tuple(map(tuple, np.round(s.boxes, 2).tolist())),
+                   labels=tuple(int(x) for x in s.labels)) for s in dataset]
+
+
+def _detections(record: dict) -> dict[str, np.ndarray]:
+    return {"boxes": np.asarray(record["b"], np.float64).reshape(-1, 4),
+            "labels": np.asarray(record["l"], np.int64), "scores": np.asarray(record["s"], np.float64)}
