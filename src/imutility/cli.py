@@ -559,13 +559,12 @@ def reproduce(config_name, out, from_stage, until, shared, models, device, worke
     Stages are cached: a rerun skips finished ones, an interrupted one resumes. Needs the networks of the
     config (the `paper` config needs the torchvision weight files; nothing is downloaded).
     """
-    import json
     import os
     import time
 
     from imutility.reproduce.config import ConfigError, load_config
     from imutility.reproduce.config import list_configs as builtin_configs
-    from imutility.reproduce.pipeline import NetworkUnavailableError, Study, run_study
+    from imutility.reproduce.pipeline import NetworkUnavailableError, Study, run_study, unreadable_photos
 
     if list_configs:
         for name in builtin_configs():
@@ -588,9 +587,7 @@ def reproduce(config_name, out, from_stage, until, shared, models, device, worke
     click.echo(f"{', '.join(f'{k} {v}' for k, v in done.items())} in {time.perf_counter() - t0:.0f} s")
     if (out / "report.md").is_file() and "report" in done:
         click.echo(f"report: {out / 'report.md'} (results: {out / 'results.json'})")
-    label = out / "stages" / "label.json"
-    info = json.loads(label.read_text()).get("info", {}) if label.is_file() else {}
-    unreadable = sum(t.get("unreadable", 0) for t in info.values())
+    unreadable = unreadable_photos(out)
     if unreadable:
         click.echo(f"{unreadable} unreadable photos were skipped: see {out / 'labels'}/unreadable_*.csv", err=True)
         return EXIT_SKIPPED

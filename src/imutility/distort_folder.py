@@ -34,10 +34,6 @@ MANIFEST_FIELDS = ("source", "width", "height", "distortion", "family", "level",
 ERROR_FIELDS = ("source", "reason")
 STATE_DIR = ".imutility"
 
-#: exit status of ``imutility distort`` when the run finished but some sources were unreadable
-EXIT_SKIPPED = 3
-
-
 RunMismatchError = atomic.ConfigMismatchError  # OUT holds a sweep made with other settings
 
 

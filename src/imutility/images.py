@@ -2,7 +2,7 @@
 
 Models get 8-bit RGB in the orientation a person sees. A file that cannot give that raises
 :class:`ImageLoadError`, which names the file and the reason, so a run over 10,000 files can
-report and skip it (see :func:`iter_images`).
+report and skip it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import io
 import os
 import threading
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -175,13 +175,3 @@ def list_images(root: str | os.PathLike, recursive: bool = True,
             elif suffix in UNSUPPORTED_EXTENSIONS and on_skip is not None:
                 on_skip(str(p), f"{suffix} images are not supported (convert to PNG or JPEG)")
     return sorted(out)
-
-
-def iter_images(paths: Iterable[str | os.PathLike], max_pixels: int | None = DEFAULT_MAX_PIXELS
-                ) -> Iterator[tuple[Path, Image.Image | ImageLoadError]]:
-    """Yield ``(path, image)`` or ``(path, error)``: callers report the error and carry on."""
-    for p in paths:
-        try:
-            yield Path(p), load_image(p, max_pixels=max_pixels)
-        except ImageLoadError as e:
-            yield Path(p), e

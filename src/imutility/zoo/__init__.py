@@ -95,7 +95,7 @@ def availability(name: str, models: str | os.PathLike | None = None, verify: boo
 
 
 def _check_requirements(spec: LabelerSpec) -> None:
-    missing = [m for m in spec.options.get("requires", ()) if importlib.util.find_spec(m) is None]
+    missing = [m for m in spec.options.requires if importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(f"{spec.name} needs the Python module(s) {', '.join(missing)}: "
                           "pip install 'imutility[models]'")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,11 +21,34 @@ ImageInput = Image.Image | np.ndarray
 COCO80_IDS: tuple[int, ...] = tuple(i for i in range(1, 91) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
 
 
+def default_threads() -> int:
+    """Threads a backend may use: ``$IMUTILITY_THREADS``, else every core."""
+    return int(os.environ.get("IMUTILITY_THREADS", os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class LabelerOptions:
+    """A labeler's backend settings, typed, one default each (a misspelt name fails at declaration).
+
+    ``None`` for ``batch_size`` / ``score_threshold`` means the backend's own default.
+    """
+
+    requires: tuple[str, ...] = ()  # import names the backend needs (checked before building)
+    batch_size: int | None = None
+    arch: str | None = None  # torchvision / EfficientNet-Lite architecture name
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra builder arguments (torchvision)
+    state_dict_fixup: str | None = None  # a named key fix-up for old checkpoint layouts (torchvision)
+    output: Literal["probs", "logits"] = "probs"  # what a TFLite classifier outputs
+    score_threshold: float | None = None  # detectors: the lowest score kept
+    nms_iou: float = 0.45  # detectors decoded by imutility: NMS IoU
+    max_detections: int = 100
+
+
 @dataclass(frozen=True)
 class LabelerSpec:
     """A registry entry: everything about a labeler that is data, the builder that makes it live.
 
-    ``builder(spec, weights_path, **options)`` returns a :class:`Classifier` or :class:`Detector`;
+    ``builder(spec, weights_path, **build_options)`` returns a :class:`Classifier` or :class:`Detector`;
     ``weights_path`` is ``None`` for random initialisation (tests of the torchvision path).
     """
 
@@ -35,7 +59,7 @@ class LabelerSpec:
     preprocess: Preprocess
     builder: Callable[..., Labeler] = field(repr=False, compare=False)
     description: str = ""
-    options: dict[str, Any] = field(default_factory=dict)  # backend settings (thresholds, class count...)
+    options: LabelerOptions = field(default_factory=LabelerOptions)  # backend settings
     paper: bool = False  # one of the paper's own networks
     metrics: dict[str, float] = field(default_factory=dict)  # measured figures, see docs/zoo.md
 

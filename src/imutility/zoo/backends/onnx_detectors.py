@@ -30,8 +30,8 @@ def finish_detections(boxes_net: np.ndarray, scores: np.ndarray, cls80: np.ndarr
     boxes = (boxes_net - np.array([ox, oy, ox, oy])) / np.array([sx, sy, sx, sy])
     boxes = np.clip(boxes, 0, [width, height, width, height])
     order = batched_nms(torch.from_numpy(boxes).float(), torch.from_numpy(scores).float(),
-                        torch.from_numpy(cls80), spec.options.get("nms_iou", 0.45)).numpy()
-    order = order[: spec.options.get("max_detections", 100)]
+                        torch.from_numpy(cls80), spec.options.nms_iou).numpy()
+    order = order[: spec.options.max_detections]
     return Detections(boxes[order].astype(np.float64), _COCO80[cls80[order]], scores[order].astype(np.float64))
 
 
@@ -45,9 +45,9 @@ class OnnxDetector(Detector):
         self.session = ort_session(path)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.score_threshold = spec.options.get("score_threshold", 0.05) if score_threshold is None \
+        self.score_threshold = (spec.options.score_threshold or 0.05) if score_threshold is None \
             else score_threshold
-        self.batch_size = spec.options.get("batch_size", 32)
+        self.batch_size = spec.options.batch_size or 32
 
     def _detect(self, images: Sequence[Image.Image]) -> list[Detections]:
         out = []

@@ -16,7 +16,7 @@ from imutility.zoo.weights import cache_dir, file_sha256
 def ort_session(path: str | os.PathLike, threads: int | None = None):
     import onnxruntime as ort
 
-    from imutility.zoo.backends.torch_models import default_threads
+    from imutility.zoo.base import default_threads
 
     so = ort.SessionOptions()
     so.log_severity_level = 3
@@ -60,7 +60,7 @@ class OnnxClassifier(Classifier):
         self.onnx_path = Path(onnx_path)
         self.session = ort_session(onnx_path)
         self.input_name = self.session.get_inputs()[0].name
-        self.batch_size = spec.options.get("batch_size", 32)
+        self.batch_size = spec.options.batch_size or 32
 
     @classmethod
     def from_torch(cls, spec: LabelerSpec, model: torch.nn.Module, weights_path: Path | None) -> OnnxClassifier:

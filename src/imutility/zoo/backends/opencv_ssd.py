@@ -20,14 +20,14 @@ class OpenCVSSDDetector(Detector):
             import cv2
         except ImportError as e:
             raise ImportError("the OpenCV SSD needs: pip install 'opencv-python-headless<5'") from e
-        from imutility.zoo.backends.torch_models import default_threads
+        from imutility.zoo.base import default_threads
 
         cv2.setNumThreads(default_threads())
         self.spec = spec
         self.net = cv2.dnn.readNetFromTensorflow(str(pb), str(pbtxt))
-        self.score_threshold = spec.options.get("score_threshold", 0.05) if score_threshold is None \
+        self.score_threshold = (spec.options.score_threshold or 0.05) if score_threshold is None \
             else score_threshold
-        self.batch_size = spec.options.get("batch_size", 8)
+        self.batch_size = spec.options.batch_size or 8
 
     def _detect(self, images: Sequence[Image.Image]) -> list[Detections]:
         self.net.setInput(self.preprocess(images))

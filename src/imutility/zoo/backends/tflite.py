@@ -28,12 +28,12 @@ def make_interpreter(path: Path, threads: int):
 class TFLiteClassifier(Classifier):
     """One image per invoke (XNNPACK cannot resize these graphs to a batch), any dtype, NHWC or NCHW.
 
-    ``options["output"]``: ``probs`` (already softmaxed, e.g. a uint8 output with scale 1/256) or
+    ``options.output``: ``probs`` (already softmaxed, e.g. a uint8 output with scale 1/256) or
     ``logits``; a 1001-wide output drops its background class and is renormalised.
     """
 
     def __init__(self, spec: LabelerSpec, path: Path):
-        from imutility.zoo.backends.torch_models import default_threads
+        from imutility.zoo.base import default_threads
 
         self.spec = spec
         self.interpreter = make_interpreter(path, default_threads())
@@ -45,7 +45,7 @@ class TFLiteClassifier(Classifier):
         if tuple(hw) != expected:
             raise ValueError(f"{path}: input {shape} does not match the declared {spec.preprocess.layout} "
                              f"size {expected}")
-        self.batch_size = spec.options.get("batch_size", 32)
+        self.batch_size = spec.options.batch_size or 32
 
     def _quantise(self, x: np.ndarray) -> np.ndarray:
         dtype = self.inp["dtype"]
@@ -58,13 +58,13 @@ class TFLiteClassifier(Classifier):
         return x.astype(dtype)
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
-        if self.spec.options.get("output") != "logits":
+        if self.spec.options.output != "logits":
             return super()._logits(batch)
         return drop_background_logits(self._raw(batch))
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         y = self._raw(batch)
-        probs = softmax(y) if self.spec.options.get("output") == "logits" else y
+        probs = softmax(y) if self.spec.options.output == "logits" else y
         if probs.shape[1] == 1001:
             return drop_background(probs)
         total = probs.sum(1, keepdims=True)  # quantised probabilities sum to ~1; make it exact

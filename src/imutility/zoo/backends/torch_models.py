@@ -18,10 +18,6 @@ from PIL import Image
 from imutility.zoo.base import Classifier, Detections, Detector, LabelerSpec
 
 
-def default_threads() -> int:
-    return int(os.environ.get("IMUTILITY_THREADS", os.cpu_count() or 1))
-
-
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A checkpoint as a flat state dict, never unpickling arbitrary objects."""
     obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -48,7 +44,7 @@ class TorchClassifier(Classifier):
         self.spec = spec
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
-        self.batch_size = spec.options.get("batch_size", 32)
+        self.batch_size = spec.options.batch_size or 32
 
     @torch.inference_mode()
     def _torch_logits(self, batch: np.ndarray) -> torch.Tensor:
@@ -83,11 +79,11 @@ STATE_DICT_FIXUPS: dict[str, Callable[[dict], dict]] = {"densenet": _densenet_ke
 def build_torchvision_model(spec: LabelerSpec, weights_path: Path | None) -> torch.nn.Module:
     import torchvision
 
-    kwargs = dict(spec.options.get("kwargs", {}))  # declared per entry (detectors: weights_backbone=None)
-    model = torchvision.models.get_model(spec.options["arch"], weights=None, **kwargs)
+    kwargs = dict(spec.options.kwargs)  # declared per entry (detectors: weights_backbone=None)
+    model = torchvision.models.get_model(spec.options.arch, weights=None, **kwargs)
     if weights_path is not None:
         state = load_state_dict_file(weights_path)
-        fix = STATE_DICT_FIXUPS.get(spec.options.get("state_dict_fixup", ""))
+        fix = STATE_DICT_FIXUPS.get(spec.options.state_dict_fixup or "")
         load_into(model, fix(state) if fix else state, str(weights_path))
     return model
 
@@ -106,8 +102,8 @@ class TorchvisionDetector(Detector):
         self.spec = spec
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
-        self.batch_size = spec.options.get("batch_size", 4)
-        self.score_threshold = spec.options.get("score_threshold", 0.05) if score_threshold is None \
+        self.batch_size = spec.options.batch_size or 4
+        self.score_threshold = (spec.options.score_threshold or 0.05) if score_threshold is None \
             else score_threshold
 
     @torch.inference_mode()
@@ -137,7 +133,7 @@ def build_efficientnet_lite(spec: LabelerSpec, weights_path: Path | None, device
         from efficientnet_lite_pytorch import EfficientNet
     except ImportError as e:
         raise ImportError("EfficientNet-Lite needs: pip install efficientnet-lite-pytorch==0.1.0") from e
-    model = EfficientNet.from_name(spec.options["arch"])
+    model = EfficientNet.from_name(spec.options.arch)
     if weights_path is not None:
         load_into(model, load_state_dict_file(weights_path), str(weights_path))
     return torch_or_onnx(spec, model, weights_path, device, runtime)

@@ -1,0 +1,83 @@
+"""What both training paths share (fine-tuned and content-aware): the card format, the split by photo, the metrics.
+
+The split keeps whole photos on one side (no pristine photo trains and tests); augmented copies only ever
+train. Metrics are scikit-learn's / SciPy's.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from imutility.errors import ImutilityError
+
+#: the format tag of every predictor card
+CARD_FORMAT = "imutility-predictor/1"
+
+
+class InsufficientLabelsError(ImutilityError, ValueError):
+    """Too few labelled rows (or one class only) to train and test a predictor."""
+
+
+def split_by_source(sources: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
+    """Boolean test mask: whole source images go to one side (sklearn's GroupShuffleSplit)."""
+    from sklearn.model_selection import GroupShuffleSplit
+
+    if not 0 < test_fraction < 1:
+        raise ValueError("test_fraction must be in (0, 1)")
+    gss = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+    _, test_idx = next(gss.split(np.zeros(len(sources)), groups=sources))
+    mask = np.zeros(len(sources), dtype=bool)
+    mask[test_idx] = True
+    return mask
+
+
+def binary_metrics(y: np.ndarray, p_useful: np.ndarray, threshold: float = 0.5) -> dict:
+    """Accuracy, balanced accuracy, AUROC, F1 (useful = positive) and the confusion matrix [[TN, FP], [FN, TP]]."""
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    pred = (np.asarray(p_useful) >= threshold).astype(int)
+    return {
+        "n": int(len(y)), "n_useful": int(y.sum()), "n_non_useful": int((1 - y).sum()),
+        "accuracy": float(accuracy_score(y, pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y, pred)) if len(set(y)) > 1 else float("nan"),
+        "auroc": float(roc_auc_score(y, p_useful)) if len(set(y)) > 1 else float("nan"),
+        "f1": float(f1_score(y, pred, zero_division=0)),
+        "confusion_matrix": confusion_matrix(y, pred, labels=[0, 1]).tolist(),
+    }
+
+
+def regression_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
+    from scipy.stats import pearsonr, spearmanr
+
+    return {"n": int(len(y)), "srcc": float(spearmanr(y, pred).statistic), "plcc": float(pearsonr(y, pred).statistic),
+            "rmse": float(np.sqrt(np.mean((np.asarray(y) - np.asarray(pred)) ** 2)))}
+
+
+def select_split(cfg, table, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train rows, test rows, how) among the ``usable`` rows: whole photos on one side, the test side from
+    ``cfg.test_sources_file`` or a seeded split; augmented copies only ever train."""
+    if cfg.test_sources_file:  # a split fixed by the caller, shared by several predictors (reproduce)
+        fixed = set(json.loads(Path(cfg.test_sources_file).read_text()))
+        test = table["source"].isin(fixed).to_numpy().copy()
+        if not test.any():
+            raise ValueError(f"none of the {len(fixed)} sources in {cfg.test_sources_file} is in {cfg.labels}")
+        how = f"sources listed in {cfg.test_sources_file}"
+    else:
+        test = np.zeros(len(table), dtype=bool)
+        if usable.any():
+            test[usable] = split_by_source(table["source"].to_numpy()[usable], cfg.test_fraction, cfg.seed)
+        how = f"{cfg.test_fraction:.0%} of sources held out (GroupShuffleSplit)"
+    test &= table["augment"].isna().to_numpy() & usable  # augmented copies never judge the model
+    held_out_sources = set(table["source"].to_numpy()[test])
+    train = usable & ~test & ~table["source"].isin(held_out_sources).to_numpy()
+    if cfg.train_distortions is not None:
+        unknown = set(cfg.train_distortions) - set(table["distortion"])
+        if unknown:
+            raise ValueError(f"train_distortions {sorted(unknown)} are not in {cfg.labels}")
+        train &= table["distortion"].isin(cfg.train_distortions).to_numpy()
+        how += f"; trained on {len(cfg.train_distortions)} of the {table['distortion'].nunique()} levels"
+    return np.flatnonzero(train), np.flatnonzero(test), how
