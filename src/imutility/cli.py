@@ -228,12 +228,14 @@ def label(out, task, data, labels_file, labelers, held_out, reference, preset, s
 def _print_counts(out: Path, names) -> None:
     import pandas as pd
 
+    from imutility.labelling import COMBINED
+
     counts = pd.read_csv(out / "counts.csv")
-    for who in [*names, "combined"]:
+    for who in [*names, COMBINED]:
         c = counts[counts["labeler"] == who]
         click.echo(f"{who}: useful {c['useful'].sum()}, non-useful {c['non_useful'].sum()}, "
                    f"excluded {c['excluded'].sum()}")
-    c = counts[counts["labeler"] == "combined"]
+    c = counts[counts["labeler"] == COMBINED]
     click.echo(f"{'level':24s} {'useful':>7s} {'non-useful':>10s} {'excluded':>9s}   (combined, unanimous)")
     for _, r in c.iterrows():
         click.echo(f"{r['distortion']:24s} {r['useful']:7d} {r['non_useful']:10d} {r['excluded']:9d}")

@@ -28,14 +28,14 @@ from __future__ import annotations
 from imutility.labelling.augment import apply_augment, balancing_sources
 from imutility.labelling.engine import LabellingConfigError, LabelReport, run_labelling
 from imutility.labelling.store import read_outputs, read_sources, write_sources
-from imutility.labelling.table import build_table, label_counts, relabel, write_outputs
+from imutility.labelling.table import COMBINED, build_table, label_counts, relabel, write_outputs
 from imutility.tasks import GROUND_TRUTH, PRISTINE, PRISTINE_REFERENCE, REFERENCES, Source, Thresholds
 from imutility.tasks.base import sources_from_folder
 from imutility.tasks.classification import sources_from_dataset as sources_from_classification
 from imutility.tasks.detection import sources_from_dataset as sources_from_coco
 from imutility.utility import COMBINE_OPS
 
-__all__ = ["COMBINE_OPS", "GROUND_TRUTH", "PRISTINE", "PRISTINE_REFERENCE", "REFERENCES", "LabelReport",
+__all__ = ["COMBINED", "COMBINE_OPS", "GROUND_TRUTH", "PRISTINE", "PRISTINE_REFERENCE", "REFERENCES", "LabelReport",
            "LabellingConfigError", "Source", "Thresholds", "apply_augment", "balancing_sources", "build_table",
            "label_counts", "read_outputs", "read_sources", "relabel", "run_labelling", "sources_from_classification",
            "sources_from_coco", "sources_from_folder", "write_outputs", "write_sources"]

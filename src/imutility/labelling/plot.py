@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 
-def plot_utility_by_level(table, counts, path: Path) -> None:
+def plot_utility_by_level(table, combined_counts, path: Path) -> None:
+    """Left: the mean utility per level (box plot); right: the combined labels per level (``combined_counts``:
+    the counts rows of the combined label, one per distortion)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +25,7 @@ def plot_utility_by_level(table, counts, path: Path) -> None:
     ax1.set_xlabel("distortion level")
     ax1.set_ylabel("mean utility over labelers (Eq. 2)")
     ax1.set_title("Continuous utility per level")
-    comb = counts[counts["labeler"] == "combined"].set_index("distortion").loc[levels]
+    comb = combined_counts.set_index("distortion").loc[levels]
     x = np.arange(len(levels))
     ax2.bar(x, comb["useful"], label="useful (1)", color="tab:green")
     ax2.bar(x, comb["non_useful"], bottom=comb["useful"], label="non-useful (0)", color="tab:red")

@@ -16,6 +16,9 @@ from imutility.labelling.store import read_cache, read_sources
 from imutility.tasks import GROUND_TRUTH, PAPER_THRESHOLDS, Thresholds, get_task
 from imutility.utility import combine
 
+#: the row of the counts (and the name of the predictor) for the labelers' combined (unanimous) label
+COMBINED = "combined"
+
 
 def build_table(out: str | os.PathLike, thresholds: Thresholds = PAPER_THRESHOLDS):
     """Labels from the caches alone. One row per (source, distortion) with the image's ``key``, ``source``,
@@ -88,8 +91,8 @@ def label_counts(table, names: Iterable[str]):
     import pandas as pd
 
     recs = []
-    for who in [*names, "combined"]:
-        col = "label" if who == "combined" else f"{who}.label"
+    for who in [*names, COMBINED]:
+        col = "label" if who == COMBINED else f"{who}.label"
         for level, grp in table.groupby("distortion", sort=False):
             v = grp[col]
             recs.append({"labeler": who, "distortion": level, "level": float(grp["level"].iloc[0]),
@@ -103,14 +106,14 @@ def write_outputs(out: Path, table, names: Sequence[str]) -> None:
     atomic.write_parquet(out / "labels.parquet", table)
     counts = label_counts(table, names)
     atomic.write_text(out / "counts.csv", counts.to_csv(index=False))
-    combined = counts[counts["labeler"] == "combined"]
+    combined = counts[counts["labeler"] == COMBINED]
     stats = {"rows": len(table), "useful": int(combined["useful"].sum()),
              "non_useful": int(combined["non_useful"].sum()), "excluded": int(combined["excluded"].sum()),
              "per_labeler": {n: {"useful": int((table[f"{n}.label"] == 1).sum()),
                                  "non_useful": int((table[f"{n}.label"] == 0).sum()),
                                  "excluded": int(table[f"{n}.label"].isna().sum())} for n in names}}
     atomic.write_json(out / "stats.json", stats)
-    plot_utility_by_level(table, counts, out / "utility_by_level.png")
+    plot_utility_by_level(table, counts[counts["labeler"] == COMBINED], out / "utility_by_level.png")
 
 
 def relabel(out: str | os.PathLike, thresholds: Thresholds = PAPER_THRESHOLDS):

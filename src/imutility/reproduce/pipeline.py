@@ -29,7 +29,7 @@ import numpy as np
 from imutility import __version__, atomic
 from imutility.errors import ImutilityError
 from imutility.reproduce.config import TASKS, ReproduceConfig
-from imutility.reproduce.study import STAGES, Study, eval_table, predictor_jobs
+from imutility.reproduce.study import COMBINED, STAGES, Study, eval_table, predictor_jobs
 
 #: the top-level settings each stage reads (earlier stages' settings reach it through the chained fingerprint)
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
@@ -170,7 +170,7 @@ def stage_train(study: Study) -> dict:
             folder = study.predictor_dir(task, name)
             if (folder / "card.json").is_file() or (folder / "skipped.json").is_file():
                 continue  # finished before an interruption
-            tc = TrainConfig(labels=str(study.labels_dir(task)), label_column="label" if name == "combined"
+            tc = TrainConfig(labels=str(study.labels_dir(task)), label_column="label" if name == COMBINED
                              else f"{name}.label", backbone=ps.backbone, pretrained=ps.pretrained, recipe=ps.recipe,
                              geometry=ps.geometry, size=ps.size, epochs=ps.epochs, batch_size=ps.batch_size,
                              lr=ps.lr, max_samples=ps.max_samples, seed=cfg.seed, device=study.device,
@@ -264,7 +264,7 @@ def stage_baselines(study: Study) -> dict:
         return np.sort(rng.permutation(idx)[: cfg.fig1_max_images]) if len(idx) > cfg.fig1_max_images else idx
 
     in_unanimous = np.zeros(len(table), dtype=bool)
-    in_unanimous[sample(table["combined"].notna().to_numpy())] = True
+    in_unanimous[sample(table[COMBINED].notna().to_numpy())] = True
     in_paper = np.zeros(len(table), dtype=bool)
     in_paper[sample(table["label_paper"].notna().to_numpy())] = True
     keep = in_unanimous | in_paper
@@ -293,7 +293,7 @@ def stage_baselines(study: Study) -> dict:
             msp[idx], energy[idx] = m, e
             squeeze[idx] = feature_squeezing(net, [np.asarray(im) for im in imgs])
     frame = pd.DataFrame({"key": table["key"], "distortion": table["distortion"], "level": table["level"],
-                          "bpp": table["bpp"], "label": table["combined"], "label_paper": table["label_paper"],
+                          "bpp": table["bpp"], "label": table[COMBINED], "label_paper": table["label_paper"],
                           "in_unanimous": in_unanimous, "in_paper": in_paper, "brisque": iq[:, 0], "psnr": iq[:, 1],
                           "ssim": iq[:, 2], "msp": msp, "energy": energy, "squeeze": squeeze,
                           "predictor": table.get("score:classification-combined", np.nan),

@@ -13,7 +13,7 @@ import numpy as np
 
 from imutility import atomic
 from imutility.reproduce.config import TASKS
-from imutility.reproduce.study import Study
+from imutility.reproduce.study import COMBINED, Study
 from imutility.tasks import get_task
 
 
@@ -42,7 +42,7 @@ def _plot_labels(results: dict, path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
     for ax, task in zip(axes, TASKS, strict=True):
-        rows = [r for r in results["labels"][task]["per_level"] if r["labeler"] == "combined"]
+        rows = [r for r in results["labels"][task]["per_level"] if r["labeler"] == COMBINED]
         x = np.arange(len(rows))
         bottom = np.zeros(len(rows))
         for key, colour, lab in (("useful", "tab:blue", "useful (1)"), ("non_useful", "tab:orange", "non-useful (0)"),
@@ -137,11 +137,11 @@ def _plot_levels(study: Study, results: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
     for task, colour in zip(TASKS, ("tab:blue", "tab:green"), strict=True):
-        comb = next((r for r in results[get_task(task).paper_tables[0]] if r["labels"] == "combined"), None)
+        comb = next((r for r in results[get_task(task).paper_tables[0]] if r["labels"] == COMBINED), None)
         pts = []
         if comb and comb.get("accuracy_per_level"):
             pts += [(parse_distortion(d).level, a, "train") for d, a in comb["accuracy_per_level"].items()]
-        held = results["heldout_levels"][task].get("combined", {}).get("accuracy_per_level", {})
+        held = results["heldout_levels"][task].get(COMBINED, {}).get("accuracy_per_level", {})
         pts += [(parse_distortion(d).level, a, "held") for d, a in held.items() if a is not None]
         for kind, marker in (("train", "o"), ("held", "s")):
             sel = sorted((lv, a) for lv, a, k in pts if k == kind)
@@ -196,11 +196,11 @@ def _markdown(study: Study, r: dict) -> str:
             "![labels per level](figures/labels_per_level.png)", ""]
     for task in TASKS:
         ts = cfg.task(task)
-        rows = [x for x in r["labels"][task]["per_level"] if x["labeler"] == "combined"]
+        rows = [x for x in r["labels"][task]["per_level"] if x["labeler"] == COMBINED]
         out += [f"**{task}** (labelers: {', '.join(ts.labelers)}; test photos: {r['labels'][task]['test_photos']})",
                 "", _table(["level", "useful", "non-useful", "excluded"],
                            [[_level_name(x["distortion"]), x["useful"], x["non_useful"], x["excluded"]] for x in rows]
-                           + [["**all**", *(r["labels"][task]["combined"][k]
+                           + [["**all**", *(r["labels"][task][COMBINED][k]
                                              for k in ("useful", "non_useful", "excluded"))]]),
                 ""]
     for task in TASKS:

@@ -10,11 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imutility.labelling.table import COMBINED  # the combined labels' name: their predictor, their column
 from imutility.reproduce.config import ReproduceConfig
 
 STAGES = ("label", "train", "evaluate", "baselines", "report")
-#: the predictor trained on the labelers' combined (unanimous) labels, and the table column of those labels
-COMBINED = "combined"
 
 
 @dataclass
@@ -65,7 +64,7 @@ def predictor_jobs(study: Study, task: str) -> list[tuple[str, Path]]:
 
     other = get_task(task).other
     jobs = [(f"{task}-{n}", study.predictor_dir(task, n)) for n in study.predictors(task)]
-    return [*jobs, (f"{other}-combined", study.predictor_dir(other, "combined"))]
+    return [*jobs, (f"{other}-{COMBINED}", study.predictor_dir(other, COMBINED))]
 
 
 def eval_table(study: Study, task: str):
