@@ -128,5 +128,7 @@ def test_cli_trains_a_content_predictor(content_labels, tmp_path, capsys):
     assert rc == 0 and "AUROC" in capsys.readouterr().out
     assert json.loads((tmp_path / "p" / "card.json").read_text())["features"] == "confidence"
     assert main(["train", str(content_labels), str(tmp_path / "q"), "--architecture", "content",
-                 "--epochs", "0", "--no-progress"]) == 1  # refused: one line, nothing written
+                 "--epochs", "0", "--no-progress"]) == 2  # a usage error: one line, nothing written
+    assert main(["train", str(content_labels), str(tmp_path / "q"), "--device", "cuda:7", "--no-progress"]) == 1
+    assert "cuda:7" in capsys.readouterr().err
     assert not (tmp_path / "q" / "model.pt").exists()

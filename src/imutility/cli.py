@@ -316,11 +316,13 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
 @click.option("--soft-target", default=None,
               help="content, binary: distil this dense [0, 1] column (e.g. confidence_mean), then calibrate on the "
                    "labels.")
-@click.option("--max-tiles", default=4, show_default=True, help="content: tiles per image at most.")
+@click.option("--max-tiles", type=click.IntRange(min=1), default=4, show_default=True,
+              help="content: tiles per image at most.")
 @click.option("--train-distortion", "train_distortions", multiple=True,
               help="Train only on these levels of LABELS (a spec or a preset name; repeatable); test photos are "
                    "scored at every level.")
-@click.option("--hidden", default=32, show_default=True, help="content: hidden units of the head.")
+@click.option("--hidden", type=click.IntRange(min=1), default=32, show_default=True,
+              help="content: hidden units of the head.")
 @click.option("--dropout", default=0.0, show_default=True, help="content: dropout in the head.")
 @click.option("--weight-decay", default=1e-4, show_default=True, help="AdamW weight decay.")
 @click.option("--recipe", type=click.Choice(["paper", "adamw"]), default="adamw", show_default=True,
@@ -331,10 +333,10 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
 @click.option("--label-column", default="label", show_default=True,
               help="Binary target: label (combined) or <labeler>.label.")
 @click.option("--target-column", default="utility_mean", show_default=True, help="Continuous target.")
-@click.option("--epochs", default=10, show_default=True)
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--lr", type=float, default=None, help="[default: 1e-4 paper, 1e-3 adamw]")
-@click.option("--size", default=224, show_default=True, help="Input crop / resize size.")
+@click.option("--size", type=click.IntRange(min=1), default=224, show_default=True, help="Input crop / resize size.")
 @click.option("--max-samples", type=click.IntRange(min=1), default=None, help="Cap the training rows.")
 @click.option("--no-pretrained", is_flag=True, help="Random initialisation.")
 @click.option("--seed", default=0, show_default=True)
@@ -411,7 +413,7 @@ def _expand(paths) -> list[Path]:
 @_model_option
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
 @click.option("--output", "-o", type=click.Path(dir_okay=False), default=None, help="Write here instead of stdout.")
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
               help="auto: ONNX Runtime on the CPU, PyTorch on a GPU.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, cuda:1).")
@@ -455,7 +457,7 @@ def predict(paths, model, fmt, output, batch_size, runtime, device, models) -> i
 @click.option("--replace-with-pristine", type=click.Path(exists=True, file_okay=False), default=None,
               help="Put the pristine version (same relative path, any suffix) in place of each filtered image.")
 @_model_option
-@click.option("--batch-size", default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size) -> int:
     """Copy the images of SRC predicted useful into OUT, which ends up holding exactly those (and OUT/filter.csv
     with every file's score and decision). A rerun into the same OUT replaces the earlier run's outputs."""
