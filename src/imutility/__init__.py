@@ -28,6 +28,7 @@ _LAZY = {
     "list_presets": "imutility.distort",
     "parse_distortion": "imutility.distort",
     "Predictor": "imutility.predictor",
+    "compress": "imutility.rate",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -473,6 +473,49 @@ def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size) 
     return EXIT_SKIPPED if rep.unreadable else EXIT_OK
 
 
+@cli.command("compress")
+@click.argument("src", type=click.Path(exists=True))
+@click.argument("out", type=click.Path(file_okay=False))
+@click.option("--min-utility", type=click.FloatRange(0, 1), required=True,
+              help="Keep each image at the lowest quality scored at least this (in [0, 1]).")
+@click.option("--codec", type=click.Choice(["jpeg", "webp"]), default="jpeg", show_default=True)
+@click.option("--min-quality", type=click.IntRange(0, 100), default=1, show_default=True)
+@click.option("--max-quality", type=click.IntRange(0, 100), default=95, show_default=True,
+              help="Also what an image no quality satisfies is written at (flagged in the manifest).")
+@click.option("--search", type=click.Choice(["bisect", "exhaustive"]), default="bisect", show_default=True,
+              help="bisect: ~8 encodes per image, assumes the score grows with quality; exhaustive: every quality.")
+@_model_option
+@click.option("--target", default=None,
+              help="A zoo network: choose by its OWN utility against the pristine image (an oracle that needs the "
+                   "network and the pristine photo) instead of the predictor.")
+@_models_option
+@click.option("--no-progress", is_flag=True)
+def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search, model, target, models,
+                 no_progress) -> int:
+    """Write every image of SRC into OUT at the lowest quality that still scores MIN_UTILITY, with OUT/manifest.csv
+    (source, chosen quality, bytes, bpp, score, encodes tried). Resumable; unreadable files are reported (exit 3)."""
+    from imutility.compress_folder import compress_folder
+
+    if target:
+        from imutility import zoo
+        from imutility.rate import NetworkOracle
+
+        oracle = NetworkOracle(_library_call(zoo.get_labeler, target, models=models))
+        scorer_for, name = oracle.scorer, f"oracle:{target}"
+    else:
+        pred = _load_predictor(model, models=models)
+        scorer_for, name = (lambda _img: pred), f"predictor:{model}:{pred.card['weights_sha256'][:16]}"
+    rep = _library_call(compress_folder, src, out, min_utility, scorer_for, name, codec, min_quality, max_quality,
+                        search, on_error=lambda p, r: click.echo(f"skipped {p}: {r}", err=True),
+                        progress=not no_progress)
+    click.echo(f"{rep.n_written} images -> {rep.out} ({rep.encodes / max(rep.n_written, 1):.1f} encodes per image"
+               + (f", {rep.n_resumed} already done" if rep.n_resumed else "") + f"); manifest: {rep.manifest}")
+    if rep.n_unsatisfied:
+        click.echo(f"{rep.n_unsatisfied} images reach {min_utility} at no quality: written at {max_quality}, "
+                   "satisfied=0 in the manifest", err=True)
+    return EXIT_SKIPPED if rep.errors else EXIT_OK
+
+
 @cli.command()
 @_model_option
 @click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
@@ -536,6 +579,41 @@ def benchmark_cmd(labels, out, test_sources, predictors, baselines, msp, n_boot,
     results = _library_call(benchmark, spec, out, log=lambda m: click.echo(m, err=True))
     write_report(results, out)
     click.echo(f"report: {Path(out) / 'report.md'} (results: {Path(out) / 'results.json'})")
+
+
+@cli.command("curves")
+@click.argument("labels", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Where curves.json and the figure go.")
+@click.option("--predictor", "predictors", multiple=True, default=("default=default",), show_default=True,
+              help="NAME=PATH of a predictor driving the adaptive quality; repeatable.")
+@click.option("--test-sources", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="JSON list of the photos to use [default: all photos of LABELS].")
+@click.option("--oracle", "oracles", default=None,
+              help="Comma-separated networks of LABELS whose own retained confidence drives an oracle curve "
+                   "[default: the held-out networks].")
+@click.option("--useful-points", type=float, default=2.0, show_default=True,
+              help="The useful range: top-1 within this many points of the pristine photos'.")
+@click.option("--device", default="cpu", show_default=True)
+def curves_cmd(labels, out, predictors, test_sources, oracles, useful_points, device) -> None:
+    """Rate-accuracy curves of the held-out networks (fixed quality, predictor-driven, bit-rate rule, oracle) on a
+    quality ladder labelled by `imutility label ... --held-out`, and the BD-rate against fixed quality."""
+    from imutility import curves
+    from imutility.predictor.benchmark import BenchmarkSet, cached_scores, load_set
+
+    s = BenchmarkSet(Path(labels).name, Path(labels), Path(test_sources) if test_sources else None)
+    config, table = _library_call(load_set, s)
+    held = config.get("held_out", [])
+    if not held:
+        raise click.ClickException(f"{labels} has no held-out networks: label it with --held-out NETS")
+    scores = {name: cached_scores(s, table, name, where, Path(out), device, lambda m: click.echo(m, err=True))
+              for name, where in _named(predictors, "--predictor").items()}
+    result = _library_call(curves.rate_accuracy, labels, scores, held, table,
+                           oracles.split(",") if oracles else held, useful_points)
+    curves.write(result, out)
+    for net, r in result["networks"].items():
+        bd = ", ".join(f"{k} {v:+.1f} %" for k, v in r["bd_rate_vs_fixed_quality"].items() if v == v)
+        click.echo(f"{net}: BD-rate vs fixed quality in the useful range: {bd or 'n/a'}")
+    click.echo(f"curves: {Path(out) / 'curves.json'}; figure: {Path(out) / 'rate_accuracy.png'}")
 
 
 REPRODUCE_STAGES = ("label", "train", "evaluate", "baselines", "report")  # = reproduce.pipeline.STAGES (tested)

@@ -62,7 +62,7 @@ class BenchmarkSpec:
     device: str = "cpu"
 
 
-def _load_set(s: BenchmarkSet):
+def load_set(s: BenchmarkSet):
     import pandas as pd
 
     config = json.loads((s.labels / "config.json").read_text())
@@ -76,7 +76,7 @@ def _load_set(s: BenchmarkSet):
     return config, table
 
 
-def _scores(s: BenchmarkSet, table, name: str, where: str, out: Path, device: str,
+def cached_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, device: str,
             log: Callable[[str], None]) -> np.ndarray:
     """A predictor's scores on a set's test images, cached in ``out/scores/<set>/<name>-<weights hash>.parquet``."""
     import pandas as pd
@@ -149,7 +149,7 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
     results: dict = {"predictors": dict(spec.predictors), "baselines": dict(spec.baselines), "sets": {},
                      "n_boot": spec.n_boot, "threshold": THRESHOLD, "min_share": spec.min_share}
     for s in spec.sets:
-        config, table = _load_set(s)
+        config, table = load_set(s)
         held_out = config.get("held_out", [])
         networks = config["labelers"] + held_out
         task = get_task(config["task"])
@@ -159,7 +159,7 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
             raise ValueError(f"{s.labels} has no outputs of {missing} (networks there: {', '.join(networks)})")
         scores: dict[str, np.ndarray] = {}
         for name, where in {**spec.predictors, **spec.baselines}.items():
-            scores[name] = _scores(s, table, name, where, out, spec.device, log)
+            scores[name] = cached_scores(s, table, name, where, out, spec.device, log)
         scores["bits per pixel"] = table["bpp"].to_numpy(dtype=np.float64)
         scores["JPEG quality (file)"] = _jpeg_quality(s, table)
         for n in msp_nets:

@@ -1,0 +1,206 @@
+"""Rate-accuracy curves for machines and the Bjontegaard rate difference against fixed-quality coding.
+
+From a labelling folder whose distortions form a quality ladder of one codec (``imutility label -p jpeg15
+--held-out ...``), every curve is a POLICY choosing one ladder level per test photo, scored by the held-out
+networks' top-1 (classification) over the chosen images against their mean bits per pixel:
+
+- ``fixed quality``: the same level for every photo (one point per level);
+- ``predictor``: per photo, the lowest level the predictor scores >= T (else the top level), for a sweep of T
+  (what ``imutility compress`` does, here read off the scores of the ladder's images);
+- ``predictor knee``: per photo, the lowest level scored within delta of the top level's score, for a sweep of
+  delta (bits go where the predictor sees them change something, not to images it finds hopeless at any level);
+- ``bit-rate rule``: per photo, the lowest level with at least B bits per pixel (constant bit rate), for a sweep of B;
+- ``oracle (NET)``: per photo, the lowest level where network NET keeps at least T of its pristine confidence in
+  the true class (needs the network and the pristine photo: the bound of what a predictor can reach for NET).
+
+The Bjontegaard delta rate (VCEG-M33: log10 of the rate fitted as a cubic polynomial of the accuracy, both
+integrated over the accuracies the two curves share) gives the bits saved at equal top-1, restricted to the
+USEFUL range: top-1 within ``useful_points`` of the network's top-1 on the pristine photos.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imutility import atomic
+
+THRESHOLDS = tuple(np.round(np.linspace(0.05, 0.95, 19), 2))
+
+
+@dataclass
+class Ladder:
+    """Per photo x level arrays (photos in rows, levels in ascending quality in columns)."""
+
+    photos: list[str]
+    levels: list[float]
+    bpp: np.ndarray
+    correct: dict[str, np.ndarray]  # network -> 0/1 (NaN: failed)
+    retained: dict[str, np.ndarray]  # network -> min(1, phi / phi')
+    pristine_top1: dict[str, float]
+    scores: dict[str, np.ndarray]  # predictor -> score
+
+
+def build_ladder(table, networks: Sequence[str], scores: dict[str, np.ndarray]) -> Ladder:
+    """Arrange a labels table (one codec, one row per photo x level) as :class:`Ladder` arrays; photos missing a
+    level are dropped (a policy must be able to pick any level)."""
+    levels = sorted(set(table["level"].astype(float)))
+    photos = sorted(set(table["key"]))
+    pos_p = {k: i for i, k in enumerate(photos)}
+    pos_l = {lv: j for j, lv in enumerate(levels)}
+    rows = np.array([pos_p[k] for k in table["key"]])
+    cols = np.array([pos_l[float(v)] for v in table["level"]])
+
+    def grid(values) -> np.ndarray:
+        g = np.full((len(photos), len(levels)), np.nan)
+        g[rows, cols] = np.asarray(values, dtype=np.float64)
+        return g
+
+    bpp = grid(table["bpp"])
+    complete = np.isfinite(bpp).all(1)
+    correct, retained, pristine = {}, {}, {}
+    for n in networks:
+        pred = table[f"{n}.pred"]
+        ok = pred.notna().to_numpy() & table["target"].notna().to_numpy()
+        c = np.where(ok, (pred == table["target"]).to_numpy(dtype=bool, na_value=False), np.nan)
+        correct[n] = grid(c)[complete]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            kept = np.clip(table[f"{n}.ccsp"].to_numpy(float) / table[f"{n}.phi_ref"].to_numpy(float), 0, 1)
+        retained[n] = grid(kept)[complete]
+        p0 = table[f"{n}.pristine_pred"]
+        ok0 = p0.notna().to_numpy()
+        first = ~table.duplicated("key").to_numpy()
+        pristine[n] = float((p0 == table["target"]).to_numpy(dtype=bool, na_value=False)[first & ok0].mean())
+    return Ladder([p for p, c in zip(photos, complete, strict=True) if c], levels, bpp[complete], correct, retained,
+                  pristine, {k: grid(v)[complete] for k, v in scores.items()})
+
+
+def lowest_passing(values: np.ndarray, threshold: float) -> np.ndarray:
+    """Per row, the first column whose value reaches ``threshold`` (the last column when none does)."""
+    ok = np.asarray(values) >= threshold
+    first = np.argmax(ok, axis=1)
+    return np.where(ok.any(1), first, values.shape[1] - 1)
+
+
+def point(ladder: Ladder, choice: np.ndarray, network: str) -> tuple[float, float]:
+    """(mean bpp, top-1) of a per-photo choice of levels."""
+    idx = np.arange(len(choice))
+    c = ladder.correct[network][idx, choice]
+    return float(ladder.bpp[idx, choice].mean()), float(np.nanmean(c))
+
+
+def curves(ladder: Ladder, network: str, oracles: Sequence[str] = ()) -> dict[str, list[tuple[float, float]]]:
+    """Every policy's (bpp, top-1) points for one network, each curve sorted by rate."""
+    n_levels = len(ladder.levels)
+    out = {"fixed quality": [point(ladder, np.full(len(ladder.photos), j), network) for j in range(n_levels)]}
+    for name, s in ladder.scores.items():
+        out[f"predictor: {name}"] = [point(ladder, lowest_passing(s, t), network) for t in THRESHOLDS]
+        # the knee: the lowest level scored within delta of what the top level scores (spend bits where they help)
+        out[f"predictor knee: {name}"] = [point(ladder, lowest_passing(s - (s[:, -1:] - d), 0.0), network)
+                                          for d in np.linspace(0.0, 0.6, 25)]
+    targets = np.quantile(ladder.bpp, np.linspace(0.02, 0.98, 25))
+    out["bit-rate rule"] = [point(ladder, lowest_passing(ladder.bpp, b), network) for b in targets]
+    for o in oracles:
+        r = np.nan_to_num(ladder.retained[o], nan=0.0)
+        out[f"oracle: {o}"] = [point(ladder, lowest_passing(r, t), network) for t in THRESHOLDS]
+    return {k: sorted(set(v)) for k, v in out.items()}
+
+
+def bd_rate(reference: Sequence[tuple[float, float]], test: Sequence[tuple[float, float]],
+            low: float | None = None) -> float:
+    """Bjontegaard delta rate of ``test`` against ``reference`` (points are (rate, accuracy)), in percent:
+    negative = fewer bits at equal accuracy. log10(rate) is fitted as a cubic polynomial of the accuracy for
+    each curve and both are integrated over the accuracies they share (from ``low`` up, when given).
+    NaN when they share no interval or a curve has fewer than 4 points there."""
+    def prep(pts):
+        pts = sorted((a, np.log10(r)) for r, a in pts if r > 0 and np.isfinite(a))
+        acc = np.array([p[0] for p in pts])
+        lr = np.array([p[1] for p in pts])
+        return acc, lr
+
+    a1, r1 = prep(reference)
+    a2, r2 = prep(test)
+    if len(a1) < 4 or len(a2) < 4:
+        return float("nan")
+    lo, hi = max(a1.min(), a2.min()), min(a1.max(), a2.max())
+    if low is not None:
+        lo = max(lo, low)
+    if not hi > lo:
+        return float("nan")
+    p1, p2 = np.polyfit(a1, r1, 3), np.polyfit(a2, r2, 3)
+    i1, i2 = np.polyint(p1), np.polyint(p2)
+    avg = ((np.polyval(i2, hi) - np.polyval(i2, lo)) - (np.polyval(i1, hi) - np.polyval(i1, lo))) / (hi - lo)
+    return float((10 ** avg - 1) * 100)
+
+
+def rate_accuracy(labels: str | os.PathLike, predictors: dict[str, np.ndarray], networks: Sequence[str],
+                  table, oracles: Sequence[str] = (), useful_points: float = 2.0) -> dict:
+    """Curves and BD-rates (against fixed quality, in the useful range) for every held-out network."""
+    ladder = build_ladder(table, networks, predictors)
+    result = {"labels": str(labels), "photos": len(ladder.photos), "levels": ladder.levels,
+              "useful_points": useful_points, "networks": {}}
+    for net in networks:
+        cs = curves(ladder, net, oracles)
+        low = ladder.pristine_top1[net] - useful_points / 100
+        fixed = cs["fixed quality"]
+        result["networks"][net] = {
+            "pristine_top1": ladder.pristine_top1[net], "useful_from": low,
+            "curves": {k: [list(p) for p in v] for k, v in cs.items()},
+            "bd_rate_vs_fixed_quality": {k: bd_rate(fixed, v, low) for k, v in cs.items() if k != "fixed quality"},
+            "bd_rate_vs_fixed_quality_all_accuracies": {k: bd_rate(fixed, v) for k, v in cs.items()
+                                                        if k != "fixed quality"},
+        }
+    return result
+
+
+def plot(result: dict, path: str | os.PathLike) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    nets = list(result["networks"])
+    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.6), squeeze=False)
+    for ax, net in zip(axes[0], nets, strict=True):
+        r = result["networks"][net]
+        for name, pts in r["curves"].items():
+            x = [p[0] for p in pts]
+            y = [100 * p[1] for p in pts]
+            style = {"marker": "o", "lw": 2} if name.startswith("predictor") else {"marker": ".", "lw": 1}
+            bd = r["bd_rate_vs_fixed_quality"].get(name)
+            label = name + (f" (BD-rate {bd:+.1f} %)" if bd is not None and np.isfinite(bd) else "")
+            ax.plot(x, y, label=label, **style)
+        ax.axhline(100 * r["pristine_top1"], color="grey", ls="--", lw=0.8, label="pristine")
+        ax.axhline(100 * r["useful_from"], color="grey", ls=":", lw=0.8, label="useful range from")
+        ax.set_xscale("log")
+        ax.set_xlabel("mean bits per pixel")
+        ax.set_ylabel(f"top-1 of {net} (%)")
+        ax.set_title(net, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def write(result: dict, out: str | os.PathLike) -> None:
+    out = Path(out)
+
+    def finite(x):
+        if isinstance(x, float) and not np.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: finite(v) for k, v in x.items()}
+        if isinstance(x, list | tuple):
+            return [finite(v) for v in x]
+        return x
+
+    atomic.write_json(out / "curves.json", finite(result))
+    plot(result, out / "rate_accuracy.png")
