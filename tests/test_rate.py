@@ -88,9 +88,13 @@ def test_network_oracle_is_one_on_the_pristine_image():
 
     require_shared("models")
     img = load_image(require_shared("data", "photos", "parrot.jpg"))
-    score = NetworkOracle(zoo.get_labeler("mobilenet_v2")).scorer(img)
-    s = score([img, JPEG(95)(img).image, JPEG(2)(img).image])
+    one = NetworkOracle(zoo.get_labeler("mobilenet_v2")).scorer(img)
+    s = one([img, JPEG(95)(img).image, JPEG(2)(img).image])
     assert s[0] == pytest.approx(1.0) and s[1] > 0.8 and s[2] < s[1]
+    other = NetworkOracle(zoo.get_labeler("mobilenet_v3_small")).scorer(img)
+    both = NetworkOracle([zoo.get_labeler("mobilenet_v2"), zoo.get_labeler("mobilenet_v3_small")]).scorer(img)
+    imgs = [JPEG(q)(img).image for q in (3, 20)]
+    np.testing.assert_allclose(both(imgs), (one(imgs) + other(imgs)) / 2, atol=1e-6)  # an ensemble: the mean
 
 
 def test_compress_folder_cli(tmp_path, capsys):

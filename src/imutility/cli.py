@@ -486,8 +486,9 @@ def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size) 
               help="bisect: ~8 encodes per image, assumes the score grows with quality; exhaustive: every quality.")
 @_model_option
 @click.option("--target", default=None,
-              help="A zoo network: choose by its OWN utility against the pristine image (an oracle that needs the "
-                   "network and the pristine photo) instead of the predictor.")
+              help="Zoo network(s), comma-separated: choose by their OWN utility against the pristine image (an "
+                   "oracle that needs the networks and the pristine photo; an ensemble is averaged) instead of the "
+                   "predictor.")
 @_models_option
 @click.option("--no-progress", is_flag=True)
 def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search, model, target, models,
@@ -500,7 +501,7 @@ def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search,
         from imutility import zoo
         from imutility.rate import NetworkOracle
 
-        oracle = NetworkOracle(_library_call(zoo.get_labeler, target, models=models))
+        oracle = NetworkOracle([_library_call(zoo.get_labeler, n.strip(), models=models) for n in target.split(",")])
         scorer_for, name = oracle.scorer, f"oracle:{target}"
     else:
         pred = _load_predictor(model, models=models)

@@ -112,36 +112,41 @@ def _default_predictor():
 
 
 class NetworkOracle:
-    """A network's own full-reference utility against the pristine image: the share of its pristine confidence
-    kept in its pristine decision (classification: min(1, p(class) / p'(class)) for its pristine top-1 class;
-    detection: the retained confidence-weighted recall of its own confident pristine detections)."""
+    """Networks' own full-reference utility against the pristine image: the share of its pristine confidence
+    each keeps in its pristine decision (classification: min(1, p(class) / p'(class)) for its pristine top-1
+    class; detection: the retained confidence-weighted recall of its own confident pristine detections),
+    averaged over the networks given (one network, or an ensemble)."""
 
-    def __init__(self, labeler, score_threshold: float = 0.5):
-        self.labeler = labeler
+    def __init__(self, labelers, score_threshold: float = 0.5):
+        self.labelers = list(labelers) if isinstance(labelers, list | tuple) else [labelers]
         self.score_threshold = score_threshold
 
     def scorer(self, pristine: Image.Image) -> Callable[[list[Image.Image]], np.ndarray]:
-        """A scorer for distorted versions of ``pristine`` (one network pass over the pristine image)."""
+        """A scorer for distorted versions of ``pristine`` (one pass of each network over the pristine image)."""
+        parts = [self._one(lab, pristine) for lab in self.labelers]
+        return lambda images: np.mean([f(images) for f in parts], axis=0)
+
+    def _one(self, labeler, pristine: Image.Image) -> Callable[[list[Image.Image]], np.ndarray]:
         from imutility.zoo import Classifier
 
-        if isinstance(self.labeler, Classifier):
-            p0 = np.asarray(self.labeler([pristine]))[0]
+        if isinstance(labeler, Classifier):
+            p0 = np.asarray(labeler([pristine]))[0]
             cls, ref = int(np.argmax(p0)), float(np.max(p0))
 
             def score(images):
-                p = np.asarray(self.labeler(images))
+                p = np.asarray(labeler(images))
                 return np.minimum(1.0, p[:, cls] / max(ref, 1e-12))
 
             return score
         from imutility.utility import detection_utility
 
-        d0 = self.labeler([pristine])[0]
+        d0 = labeler([pristine])[0]
         keep = d0.scores >= self.score_threshold
         gt_b, gt_l = d0.boxes[keep], d0.labels[keep]
 
         def score_det(images):
             out = []
-            for d1 in self.labeler(images):
+            for d1 in labeler(images):
                 u = detection_utility(gt_b, gt_l, d0.as_dict(), d1.as_dict())
                 out.append(1.0 if not len(gt_l) else min(1.0, u["phi"] / max(u["phi_ref"], 1e-12)))
             return np.asarray(out, dtype=np.float64)
