@@ -596,8 +596,9 @@ def benchmark_cmd(labels, out, test_sources, predictors, baselines, msp, n_boot,
               help="The useful range: top-1 within this many points of the pristine photos'.")
 @click.option("--device", default="cpu", show_default=True)
 def curves_cmd(labels, out, predictors, test_sources, oracles, useful_points, device) -> None:
-    """Rate-accuracy curves of the held-out networks (fixed quality, predictor-driven, bit-rate rule, oracle) on a
-    quality ladder labelled by `imutility label ... --held-out`, and the BD-rate against fixed quality."""
+    """Rate-accuracy curves of the held-out networks (top-1 or COCO mAP; fixed quality, predictor-driven, bit-rate
+    rule, oracle) on a quality ladder labelled by `imutility label ... --held-out`, and the BD-rate against fixed
+    quality."""
     from imutility import curves
     from imutility.predictor.benchmark import BenchmarkSet, cached_scores, load_set
 
@@ -608,8 +609,12 @@ def curves_cmd(labels, out, predictors, test_sources, oracles, useful_points, de
         raise click.ClickException(f"{labels} has no held-out networks: label it with --held-out NETS")
     scores = {name: cached_scores(s, table, name, where, Path(out), device, lambda m: click.echo(m, err=True))
               for name, where in _named(predictors, "--predictor").items()}
+    from imutility.labelling import read_outputs, read_sources
+    from imutility.tasks import get_task
+
     result = _library_call(curves.rate_accuracy, labels, scores, held, table,
-                           oracles.split(",") if oracles else held, useful_points)
+                           oracles.split(",") if oracles else held, useful_points, get_task(config["task"]),
+                           lambda net: read_outputs(labels, net), {x.key: x for x in read_sources(labels)})
     curves.write(result, out)
     for net, r in result["networks"].items():
         bd = ", ".join(f"{k} {v:+.1f} %" for k, v in r["bd_rate_vs_fixed_quality"].items() if v == v)

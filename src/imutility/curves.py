@@ -2,7 +2,8 @@
 
 From a labelling folder whose distortions form a quality ladder of one codec (``imutility label -p jpeg15
 --held-out ...``), every curve is a POLICY choosing one ladder level per test photo, scored by the held-out
-networks' top-1 (classification) over the chosen images against their mean bits per pixel:
+networks' metric over the chosen images (the task's: top-1 for classification, COCO mAP@[.5:.95] for
+detection) against their mean bits per pixel:
 
 - ``fixed quality``: the same level for every photo (one point per level);
 - ``predictor``: per photo, the lowest level the predictor scores >= T (else the top level), for a sweep of T
@@ -21,7 +22,7 @@ USEFUL range: top-1 within ``useful_points`` of the network's top-1 on the prist
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,49 +35,46 @@ THRESHOLDS = tuple(np.round(np.linspace(0.05, 0.95, 19), 2))
 
 @dataclass
 class Ladder:
-    """Per photo x level arrays (photos in rows, levels in ascending quality in columns)."""
+    """Per photo x level arrays (photos in rows, levels in ascending quality in columns) and how to score a choice."""
 
     photos: list[str]
     levels: list[float]
     bpp: np.ndarray
-    correct: dict[str, np.ndarray]  # network -> 0/1 (NaN: failed)
+    rows: np.ndarray  # the labels-table row of each (photo, level)
     retained: dict[str, np.ndarray]  # network -> min(1, phi / phi')
-    pristine_top1: dict[str, float]
     scores: dict[str, np.ndarray]  # predictor -> score
+    metric: Callable[[np.ndarray, str, bool], float]  # (table rows, network, pristine) -> the task's metric
 
 
-def build_ladder(table, networks: Sequence[str], scores: dict[str, np.ndarray]) -> Ladder:
+def build_ladder(table, networks: Sequence[str], scores: dict[str, np.ndarray], task, outputs, sources) -> Ladder:
     """Arrange a labels table (one codec, one row per photo x level) as :class:`Ladder` arrays; photos missing a
-    level are dropped (a policy must be able to pick any level)."""
+    level are dropped (a policy must be able to pick any level). ``task`` scores a choice (top-1, mAP)."""
     levels = sorted(set(table["level"].astype(float)))
     photos = sorted(set(table["key"]))
     pos_p = {k: i for i, k in enumerate(photos)}
     pos_l = {lv: j for j, lv in enumerate(levels)}
-    rows = np.array([pos_p[k] for k in table["key"]])
-    cols = np.array([pos_l[float(v)] for v in table["level"]])
+    r = np.array([pos_p[k] for k in table["key"]])
+    c = np.array([pos_l[float(v)] for v in table["level"]])
 
     def grid(values) -> np.ndarray:
         g = np.full((len(photos), len(levels)), np.nan)
-        g[rows, cols] = np.asarray(values, dtype=np.float64)
+        g[r, c] = np.asarray(values, dtype=np.float64)
         return g
 
     bpp = grid(table["bpp"])
     complete = np.isfinite(bpp).all(1)
-    correct, retained, pristine = {}, {}, {}
+    rows = grid(np.arange(len(table)))[complete].astype(int)
+    retained = {}
     for n in networks:
-        pred = table[f"{n}.pred"]
-        ok = pred.notna().to_numpy() & table["target"].notna().to_numpy()
-        c = np.where(ok, (pred == table["target"]).to_numpy(dtype=bool, na_value=False), np.nan)
-        correct[n] = grid(c)[complete]
+        phi, ref = (table[f"{n}.{k}"].to_numpy(float) for k in task.confidence_columns)
         with np.errstate(invalid="ignore", divide="ignore"):
-            kept = np.clip(table[f"{n}.ccsp"].to_numpy(float) / table[f"{n}.phi_ref"].to_numpy(float), 0, 1)
-        retained[n] = grid(kept)[complete]
-        p0 = table[f"{n}.pristine_pred"]
-        ok0 = p0.notna().to_numpy()
-        first = ~table.duplicated("key").to_numpy()
-        pristine[n] = float((p0 == table["target"]).to_numpy(dtype=bool, na_value=False)[first & ok0].mean())
-    return Ladder([p for p, c in zip(photos, complete, strict=True) if c], levels, bpp[complete], correct, retained,
-                  pristine, {k: grid(v)[complete] for k, v in scores.items()})
+            retained[n] = grid(np.clip(phi / ref, 0, 1))[complete]
+
+    def metric(selected: np.ndarray, network: str, pristine: bool = False) -> float:
+        return task.selection_metric(table.iloc[selected], network, outputs, sources, pristine)
+
+    return Ladder([p for p, ok in zip(photos, complete, strict=True) if ok], levels, bpp[complete], rows, retained,
+                  {k: grid(v)[complete] for k, v in scores.items()}, metric)
 
 
 def lowest_passing(values: np.ndarray, threshold: float) -> np.ndarray:
@@ -87,14 +85,13 @@ def lowest_passing(values: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def point(ladder: Ladder, choice: np.ndarray, network: str) -> tuple[float, float]:
-    """(mean bpp, top-1) of a per-photo choice of levels."""
+    """(mean bpp, the task's metric) of a per-photo choice of levels."""
     idx = np.arange(len(choice))
-    c = ladder.correct[network][idx, choice]
-    return float(ladder.bpp[idx, choice].mean()), float(np.nanmean(c))
+    return float(ladder.bpp[idx, choice].mean()), float(ladder.metric(ladder.rows[idx, choice], network))
 
 
 def curves(ladder: Ladder, network: str, oracles: Sequence[str] = ()) -> dict[str, list[tuple[float, float]]]:
-    """Every policy's (bpp, top-1) points for one network, each curve sorted by rate."""
+    """Every policy's (bpp, metric) points for one network, each curve sorted by rate."""
     n_levels = len(ladder.levels)
     out = {"fixed quality": [point(ladder, np.full(len(ladder.photos), j), network) for j in range(n_levels)]}
     for name, s in ladder.scores.items():
@@ -138,17 +135,26 @@ def bd_rate(reference: Sequence[tuple[float, float]], test: Sequence[tuple[float
 
 
 def rate_accuracy(labels: str | os.PathLike, predictors: dict[str, np.ndarray], networks: Sequence[str],
-                  table, oracles: Sequence[str] = (), useful_points: float = 2.0) -> dict:
-    """Curves and BD-rates (against fixed quality, in the useful range) for every held-out network."""
-    ladder = build_ladder(table, networks, predictors)
-    result = {"labels": str(labels), "photos": len(ladder.photos), "levels": ladder.levels,
-              "useful_points": useful_points, "networks": {}}
+                  table, oracles: Sequence[str] = (), useful_points: float = 2.0, task=None, outputs=None,
+                  sources=None) -> dict:
+    """Curves and BD-rates (against fixed quality, in the useful range) for every held-out network. ``task``
+    (default: classification) gives the metric; detection needs ``outputs(network)`` and ``sources``."""
+    from imutility.tasks import get_task
+
+    task = task or get_task("classification")
+    ladder = build_ladder(table, networks, predictors, task, outputs, sources)
+    result = {"labels": str(labels), "task": task.name, "metric": task.metric_name, "photos": len(ladder.photos),
+              "levels": ladder.levels, "useful_points": useful_points, "networks": {}}
+    all_rows = ladder.rows[:, -1]
     for net in networks:
         cs = curves(ladder, net, oracles)
-        low = ladder.pristine_top1[net] - useful_points / 100
+        pristine = ladder.metric(all_rows, net, True)
+        # the useful range: within ``useful_points`` of the pristine metric (points of a percentage for top-1,
+        # of the metric x 100 for mAP)
+        low = pristine - useful_points / 100
         fixed = cs["fixed quality"]
         result["networks"][net] = {
-            "pristine_top1": ladder.pristine_top1[net], "useful_from": low,
+            "pristine": pristine, "useful_from": low,
             "curves": {k: [list(p) for p in v] for k, v in cs.items()},
             "bd_rate_vs_fixed_quality": {k: bd_rate(fixed, v, low) for k, v in cs.items() if k != "fixed quality"},
             "bd_rate_vs_fixed_quality_all_accuracies": {k: bd_rate(fixed, v) for k, v in cs.items()
@@ -174,11 +180,11 @@ def plot(result: dict, path: str | os.PathLike) -> None:
             bd = r["bd_rate_vs_fixed_quality"].get(name)
             label = name + (f" (BD-rate {bd:+.1f} %)" if bd is not None and np.isfinite(bd) else "")
             ax.plot(x, y, label=label, **style)
-        ax.axhline(100 * r["pristine_top1"], color="grey", ls="--", lw=0.8, label="pristine")
+        ax.axhline(100 * r["pristine"], color="grey", ls="--", lw=0.8, label="pristine")
         ax.axhline(100 * r["useful_from"], color="grey", ls=":", lw=0.8, label="useful range from")
         ax.set_xscale("log")
         ax.set_xlabel("mean bits per pixel")
-        ax.set_ylabel(f"top-1 of {net} (%)")
+        ax.set_ylabel(f"{result['metric']} of {net} (x100)")
         ax.set_title(net, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -110,6 +110,7 @@ class Task(ABC):
     metric_name: ClassVar[str]  # what filtering is judged by
     metric_percent: ClassVar[bool]  # shown as a percentage
     filter_rule: ClassVar[str]  # what happens to a filtered image
+    confidence_columns: ClassVar[tuple[str, str]]  # a network's phi and phi' columns in the labels table
     success_name: ClassVar[str]  # what "a held-out network still succeeds" means
     paper_tables: ClassVar[tuple[str, str, str]]  # its predictor table, inter-task table and Fig. 2 panel
     paper_predictors: ClassVar[list[tuple[str, float]]]  # Table I / II: labels from -> accuracy
@@ -156,6 +157,12 @@ class Task(ABC):
         """What filtering does to held-out networks on ``held`` (one row per test image at a held-out level):
         every keep-mask of ``keeps``, plus rate-based baselines at the count that ``reference_filter`` rejects.
         ``outputs(network)`` gives a network's cached records, ``sources`` the labelling sources by key."""
+
+    @abstractmethod
+    def selection_metric(self, rows, network: str, outputs: Callable[[str], dict], sources: dict[str, Source],
+                         pristine: bool = False) -> float:
+        """The task's metric of ``network`` over a selection of images (``rows`` of a labels table, one per photo),
+        or over those photos' pristine versions: what a rate-accuracy curve plots (top-1, mAP)."""
 
     @abstractmethod
     def evaluate_labeler(self, labeler, data: str | os.PathLike | None, progress: bool = True) -> str:

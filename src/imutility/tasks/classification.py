@@ -33,6 +33,7 @@ class ClassificationTask(Task):
     metric_name = "top-1"
     metric_percent = True
     filter_rule = "filtered images are dropped; top-1 over the kept ones"
+    confidence_columns = ("ccsp", "phi_ref")  # a network's phi and phi' in the labels table
     success_name = "correctness (top-1)"
     # where the paper shows this task: Table I (labels from -> predictor accuracy), Table III (held-out network:
     # cls-trained, OD-trained predictor), Fig. 2(a)
@@ -170,6 +171,14 @@ class ClassificationTask(Task):
             out[net] = res
         return {"images": int(len(held)), "photos": int(held["key"].nunique()), "networks": out,
                 "per_level": per_level}
+
+    def selection_metric(self, rows, network, outputs, sources, pristine=False) -> float:
+        """Top-1 over the rows (a failed output left out); ``pristine``: on the photos' pristine images."""
+        col = f"{network}.pristine_pred" if pristine else f"{network}.pred"
+        pred = rows[col]
+        ok = pred.notna().to_numpy() & rows["target"].notna().to_numpy()
+        return float((pred == rows["target"]).to_numpy(dtype=bool, na_value=False)[ok].mean()) if ok.any() \
+            else float("nan")
 
     def evaluate_labeler(self, labeler, data, progress: bool = True) -> str:
         from imutility.datasets import ClassificationDataset

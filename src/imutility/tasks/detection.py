@@ -30,6 +30,7 @@ class DetectionTask(Task):
     metric_name = "mAP@[.5:.95]"
     metric_percent = False
     filter_rule = "filtered images are replaced by their pristine versions (the paper's rule); mAP over all images"
+    confidence_columns = ("phi", "phi_ref")  # a network's phi and phi' in the labels table
     success_name = "success (its own Eq. 6 label)"
     # where the paper shows this task: Table II (labels from -> predictor accuracy), Table IV (held-out detector:
     # OD-trained, cls-trained predictor), Fig. 2(b)
@@ -169,6 +170,21 @@ class DetectionTask(Task):
                                               "metric_std": float(np.std([d.metric for d in runs]))}
             out[net] = res
         return {"images": int(len(held)), "photos": int(held["key"].nunique()), "networks": out}
+
+    def selection_metric(self, rows, network, outputs, sources, pristine=False) -> float:
+        """COCO mAP@[.5:.95] (pycocotools) of the network's cached detections on the rows' images (or the
+        photos' pristine images), against the sources' ground truth."""
+        from imutility.filtering import CocoScorer
+
+        cache = outputs(network)
+        empty = {"b": [], "l": [], "s": []}
+        gt = [(np.asarray(sources[k].boxes or (), dtype=float).reshape(-1, 4), list(sources[k].labels or ()))
+              for k in rows["key"]]
+        dets = []
+        for k, d in zip(rows["key"], rows["distortion"], strict=True):
+            r = cache.get((k, PRISTINE if pristine else d))
+            dets.append(r if r is not None and "error" not in r else empty)
+        return CocoScorer(gt).score(dets)[0]
 
     def evaluate_labeler(self, labeler, data, progress: bool = True) -> str:
         from imutility.datasets import CocoDetectionDataset
