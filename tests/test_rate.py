@@ -157,3 +157,31 @@ def test_curves_cli_on_a_labelled_ladder(tmp_path, capsys):
     top1 = float((at90["mobilenet_v3_small.pred"] == at90["target"]).mean())
     assert any(p[1] == pytest.approx(top1) and p[0] == pytest.approx(at90["bpp"].mean()) for p in fixed)
     assert (out / "rate_accuracy.png").stat().st_size > 10_000
+
+
+def test_detection_curves_score_mAP_of_the_chosen_images(tmp_path):
+    from imutility.datasets import CocoDetectionDataset
+    from imutility.filtering import CocoScorer
+
+    require_shared("models")
+    js = require_shared("data", "coco2017-val128", "instances.json")
+    labels = tmp_path / "labels"
+    assert main(["label", str(labels), "--task", "detection", "--data", str(js), "--labelers", "yolox_nano",
+                 "--held-out", "fastestdet", "-d", "jpeg:q=5", "-d", "jpeg:q=30", "-d", "jpeg:q=90", "--limit", "6",
+                 "--no-progress"]) == 0
+    out = tmp_path / "curves"
+    assert main(["curves", str(labels), "--out", str(out), "--predictor", "det=default-detection"]) == 0
+    net = json.loads((out / "curves.json").read_text())["networks"]["fastestdet"]
+    import pandas as pd
+
+    from imutility.labelling import read_outputs, read_sources
+
+    t = pd.read_parquet(labels / "labels.parquet")
+    at = t[t["level"] == 30]
+    src = {s.key: s for s in read_sources(labels)}
+    cache = read_outputs(labels, "fastestdet")
+    gt = [(np.asarray(src[k].boxes).reshape(-1, 4), list(src[k].labels)) for k in at["key"]]
+    want = CocoScorer(gt).score([cache[(k, "jpeg:q=30")] for k in at["key"]])[0]
+    assert any(p[1] == pytest.approx(want) and p[0] == pytest.approx(at["bpp"].mean())
+               for p in net["curves"]["fixed quality"])
+    assert len(CocoDetectionDataset.from_json(js)) >= 6
