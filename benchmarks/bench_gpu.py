@@ -3,8 +3,9 @@
     python benchmarks/bench_gpu.py --files DIR [--n 512] [--batch 64]
 
 Ceiling: ``torchvision.io.decode_jpeg(..., device="cuda")`` in batches over the files' bytes (read into
-memory first, as the predictor's own reads are not timed either). Every predictor runs through
-``Predictor.predict_paths`` on the same files (Pillow decode on the CPU, network on the GPU).
+memory first). Every predictor runs through ``Predictor.predict_paths`` (Pillow decode on the CPU, network
+on the GPU) and ``Predictor.predict_files`` (file reads in threads, nvJPEG batches, resize and tiles on the
+GPU) on the same files; both include reading the files.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ def main() -> None:
         torch.cuda.synchronize()
         rate = len(files) / (time.perf_counter() - t0)
         print(f"{name} ({p.architecture}, {p.card['backbone']}) predict_paths on cuda: {rate:.0f} img/s "
+              f"= {rate / ceiling:.3f}x the decode ceiling")
+        list(p.predict_files(files[: args.batch], args.batch))  # warm-up
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        list(p.predict_files(files, args.batch))
+        torch.cuda.synchronize()
+        rate = len(files) / (time.perf_counter() - t0)
+        print(f"{name} predict_files (nvJPEG batches, tiles on the GPU): {rate:.0f} img/s "
               f"= {rate / ceiling:.3f}x the decode ceiling")
 
 

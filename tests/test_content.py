@@ -132,3 +132,21 @@ def test_cli_trains_a_content_predictor(content_labels, tmp_path, capsys):
     assert main(["train", str(content_labels), str(tmp_path / "q"), "--device", "cuda:7", "--no-progress"]) == 1
     assert "cuda:7" in capsys.readouterr().err
     assert not (tmp_path / "q" / "model.pt").exists()
+
+
+def test_batched_jpeg_decode_path_matches_pillow_and_survives_a_corrupt_file(tmp_path):
+    """predict_files: JPEGs decoded in batches by torchvision's decoder (nvJPEG on a GPU; here the CPU one), resized
+    and tiled as tensors; a corrupt JPEG inside a batch is reported alone, a PNG takes the Pillow path."""
+    src = require_shared("data", "imagenet-sample")
+    files = sorted(src.iterdir())[:10]
+    (tmp_path / "broken.jpg").write_bytes(files[0].read_bytes()[:600])  # a JPEG header, then nothing
+    natural_image(300, 200).save(tmp_path / "x.png")
+    paths = [*files[:5], tmp_path / "broken.jpg", *files[5:], tmp_path / "x.png"]
+    p = Predictor.load("default")
+    ref = {str(f): s for f, s, e in p.predict_paths(paths, 8)}
+    got = list(p.predict_files(paths, batch_size=8))
+    assert [str(f) for f, _, _ in got] == [str(f) for f in paths]  # order kept
+    errors = {str(f): e for f, s, e in got if e is not None}
+    assert list(errors) == [str(tmp_path / "broken.jpg")]
+    diffs = [abs(s - ref[str(f)]) for f, s, e in got if e is None]
+    assert len(diffs) == 11 and max(diffs) < 0.03  # resize by torch vs Pillow: documented tolerance

@@ -21,3 +21,13 @@ def test_gpu_scores_equal_cpu_scores(name):
     cpu = Predictor.load(name)(imgs)
     gpu = Predictor.load(name, device="cuda")(imgs)
     np.testing.assert_allclose(gpu, cpu, atol=2e-3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nvjpeg_path_agrees_with_the_cpu(tmp_path):
+    from conftest import require_shared
+
+    files = sorted(require_shared("data", "imagenet-sample").iterdir())[:32]
+    cpu = {str(f): s for f, s, _ in Predictor.load("default").predict_paths(files)}
+    gpu = {str(f): s for f, s, _ in Predictor.load("default", device="cuda").predict_files(files, batch_size=16)}
+    assert max(abs(cpu[k] - gpu[k]) for k in cpu) < 0.03
