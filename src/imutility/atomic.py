@@ -69,6 +69,32 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def json_safe(x: Any) -> Any:
+    """``x`` made JSON-ready: NaN and infinities become ``None`` (JSON has no NaN), numpy scalars plain numbers,
+    tuples lists; dict keys strings."""
+    import math
+
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [json_safe(v) for v in x]
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:  # a numpy scalar
+        return json_safe(x.item())
+    return x
+
+
+def write_figure(fig, path: str | os.PathLike, dpi: int = 110, **savefig) -> None:
+    """A matplotlib figure as PNG, atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, **savefig)
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
 def write_csv(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]], fieldnames: Sequence[str]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(fieldnames), extrasaction="ignore", lineterminator="\n")

@@ -188,25 +188,10 @@ def plot(result: dict, path: str | os.PathLike) -> None:
         ax.set_title(net, fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic.write_figure(fig, path)
 
 
 def write(result: dict, out: str | os.PathLike) -> None:
     out = Path(out)
-
-    def finite(x):
-        if isinstance(x, float) and not np.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: finite(v) for k, v in x.items()}
-        if isinstance(x, list | tuple):
-            return [finite(v) for v in x]
-        return x
-
-    atomic.write_json(out / "curves.json", finite(result))
+    atomic.write_json(out / "curves.json", atomic.json_safe(result))
     plot(result, out / "rate_accuracy.png")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
+
+from imutility import atomic
 
 
 def plot_utility_by_level(table, combined_counts, path: Path) -> None:
@@ -36,7 +37,4 @@ def plot_utility_by_level(table, combined_counts, path: Path) -> None:
     ax2.set_title("Combined (unanimous) labels per level")
     ax2.legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic.write_figure(fig, path)

@@ -207,17 +207,5 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
             "labelled_per_level": {d: {"useful": int((y[levels == d] == 1).sum()),
                                        "non_useful": int((y[levels == d] == 0).sum())} for d in order},
         }
-    atomic.write_json(out / "results.json", _finite(results))
+    atomic.write_json(out / "results.json", atomic.json_safe(results))
     return results
-
-
-def _finite(x):
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {str(k): _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    if isinstance(x, np.generic):
-        return _finite(x.item())
-    return x

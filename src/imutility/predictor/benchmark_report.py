@@ -122,12 +122,7 @@ def plot(results: dict, path: str | os.PathLike) -> None:
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.05 + 0.02 * (len(labels) // 4), 1, 1))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    atomic.write_figure(fig, path)
 
 
 def write_report(results: dict, out: str | os.PathLike) -> None:

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from imutility import __version__
+from imutility import __version__, atomic
 from imutility.reproduce.config import TASKS
 from imutility.reproduce.study import COMBINED, STAGES, Study, eval_table
 from imutility.tasks import get_task
@@ -21,18 +21,6 @@ PAPER = {table: rows for t in map(get_task, TASKS)
 THRESHOLD = 0.5  # P(useful) below this = filtered
 #: the filter whose rejection count the rate-based baselines match (Fig. 2)
 REFERENCE_FILTER = f"predictor ({COMBINED})"
-
-
-def _nan_to_none(x):
-    if isinstance(x, float) and math.isnan(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_nan_to_none(v) for v in x]
-    if isinstance(x, np.generic):
-        return _nan_to_none(x.item())
-    return x
 
 
 # ------------------------------------------------------------------------------------------------- results
@@ -187,6 +175,6 @@ def build_results(study: Study) -> dict:
         "fig1": _fig1(study),
         "paper": PAPER,
     }
-    return _nan_to_none(res)
+    return atomic.json_safe(res)
 
 

@@ -6,7 +6,6 @@ of the config against the paper's i-th network), which is exact for the ``paper`
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +25,7 @@ def _level_name(spec: str) -> str:
 
 # ------------------------------------------------------------------------------------------------- figures
 def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic.write_bytes(path, buf.getvalue())
+    atomic.write_figure(fig, path, dpi=120, bbox_inches="tight")
 
 
 def _plot_labels(results: dict, path: Path) -> None:
