@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 from pathlib import Path
@@ -79,3 +80,40 @@ def bad_folder(tmp_path: Path) -> dict[str, Path]:
     rgba.putalpha(128)
     rgba.save(files["rgba"])
     return files
+
+
+@pytest.fixture(scope="session")
+def tiny_labels(tmp_path_factory) -> Path:
+    """A labels folder in the layout of `imutility label`: q=2 JPEGs non-useful, q=90 useful, 24 sources."""
+    import pandas as pd
+
+    from imutility.distort import JPEG
+
+    out = tmp_path_factory.mktemp("labels")
+    rows = []
+    for i in range(24):
+        img = natural_image(96, 80, seed=i)
+        for q, lab in ((2, 0.0), (90, 1.0)):
+            res = JPEG(q)(img)
+            rel = f"images/jpeg_q{q}/{i}.jpg"
+            (out / rel).parent.mkdir(parents=True, exist_ok=True)
+            (out / rel).write_bytes(res.data)
+            rows.append({"key": f"{i}.png", "source": f"src/{i}.png", "augment": None, "distortion": f"jpeg:q={q}",
+                         "level": float(q), "path": rel, "bytes": len(res.data), "bpp": res.bpp, "label": lab,
+                         "utility_mean": 0.8 if lab else -0.6 + 0.01 * i})
+    pd.DataFrame(rows).to_parquet(out / "labels.parquet")
+    (out / "config.json").write_text(json.dumps({"task": "classification", "dataset": "synthetic",
+                                                 "labelers": ["a", "b"], "distortions": ["jpeg:q=2", "jpeg:q=90"],
+                                                 "seed": 0}))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_predictor(tiny_labels, tmp_path_factory) -> Path:
+    """A SqueezeNet predictor trained for 2 epochs on :func:`tiny_labels` (random initialisation)."""
+    from imutility.predictor import TrainConfig, train_predictor
+
+    out = tmp_path_factory.mktemp("pred")
+    train_predictor(TrainConfig(labels=str(tiny_labels), backbone="squeezenet1_1", pretrained=False, size=64,
+                                epochs=2, batch_size=8), out, progress=False)
+    return out

@@ -14,7 +14,8 @@ from conftest import natural_image, require_shared
 from imutility.cli import main
 from imutility.distort import JPEG
 from imutility.predictor import Predictor, PredictorLoadError, TrainConfig, train_predictor
-from imutility.predictor.content import TilePool, TileSpec, confidence_features
+from imutility.predictor.content import TilePool, confidence_features
+from imutility.predictor.geometry import TileSpec
 
 
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (224, 224), (1352, 900), (100, 60), (3000, 200)])

@@ -43,36 +43,6 @@ def test_regression_metrics_match_scipy():
     assert m["plcc"] == pytest.approx(pearsonr(y, p).statistic)
 
 
-@pytest.fixture(scope="module")
-def tiny_labels(tmp_path_factory) -> Path:
-    """A labels folder in the layout of `imutility label`: q=2 JPEGs non-useful, q=90 useful, 24 sources."""
-    out = tmp_path_factory.mktemp("labels")
-    rows = []
-    for i in range(24):
-        img = natural_image(96, 80, seed=i)
-        for q, lab in ((2, 0.0), (90, 1.0)):
-            res = JPEG(q)(img)
-            rel = f"images/jpeg_q{q}/{i}.jpg"
-            (out / rel).parent.mkdir(parents=True, exist_ok=True)
-            (out / rel).write_bytes(res.data)
-            rows.append({"key": f"{i}.png", "source": f"src/{i}.png", "augment": None, "distortion": f"jpeg:q={q}",
-                         "level": float(q), "path": rel, "bytes": len(res.data), "bpp": res.bpp, "label": lab,
-                         "utility_mean": 0.8 if lab else -0.6 + 0.01 * i})
-    pd.DataFrame(rows).to_parquet(out / "labels.parquet")
-    (out / "config.json").write_text(json.dumps({"task": "classification", "dataset": "synthetic",
-                                                 "labelers": ["a", "b"], "distortions": ["jpeg:q=2", "jpeg:q=90"],
-                                                 "seed": 0}))
-    return out
-
-
-@pytest.fixture(scope="module")
-def tiny_predictor(tiny_labels, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("pred")
-    train_predictor(TrainConfig(labels=str(tiny_labels), backbone="squeezenet1_1", pretrained=False, size=64,
-                                epochs=2, batch_size=8), out, progress=False)
-    return out
-
-
 def test_training_writes_weights_and_card(tiny_predictor):
     card = json.loads((tiny_predictor / "card.json").read_text())
     assert card["format"] == "imutility-predictor/1" and card["task"] == "classification"
@@ -265,14 +235,19 @@ def test_filter_output_is_exactly_the_kept_set(tiny_predictor, tmp_path, capsys)
     assert rep.kept == 0 and sorted(x.name for x in out.iterdir()) == ["filter.csv"]
 
     class Deleting:
-        """Scores normally, and deletes b.jpg while a.jpg is being scored (a file vanishing mid-run)."""
-        mode = "binary"
+        """The predictor's engine, deleting b.jpg while a.jpg is being scored (a file vanishing mid-run)."""
 
-        def __call__(self, images):
+        def to(self, device):
+            p.engine.to(device)
+
+        def preparer(self):
+            return p.engine.preparer()
+
+        def scores_prepared(self, prepared, device):
             (src / "b.jpg").unlink(missing_ok=True)
-            return p(images)
+            return p.engine.scores_prepared(prepared, device)
 
-    rep = filter_folder(src, tmp_path / "o2", Deleting(), min_utility=0.0, batch_size=1)
+    rep = filter_folder(src, tmp_path / "o2", Predictor(Deleting(), p.card, p.source), min_utility=0.0, batch_size=1)
     assert [r for r, _ in rep.unreadable] == ["b.jpg"] and rep.kept == 2
     table = pd.read_csv(tmp_path / "o2" / "filter.csv")
     assert table.set_index("path").loc["b.jpg", "decision"].startswith("unreadable")

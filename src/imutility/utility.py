@@ -13,16 +13,32 @@ kind it was given; torch inputs keep their device and, for the arithmetic functi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal, TypeVar
+import sys
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
-import torch
 
 from imutility.names import unknown_name_message
 
-ArrayLike = np.ndarray | torch.Tensor | float | int | Sequence[float]
-T = TypeVar("T", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import torch
+
+    ArrayLike = np.ndarray | torch.Tensor | float | int | Sequence[float]
+else:
+    class _Torch:
+        """``torch``, imported on first use: a tensor reaches these functions only once torch is imported (see
+        :func:`_is_tensor`), so numpy-only callers (the command line's start, decoding workers) never load it."""
+
+        def __getattr__(self, name: str):
+            import torch
+
+            return getattr(torch, name)
+
+    torch = _Torch()
+
+T = TypeVar("T", np.ndarray, "torch.Tensor")
 
 CombineOp = Literal["mean", "max", "min", "majority", "unanimous"]
 COMBINE_OPS: tuple[str, ...] = ("mean", "max", "min", "majority", "unanimous")
@@ -39,13 +55,18 @@ PAPER_DET_IOU = 0.5
 # --------------------------------------------------------------------------------------------
 # small numpy/torch shims
 # --------------------------------------------------------------------------------------------
+def _is_tensor(x: object) -> bool:
+    t = sys.modules.get("torch")
+    return t is not None and isinstance(x, t.Tensor)
+
+
 def _is_torch(*xs: object) -> bool:
-    return any(isinstance(x, torch.Tensor) for x in xs)
+    return any(_is_tensor(x) for x in xs)
 
 
 def _as_float(x: ArrayLike, like_torch: bool, ref: torch.Tensor | None = None):
     if like_torch:
-        if isinstance(x, torch.Tensor):
+        if _is_tensor(x):
             return x if x.is_floating_point() else x.to(torch.get_default_dtype())
         device = ref.device if ref is not None else None
         dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.get_default_dtype()
@@ -56,14 +77,14 @@ def _as_float(x: ArrayLike, like_torch: bool, ref: torch.Tensor | None = None):
 
 def _first_tensor(*xs: object) -> torch.Tensor | None:
     for x in xs:
-        if isinstance(x, torch.Tensor):
+        if _is_tensor(x):
             return x
     return None
 
 
 def _check_unit_interval(name: str, x) -> None:
     """Reject confidences outside [0, 1]; NaN (excluded) is allowed."""
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
         finite = x[~torch.isnan(x)]
         bad = bool(((finite < 0) | (finite > 1)).any()) if finite.numel() else False
     else:
@@ -138,7 +159,7 @@ def normalised_confidence_utility(phi: ArrayLike, phi_ref: ArrayLike, phi_rec: A
 
 
 def _check_rec(rec) -> None:
-    if isinstance(rec, torch.Tensor):
+    if _is_tensor(rec):
         bad = bool(((rec <= 0) | (rec > 1) | torch.isnan(rec)).any())
     else:
         r = np.asarray(rec, dtype=np.float64)
@@ -246,7 +267,7 @@ def classification_label(pristine_pred: ArrayLike, distorted_pred: ArrayLike, ta
     if use_torch:
         dev = _first_tensor(pristine_pred, distorted_pred, target, ccsp).device
         p0, p1, t = (torch.as_tensor(x, device=dev) for x in (pristine_pred, distorted_pred, target))
-        c = torch.as_tensor(ccsp, device=dev, dtype=torch.float64 if not isinstance(ccsp, torch.Tensor)
+        c = torch.as_tensor(ccsp, device=dev, dtype=torch.float64 if not _is_tensor(ccsp)
                             else (ccsp.dtype if ccsp.is_floating_point() else torch.float64))
         _check_unit_interval("ccsp", c)
         ok = p0 == t
@@ -268,7 +289,7 @@ def classification_label_from_probs(p_pristine: T, p_distorted: T, target: Array
                                     th: float = PAPER_TH, tl: float = PAPER_TL) -> T:
     """:func:`classification_label` from class-probability arrays of shape ``(..., C)``."""
     t = _index_like(target, p_distorted)
-    if isinstance(p_distorted, torch.Tensor):
+    if _is_tensor(p_distorted):
         ccsp = torch.gather(p_distorted, -1, t.unsqueeze(-1)).squeeze(-1)
         return classification_label(p_pristine.argmax(-1), p_distorted.argmax(-1), t, ccsp, th, tl)
     ccsp = np.take_along_axis(np.asarray(p_distorted), t[..., None], -1)[..., 0]
@@ -284,10 +305,10 @@ def classification_utility(p_pristine: T, p_distorted: T, target: ArrayLike | No
     (the paper's full-reference assumption that the pristine decision is correct).
     """
     if target is None:
-        t = p_pristine.argmax(-1) if isinstance(p_pristine, torch.Tensor) else np.argmax(p_pristine, -1)
+        t = p_pristine.argmax(-1) if _is_tensor(p_pristine) else np.argmax(p_pristine, -1)
     else:
         t = _index_like(target, p_distorted)
-    if isinstance(p_distorted, torch.Tensor):
+    if _is_tensor(p_distorted):
         phi = torch.gather(p_distorted, -1, t.unsqueeze(-1)).squeeze(-1)
         phi_ref = torch.gather(p_pristine, -1, t.unsqueeze(-1)).squeeze(-1)
     else:
@@ -297,7 +318,7 @@ def classification_utility(p_pristine: T, p_distorted: T, target: ArrayLike | No
 
 
 def _index_like(target: ArrayLike, like):
-    if isinstance(like, torch.Tensor):
+    if _is_tensor(like):
         return torch.as_tensor(target, dtype=torch.long, device=like.device)
     return np.asarray(target, dtype=np.int64)
 

@@ -16,42 +16,16 @@ predictors).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
+
+from imutility.predictor.geometry import TileSpec
 
 #: what the classifier's own softmax says about a tile, appended to its pooled features
 CONFIDENCE_FEATURES = ("max_prob", "entropy", "margin", "logsumexp", "max_logit")
-
-
-@dataclass(frozen=True)
-class TileSpec:
-    """How an image becomes tiles (see the module doc); stored in the predictor's card."""
-
-    size: int = 224
-    max_tiles: int = 4
-
-    def boxes(self, width: int, height: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-        """((resized width, resized height), [(left, top) of each tile]) for an image of this size."""
-        s = self.size
-        r = s / min(width, height)
-        rw, rh = max(s, round(width * r)), max(s, round(height * r))
-        long_side = max(rw, rh)
-        n = min(self.max_tiles, max(1, math.ceil(long_side / s - 0.15)))  # a sliver under 15 % adds no tile
-        starts = [round(i * (long_side - s) / (n - 1)) for i in range(n)] if n > 1 else [(long_side - s) // 2]
-        return (rw, rh), [(x, 0) if rw >= rh else (0, x) for x in starts]
-
-    def tiles(self, img: Image.Image) -> list[np.ndarray]:
-        """The tiles of one RGB image, each an HWC uint8 array of ``size`` x ``size``."""
-        (rw, rh), starts = self.boxes(img.width, img.height)
-        big = img.resize((rw, rh), Image.Resampling.BILINEAR) if (rw, rh) != img.size else img
-        arr = np.asarray(big)
-        return [arr[y:y + self.size, x:x + self.size] for x, y in starts]
 
 
 def normalise(tiles: Sequence[np.ndarray], channels: str, scale: float, mean: Sequence[float],

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imutility import atomic
-from imutility.images import ImageLoadError, list_images, load_image
+from imutility.images import list_images
 
 REPORT = "filter.csv"
 FIELDS = ("path", "score", "decision", "output")
@@ -60,8 +60,12 @@ def _pristine_index(root: Path) -> dict[str, list[Path]]:
 
 def filter_folder(src: str | os.PathLike, out: str | os.PathLike, predictor, min_utility: float = 0.5,
                   replace_with_pristine: str | os.PathLike | None = None, batch_size: int = 32,
-                  on_error: Callable[[str, str], None] | None = None) -> FilterReport:
-    """See the module doc. ``min_utility`` must lie in [0, 1] for a binary (P(useful)) predictor."""
+                  on_error: Callable[[str, str], None] | None = None, workers: int = 0,
+                  progress: bool = False) -> FilterReport:
+    """See the module doc. ``min_utility`` must lie in [0, 1] for a binary (P(useful)) predictor; ``workers``
+    processes decode beside the network (:meth:`Predictor.predict_stream`)."""
+    from tqdm.auto import tqdm
+
     src, out = Path(src), Path(out)
     if not math.isfinite(min_utility) or (predictor.mode == "binary" and not 0 <= min_utility <= 1):
         raise ValueError(f"min_utility must be a number in [0, 1] (a probability), got {min_utility}")
@@ -73,6 +77,7 @@ def filter_folder(src: str | os.PathLike, out: str | os.PathLike, predictor, min
     rows: list[dict] = []
     written: set[str] = set()
     files = list_images(src)
+    pending: dict[str, bytes] = {}  # read here, scored (decoded in a worker or here), written from the same bytes
 
     def unreadable(rel: str, reason: str) -> None:
         report.unreadable.append((rel, reason))
@@ -80,23 +85,26 @@ def filter_folder(src: str | os.PathLike, out: str | os.PathLike, predictor, min
         if on_error is not None:
             on_error(rel, reason)
 
-    for i in range(0, len(files), batch_size):
-        batch = []
-        for p in files[i:i + batch_size]:
+    def items():
+        for p in files:
             rel = p.relative_to(src).as_posix()
             try:
-                data = p.read_bytes()
-                batch.append((rel, data, load_image(data)))
+                pending[rel] = p.read_bytes()
             except OSError as e:
                 unreadable(rel, f"cannot read: {e.strerror or e}")
-            except ImageLoadError as e:
-                unreadable(rel, e.reason)
-        scores = predictor([im for _, _, im in batch]) if batch else []
-        for (rel, data, _), score in zip(batch, scores, strict=True):
-            decision, output = "filtered out", ""
-            if not math.isfinite(score):
-                unreadable(rel, "the predictor gave no finite score")
+                bar.update(1)
                 continue
+            yield rel, pending[rel]
+
+    with tqdm(total=len(files), unit="img", desc="filter", disable=not progress, leave=False) as bar:
+        for rel, score, err in predictor.predict_stream(items(), batch_size, workers, bar.update):
+            data = pending.pop(rel)
+            if err is None and not math.isfinite(score):
+                err = "the predictor gave no finite score"
+            if err is not None:
+                unreadable(rel, err)
+                continue
+            decision, output = "filtered out", ""
             if score >= min_utility:
                 atomic.write_bytes(out / rel, data, durable=False)
                 decision, output = "kept", rel
@@ -118,5 +126,5 @@ def filter_folder(src: str | os.PathLike, out: str | os.PathLike, predictor, min
         target = (out / stale).resolve()
         if target.is_relative_to(out.resolve()) and target.is_file():
             target.unlink()
-    atomic.write_csv(out / REPORT, rows, FIELDS)
+    atomic.write_csv(out / REPORT, sorted(rows, key=lambda r: r["path"]), FIELDS)
     return report

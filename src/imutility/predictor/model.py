@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from imutility.errors import ImutilityError
-from imutility.images import ImageLoadError, load_image
 from imutility.predictor.common import CARD_FORMAT
-from imutility.predictor.data import InputSpec, to_tensor
+from imutility.predictor.data import normalise_window
+from imutility.predictor.geometry import InputSpec, TileSpec, WindowPreparer
 
 #: Predictors shipped inside the package, by name.
 BUILTIN = {"default": "default-classification", "default-classification": "default-classification",
@@ -54,7 +55,36 @@ def _as_images(images) -> list:
     return list(images)
 
 
-class _FinetuneEngine:
+#: ``precision`` names -> the autocast dtype on a CUDA device (``fp32``: none, the reference numbers)
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class _Network:
+    """Where and how an engine's network runs: the device, and on a GPU autocast and fixed batch shapes."""
+
+    autocast: torch.dtype | None = None
+    #: on a GPU the batch is padded to a multiple of this: each new input shape costs cuDNN a kernel choice (and
+    #: can cost seconds), while tile batches vary in size; measured on an H200 (docs/performance.md)
+    shape_step: int = 64
+
+    def to(self, device: torch.device) -> None:
+        self.model.to(device)
+
+    def forward(self, module, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``module(x)`` on ``device`` as float32, in inference mode (autocast when a precision is set)."""
+        x = x.to(device)
+        with torch.inference_mode():
+            if device.type != "cuda":
+                return module(x).float()
+            n = x.shape[0]
+            pad = -n % self.shape_step
+            if pad:
+                x = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))])
+            with torch.autocast("cuda", dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+                return module(x)[:n].float()
+
+
+class _FinetuneEngine(_Network):
     """One crop (or the resized image) through a fine-tuned backbone."""
 
     def __init__(self, card: dict, state: dict, where: Path):
@@ -72,31 +102,27 @@ class _FinetuneEngine:
         self.graph_key = f"finetune|{card['weights_sha256']}|{json.dumps(card['input'], sort_keys=True)}"
         self.size = self.input.size
 
-    def to(self, device: torch.device) -> None:
-        self.model.to(device)
+    def preparer(self) -> WindowPreparer:
+        return WindowPreparer(self.input)
 
-    def scores(self, images: list, device: torch.device) -> np.ndarray:
-        from imutility.images import to_rgb
-        from imutility.zoo.preprocess import as_pil
-
-        x = torch.stack([to_tensor(to_rgb(as_pil(im)), self.input) for im in images])
-        with torch.inference_mode():
-            if self.session is not None:
-                out = torch.from_numpy(self.session.run(None, {"input": x.numpy()})[0])
-            else:
-                out = self.model(x.to(device)).float().cpu()
+    def scores_prepared(self, windows: list[np.ndarray], device: torch.device) -> np.ndarray:
+        x = normalise_window(np.concatenate(windows), self.input)
+        if self.session is not None:
+            out = torch.from_numpy(self.session.run(None, {"input": x.numpy()})[0])
+        else:
+            out = self.forward(self.model, x, device).cpu()
         return (out.softmax(1)[:, 1] if self.binary else out[:, 0]).numpy().astype(np.float64)
 
     def graph(self) -> torch.nn.Module:
         return self.model
 
 
-class _ContentEngine:
+class _ContentEngine(_Network):
     """Tiles over the whole image through a frozen classifier and the trained head, then tile pooling."""
 
     def __init__(self, card: dict, state: dict, where: Path, models=None):
         from imutility import zoo
-        from imutility.predictor.content import ContentModel, TilePool, TileSpec, UtilityHead, build_recognition
+        from imutility.predictor.content import ContentModel, TilePool, UtilityHead, build_recognition
 
         declared = zoo.get_spec(card["backbone"]).weights.sha256
         if declared != card.get("backbone_sha256"):
@@ -122,25 +148,23 @@ class _ContentEngine:
         self.graph_key = (f"content|{card['weights_sha256']}|{card['backbone']}|{declared}|{card['features']}|"
                           f"{json.dumps(card['input'], sort_keys=True)}")
 
-    def to(self, device: torch.device) -> None:
-        self.model.to(device)
+    def preparer(self):
+        return self.tiles  # a TileSpec is its own picklable preparer: image -> uint8 tiles (k, S, S, 3)
 
-    def scores(self, images: list, device: torch.device) -> np.ndarray:
-        from imutility.images import to_rgb
-        from imutility.predictor.content import TileBatcher, pool_numpy
-        from imutility.zoo.preprocess import as_pil
+    def scores_prepared(self, stacks: list[np.ndarray], device: torch.device, batch_size: int = 64) -> np.ndarray:
+        from imutility.predictor.content import normalise, pool_numpy
 
-        if self.session is not None:
-            def run(x):
-                return self.session.run(None, {"input": x.numpy()})[0]
-        else:
-            @torch.inference_mode()
-            def run(x):
-                return self.model(x.to(device)).float().cpu().numpy()
-
-        logits, owner, _ = TileBatcher(self.tiles, self.pre, run, batch_size=64, threads=1)(
-            [to_rgb(as_pil(im)) for im in images])
-        z = pool_numpy(logits, owner, len(images), self.model.pool)
+        pre = self.pre
+        owner = np.repeat(np.arange(len(stacks)), [len(t) for t in stacks])
+        tiles = np.concatenate(stacks)
+        logits = []
+        for i in range(0, len(tiles), batch_size):
+            x = normalise(tiles[i:i + batch_size], pre.channels, pre.scale, pre.mean, pre.std)
+            if self.session is not None:
+                logits.append(self.session.run(None, {"input": x.numpy()})[0])
+            else:
+                logits.append(self.forward(self.model, x, device).cpu().numpy())
+        z = pool_numpy(np.concatenate(logits), owner, len(stacks), self.model.pool)
         return 1 / (1 + np.exp(-z)) if self.binary else z
 
     def graph(self) -> torch.nn.Module:
@@ -168,7 +192,7 @@ class _ContentEngine:
             x = x.flip(1)
         m = torch.tensor(pre.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
         sd = torch.tensor(pre.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-        logits = self.model.tile_logits((x * pre.scale - m) / sd).float()
+        logits = self.forward(self.model.tile_logits, (x * pre.scale - m) / sd, device)
         z = self.model.pool(logits, torch.tensor(owner, device=logits.device), len(images)).float().cpu().numpy()
         return 1 / (1 + np.exp(-z)) if self.binary else z
 
@@ -187,8 +211,14 @@ class Predictor:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path_or_name: str | os.PathLike = "default", task: str | None = None, verify: bool = True,
-             device: str = "cpu", models: str | os.PathLike | None = None) -> Predictor:
-        """From a folder, a ``card.json`` or a built-in name; ``task`` refuses a predictor made for the other task."""
+             device: str = "cpu", models: str | os.PathLike | None = None, precision: str = "fp32") -> Predictor:
+        """From a folder, a ``card.json`` or a built-in name; ``task`` refuses a predictor made for the other task.
+        ``precision`` (``bf16``, ``fp16``; CUDA only) runs the network under autocast: faster, and scores that
+        differ from the fp32 ones by up to about 1e-2 (measured in ``benchmarks/bench_throughput.py``)."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if PRECISIONS[precision] is not None and torch.device(device).type != "cuda":
+            raise ValueError(f"precision {precision} is for a CUDA device (got device {device}); use fp32")
         name = str(path_or_name)
         folder = builtin_dir(name) if name in BUILTIN else Path(path_or_name)
         card_path = folder if folder.suffix == ".json" else folder / "card.json"
@@ -230,6 +260,7 @@ class Predictor:
                 raise PredictorLoadError(f"{card_path}: unknown architecture {arch!r} (finetune, content)")
         except (KeyError, TypeError, ValueError) as e:
             raise PredictorLoadError(f"{card_path}: incomplete or invalid card ({type(e).__name__}: {e})") from e
+        engine.autocast = PRECISIONS[precision]
         return cls(engine, card, folder, device)
 
     # ------------------------------------------------------------------ inference
@@ -244,32 +275,56 @@ class Predictor:
     def __call__(self, images: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray],
                  batch_size: int = 32) -> np.ndarray:
         """Scores for one image or a sequence of images of any size and mode (float64, one per image)."""
+        from imutility.images import to_rgb
+        from imutility.zoo.preprocess import as_pil
+
         images = _as_images(images)
-        out = [self.engine.scores(images[i:i + batch_size], self.device) for i in range(0, len(images), batch_size)]
+        prep = self.engine.preparer()
+        out = [self.engine.scores_prepared([prep(to_rgb(as_pil(im))) for im in images[i:i + batch_size]], self.device)
+               for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
 
-    def predict_paths(self, paths: Iterable[str | os.PathLike], batch_size: int = 32
-                      ) -> Iterator[tuple[Path, float | None, str | None]]:
-        """(path, score, None) per readable file, (path, None, reason) per unreadable one; batched."""
-        buf: list[tuple[Path, Image.Image]] = []
+    def predict_stream(self, items: Iterable[tuple[Any, str | os.PathLike | bytes]], batch_size: int = 32,
+                       workers: int = 0, progress: Callable[[int], object] | None = None,
+                       max_pixels: int | None = None) -> Iterator[tuple[Any, float | None, str | None]]:
+        """``(key, score, None)`` or ``(key, None, reason)`` for each ``(key, path or encoded bytes)``, in order.
+
+        Decoding and preparation run here (``workers=0``) or in ``workers`` processes beside the network
+        (:mod:`imutility.predictor.prepare`); the network sees batches of ``batch_size`` readable images.
+        ``progress(n)`` is called as results are given out."""
+        from imutility.predictor.prepare import prepared_stream
+
+        buf: list[tuple[Any, np.ndarray | None, str | None]] = []
 
         def flush():
-            scores = self([im for _, im in buf])
-            for (p, _), s in zip(buf, scores, strict=True):
-                yield p, float(s), None
+            good = [t for _, t, e in buf if e is None]
+            scores = iter(self.engine.scores_prepared(good, self.device) if good else ())
+            for key, _, err in buf:
+                yield (key, None, err) if err is not None else (key, float(next(scores)), None)
+            if progress is not None:
+                progress(len(buf))
             buf.clear()
 
-        for p in paths:
-            try:
-                buf.append((Path(p), load_image(p)))
-            except ImageLoadError as e:
-                yield Path(p), None, e.reason
-            if len(buf) >= batch_size:
+        n_good = 0
+        for prepared in prepared_stream(items, self.engine.preparer(), workers, max(1, min(8, batch_size)),
+                                        max_pixels):
+            buf.append(prepared)
+            n_good += prepared[2] is None
+            if n_good >= batch_size:
                 yield from flush()
+                n_good = 0
         if buf:
             yield from flush()
 
-    def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 64, threads: int = 8
+    def predict_paths(self, paths: Iterable[str | os.PathLike], batch_size: int = 32, workers: int = 0,
+                      progress: Callable[[int], object] | None = None
+                      ) -> Iterator[tuple[Path, float | None, str | None]]:
+        """(path, score, None) per readable file, (path, None, reason) per unreadable one, in order; batched,
+        decoded here or in ``workers`` processes (see :meth:`predict_stream`)."""
+        yield from self.predict_stream(((Path(p), p) for p in paths), batch_size, workers, progress)
+
+    def predict_files(self, paths: Iterable[str | os.PathLike], batch_size: int = 64, threads: int = 8,
+                      progress: Callable[[int], object] | None = None
                       ) -> Iterator[tuple[Path, float | None, str | None]]:
         """Like :meth:`predict_paths`, with JPEG files decoded in batches by the device's decoder (nvJPEG on a GPU,
         ``torchvision.io.decode_jpeg``) and resized and tiled there; other formats, and a JPEG the decoder
@@ -280,7 +335,7 @@ class Predictor:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         if not hasattr(self.engine, "scores_from_tensors"):
-            yield from self.predict_paths(paths, batch_size)
+            yield from self.predict_paths(paths, batch_size, progress=progress)
             return
 
         def read(p):
@@ -294,7 +349,9 @@ class Predictor:
             return decode_jpeg(t, mode=ImageReadMode.RGB, device=self.device, apply_exif_orientation=True)
 
         def flush(batch):
-            jpeg = [i for i, (_, b) in enumerate(batch) if b[:3] == b"\xff\xd8\xff"]
+            # a JPEG that does not end in its EOI marker is truncated, which the GPU decoder may not notice:
+            # such files (and a complete one with trailing bytes) take the Pillow path, which judges them
+            jpeg = [i for i, (_, b) in enumerate(batch) if b[:3] == b"\xff\xd8\xff" and b[-2:] == b"\xff\xd9"]
             decoded: dict[int, torch.Tensor] = {}
             try:
                 tensors = [torch.frombuffer(bytearray(batch[i][1]), dtype=torch.uint8) for i in jpeg]
@@ -317,6 +374,8 @@ class Predictor:
                     yield p, float(by_i[i]), None
                 else:
                     yield p, *fallback[p]
+            if progress is not None:
+                progress(len(batch))
 
         batch: list[tuple[Path, bytes]] = []
         with ThreadPoolExecutor(max(1, threads)) as pool:
@@ -326,6 +385,8 @@ class Predictor:
                         yield from flush(batch)
                         batch = []
                     yield p, None, err
+                    if progress is not None:
+                        progress(1)
                     continue
                 batch.append((p, data))
                 if len(batch) >= batch_size:

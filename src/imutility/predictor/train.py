@@ -27,7 +27,8 @@ from imutility.predictor.common import (  # noqa: F401 - re-exported: the traini
     select_split,
     split_by_source,
 )
-from imutility.predictor.data import InputSpec, UtilityImages
+from imutility.predictor.data import UtilityImages
+from imutility.predictor.geometry import InputSpec
 
 #: predictor architectures: ``finetune`` trains a backbone end to end (the paper's way); ``content`` keeps a
 #: pretrained classifier frozen, reads it over tiles of the whole image and trains a small head (.content)

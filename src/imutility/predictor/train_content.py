@@ -36,7 +36,8 @@ def _features(cfg, paths: list[str], progress: bool):
 
     from imutility import zoo
     from imutility.images import load_image
-    from imutility.predictor.content import CONFIDENCE_FEATURES, TileBatcher, TileSpec, build_recognition, runner
+    from imutility.predictor.content import CONFIDENCE_FEATURES, TileBatcher, build_recognition, runner
+    from imutility.predictor.geometry import TileSpec
 
     feats, pre, note = build_recognition(cfg.backbone, True, models=cfg.models, device=cfg.device)
     spec = TileSpec(size=pre.size[0], max_tiles=cfg.max_tiles)

@@ -1,0 +1,93 @@
+"""How an image becomes what a predictor's network sees: a window (crop or resize) or tiles over the whole image.
+
+Pure Pillow and numpy (no torch), so the worker processes that decode and prepare images
+(:mod:`imutility.predictor.prepare`) start in a fraction of a second. Each spec is stored in the model card
+and is its own picklable *preparer*: ``spec(image) -> uint8 array (k, S, S, 3)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How the predictor sees an image; stored in the model card."""
+
+    size: int = 224
+    geometry: str = "crop"  # "crop" (native-resolution crop) or "resize" (whole image to size x size)
+    channels: str = "RGB"
+    scale: float = 1 / 255
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def crop_or_pad(img: Image.Image, size: int, rng: np.random.Generator | None) -> Image.Image:
+    """A size x size window at native resolution: random when ``rng`` is given, else central.
+    Images smaller than the window are padded with grey (never upscaled)."""
+    w, h = img.size
+    if w < size or h < size:
+        canvas = Image.new("RGB", (max(w, size), max(h, size)), (128, 128, 128))
+        canvas.paste(img, ((canvas.width - w) // 2, (canvas.height - h) // 2))
+        img, (w, h) = canvas, canvas.size
+    if rng is None:
+        x, y = (w - size) // 2, (h - size) // 2
+    else:
+        x, y = int(rng.integers(0, w - size + 1)), int(rng.integers(0, h - size + 1))
+    return img.crop((x, y, x + size, y + size))
+
+
+def window(img: Image.Image, spec: InputSpec, rng: np.random.Generator | None = None) -> Image.Image:
+    """What the predictor sees of an RGB image: the (central or random) crop, or the resized image."""
+    if spec.geometry == "crop":
+        return crop_or_pad(img, spec.size, rng)
+    if spec.geometry == "resize":
+        return img.resize((spec.size, spec.size), Image.Resampling.BILINEAR)
+    raise ValueError(f"geometry must be 'crop' or 'resize', got {spec.geometry!r}")
+
+
+@dataclass(frozen=True)
+class WindowPreparer:
+    """Picklable preparer (:mod:`imutility.predictor.prepare`): RGB image -> its window, uint8 (1, S, S, 3)."""
+
+    spec: InputSpec
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        return np.asarray(window(img, self.spec))[None]
+
+
+@dataclass(frozen=True)
+class TileSpec:
+    """How an image becomes tiles (see the module doc); stored in the predictor's card."""
+
+    size: int = 224
+    max_tiles: int = 4
+
+    def boxes(self, width: int, height: int) -> tuple[tuple[int, int], list[tuple[int, int]]]:
+        """((resized width, resized height), [(left, top) of each tile]) for an image of this size."""
+        s = self.size
+        r = s / min(width, height)
+        rw, rh = max(s, round(width * r)), max(s, round(height * r))
+        long_side = max(rw, rh)
+        n = min(self.max_tiles, max(1, math.ceil(long_side / s - 0.15)))  # a sliver under 15 % adds no tile
+        starts = [round(i * (long_side - s) / (n - 1)) for i in range(n)] if n > 1 else [(long_side - s) // 2]
+        return (rw, rh), [(x, 0) if rw >= rh else (0, x) for x in starts]
+
+    def tiles(self, img: Image.Image) -> list[np.ndarray]:
+        """The tiles of one RGB image, each an HWC uint8 array of ``size`` x ``size``."""
+        (rw, rh), starts = self.boxes(img.width, img.height)
+        big = img.resize((rw, rh), Image.Resampling.BILINEAR) if (rw, rh) != img.size else img
+        arr = np.asarray(big)
+        return [arr[y:y + self.size, x:x + self.size] for x, y in starts]
+
+    def __call__(self, img: Image.Image) -> np.ndarray:
+        """The tiles stacked, uint8 (k, size, size, 3): a TileSpec is its own picklable preparer
+        (:mod:`imutility.predictor.prepare`)."""
+        return np.stack(self.tiles(img))
