@@ -440,7 +440,7 @@ def predict(paths, model, fmt, output, batch_size, runtime, device, precision, w
     from tqdm.auto import tqdm
 
     pred = _load_predictor(model, runtime, device, models, precision)
-    key = "p_useful" if pred.mode == "binary" else "utility"
+    key = pred.score_name
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n") if fmt == "csv" else None
     if writer:
@@ -561,6 +561,34 @@ def export(model, onnx_path) -> None:
     pred.use_onnx_runtime(path)
     diff = float(np.abs(pred(probe) - ref).max())
     click.echo(f"wrote {path} (ONNX Runtime vs PyTorch on a probe image: max |diff| {diff:.1e})")
+
+
+@cli.command()
+@_model_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0: every interface; put it behind your proxy).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
+              help="auto: ONNX Runtime on the CPU, PyTorch on a GPU.")
+@_device_option
+@click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per network call, gathered across concurrent requests.")
+@click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Extra wait for a fuller batch (0: batch whatever queued while the network was busy).")
+@click.option("--max-body-mb", type=click.FloatRange(min=0.001), default=32.0, show_default=True,
+              help="Requests with a larger body are answered 413.")
+@click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Images per request (multipart).")
+@_models_option
+def serve(model, host, port, runtime, device, max_batch, max_wait_ms, max_body_mb, max_images, models) -> None:
+    """Serve the predictor over HTTP: POST /predict, POST /compress, GET /health, GET /model (docs/serve.md)."""
+    from imutility.serve import ServeConfig
+    from imutility.serve import serve as run_server
+
+    pred = _load_predictor(model, runtime, device, models)
+    config = ServeConfig(max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_batch=max_batch,
+                         max_wait_ms=max_wait_ms)
+    _library_call(run_server, pred, host, port, config)
 
 
 def _named(values: tuple[str, ...], what: str) -> dict[str, str]:

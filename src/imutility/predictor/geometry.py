@@ -63,6 +63,10 @@ class WindowPreparer:
         return np.asarray(window(img, self.spec))[None]
 
 
+#: above this many tiles' worth of resized pixels, tiles are resized one by one (see :meth:`TileSpec.tiles`)
+WHOLE_RESIZE_TILES = 64
+
+
 @dataclass(frozen=True)
 class TileSpec:
     """How an image becomes tiles (see the module doc); stored in the predictor's card."""
@@ -81,11 +85,20 @@ class TileSpec:
         return (rw, rh), [(x, 0) if rw >= rh else (0, x) for x in starts]
 
     def tiles(self, img: Image.Image) -> list[np.ndarray]:
-        """The tiles of one RGB image, each an HWC uint8 array of ``size`` x ``size``."""
+        """The tiles of one RGB image, each an HWC uint8 array of ``size`` x ``size``.
+
+        The image is resized whole, then cut; only a very elongated one (resized, more than
+        :data:`WHOLE_RESIZE_TILES` tiles' worth of pixels: a 1 x 60,000 strip would be 10 GB) has each tile
+        resized from its own region of the original instead, so that memory stays bounded."""
         (rw, rh), starts = self.boxes(img.width, img.height)
+        s = self.size
+        if rw * rh > WHOLE_RESIZE_TILES * s * s:
+            fx, fy = img.width / rw, img.height / rh
+            return [np.asarray(img.resize((s, s), Image.Resampling.BILINEAR,
+                                          box=(x * fx, y * fy, (x + s) * fx, (y + s) * fy))) for x, y in starts]
         big = img.resize((rw, rh), Image.Resampling.BILINEAR) if (rw, rh) != img.size else img
         arr = np.asarray(big)
-        return [arr[y:y + self.size, x:x + self.size] for x, y in starts]
+        return [arr[y:y + s, x:x + s] for x, y in starts]
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         """The tiles stacked, uint8 (k, size, size, 3): a TileSpec is its own picklable preparer

@@ -55,6 +55,12 @@ def _as_images(images) -> list:
     return list(images)
 
 
+#: the version of :meth:`Predictor.deploy_spec`'s layout (the ``imutility.deploy`` metadata of exported files)
+DEPLOY_FORMAT = "imutility-deploy/1"
+
+#: the name of a predictor's score, by target mode
+SCORE_NAMES = {"binary": "p_useful", "continuous": "utility"}
+
 #: ``precision`` names -> the autocast dtype on a CUDA device (``fp32``: none, the reference numbers)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -116,6 +122,24 @@ class _FinetuneEngine(_Network):
     def graph(self) -> torch.nn.Module:
         return self.model
 
+    def deploy(self) -> dict:
+        """How to use the exported graph without imutility (see :data:`DEPLOY_FORMAT`)."""
+        i = self.input
+        prepare = ({"kind": "crop", "size": i.size, "pad_rgb": [128, 128, 128],
+                    "rule": "the central size x size window at native resolution; an image smaller than that is first "
+                            "centred on a grey (pad_rgb) canvas of max(width, size) x max(height, size)"}
+                   if i.geometry == "crop" else
+                   {"kind": "resize", "size": i.size, "resample": "bilinear", "rule": "the whole image resized to "
+                                                                                      "size x size"})
+        return {"prepare": prepare, "input": _deploy_input(i.channels, i.scale, i.mean, i.std),
+                "output": {"name": "logits", "per": "image"},
+                "score": ({"link": "softmax", "column": 1} if self.binary else {"link": "identity", "column": 0})}
+
+
+def _deploy_input(channels: str, scale: float, mean, std) -> dict:
+    return {"name": "input", "layout": "NCHW", "dtype": "float32", "channels": channels, "scale": scale,
+            "mean": list(mean), "std": list(std), "rule": "x = (pixel * scale - mean) / std, per channel"}
+
 
 class _ContentEngine(_Network):
     """Tiles over the whole image through a frozen classifier and the trained head, then tile pooling."""
@@ -169,6 +193,21 @@ class _ContentEngine(_Network):
 
     def graph(self) -> torch.nn.Module:
         return self.model  # per-tile logits; the pooling is in the card (and in ``pool.*`` of model.pt)
+
+    def deploy(self) -> dict:
+        """How to use the exported per-tile graph without imutility (see :data:`DEPLOY_FORMAT`)."""
+        t, pre, pool = self.tiles, self.pre, self.model.pool
+        return {"prepare": {"kind": "tiles", "size": t.size, "max_tiles": t.max_tiles, "resample": "bilinear",
+                            "min_sliver": 0.15,
+                            "rule": "scale so the shorter side is size (round(side * size / shorter), at least size); "
+                                    "along the longer side L: n = min(max_tiles, max(1, ceil(L / size - min_sliver))) "
+                                    "size x size tiles starting at round(i * (L - size) / (n - 1)), or one centred "
+                                    "at (L - size) // 2"},
+                "input": _deploy_input(pre.channels, pre.scale, pre.mean, pre.std),
+                "output": {"name": "logits", "per": "tile"},
+                "pool": {"mean": pool.weights[0].item(), "min": pool.weights[1].item(), "bias": pool.bias.item(),
+                         "rule": "z = mean * mean(tile logits) + min * min(tile logits) + bias"},
+                "score": {"link": "sigmoid" if self.binary else "identity"}}
 
     @torch.inference_mode()
     def scores_from_tensors(self, images: list[torch.Tensor], device: torch.device) -> np.ndarray:
@@ -267,6 +306,12 @@ class Predictor:
     @property
     def task(self) -> str:
         return self.card["task"]
+
+    @property
+    def score_name(self) -> str:
+        """What a score is called in every output (``predict``'s lines, ``filter.csv``, the server's answers):
+        ``p_useful`` for binary predictors, ``utility`` for continuous ones."""
+        return SCORE_NAMES[self.mode]
 
     @property
     def architecture(self) -> str:
@@ -396,15 +441,23 @@ class Predictor:
                 yield from flush(batch)
 
     # ------------------------------------------------------------------ ONNX
+    def deploy_spec(self) -> dict:
+        """Everything a deployment needs besides the ONNX graph, as plain data (stored in the exported file's
+        metadata as ``imutility.deploy``): how to cut the image, the input's values, how the outputs become the
+        score; docs/deploy.md scores images from it with only onnxruntime, numpy and Pillow."""
+        return {"format": DEPLOY_FORMAT, "score_name": self.score_name, "task": self.task,
+                "decode": "8-bit RGB, EXIF orientation applied (Pillow: ImageOps.exif_transpose, convert('RGB'))",
+                **self.engine.deploy()}
+
     def export_onnx(self, path: str | os.PathLike) -> Path:
-        """The network as ONNX (dynamic batch): for ``content`` predictors the per-TILE graph; the tiling and
-        the pooling of tile logits are in the card (and in the file's metadata, ``imutility.card``)."""
+        """The network as ONNX (dynamic batch): for ``content`` predictors the per-TILE graph. The file's
+        metadata holds the card (``imutility.card``) and :meth:`deploy_spec` (``imutility.deploy``)."""
         from imutility.zoo.backends.onnx_export import export_onnx
 
         path = Path(path)
         s = self.engine.size
         export_onnx(self.engine.graph().cpu().eval(), torch.zeros(1, 3, s, s), path, metadata={
-            "imutility.card": json.dumps(self.card)})
+            "imutility.card": json.dumps(self.card), "imutility.deploy": json.dumps(self.deploy_spec())})
         self.engine.to(self.device)
         return path
 
