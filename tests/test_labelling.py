@@ -154,7 +154,7 @@ def test_a_failing_labeler_loses_only_its_own_outputs(imagenet_folder, tmp_path,
         """Wraps a real labeler and fails on any batch holding a 1-pixel-wide image."""
 
         def __init__(self, inner):
-            self.inner, self.name, self.task = inner, "fragile", inner.task
+            self.inner, self.name, self.task, self.spec = inner, "fragile", inner.task, inner.spec
 
         def __call__(self, images):
             if any(im.width == 1 for im in images):

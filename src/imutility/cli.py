@@ -22,8 +22,17 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 13
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="imutility")
-def cli() -> None:
+@click.option("--labeler-spec", "labeler_specs", multiple=True, type=click.Path(dir_okay=False),
+              envvar="IMUTILITY_LABELER_SPECS",
+              help="A TOML file declaring your own network as a labeler (docs/custom.md); repeatable. Its name then "
+                   "works wherever a labeler name does (--labelers, zoo info/eval, measure).")
+def cli(labeler_specs: tuple[str, ...]) -> None:
     """Image utility for machines: label, measure and predict how useful distorted images are to models."""
+    if labeler_specs:
+        from imutility import zoo
+
+        for path in labeler_specs:
+            _library_call(zoo.register, path)
 
 
 @cli.command()

@@ -55,6 +55,10 @@ def measure_pairs(pristine: Sequence[Image.Image], distorted: Sequence[Image.Ima
     tasks = {lab.task for lab in labelers}
     if len(tasks) != 1:
         raise ValueError(f"labelers of one task only, got {sorted(tasks)}")
+    own = [lab.name for lab in labelers if isinstance(lab, Classifier) and lab.spec.label_space is not None]
+    if targets is not None and own:
+        raise ValueError(f"{', '.join(own)} answer(s) in their own classes, so ImageNet ground-truth targets do not "
+                         "apply: measure against each network's own pristine prediction (no targets)")
     n = len(pristine)
     names = names or [(str(i), str(i)) for i in range(n)]
     per: dict[str, np.ndarray] = {}

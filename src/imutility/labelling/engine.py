@@ -113,6 +113,7 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
     if both:
         raise ValueError(f"{sorted(both)} cannot both label and be held out")
     spec_task.check_sources(sources, reference)
+    spec_task.check_labelers([*labelers, *held_out], reference)
     specs = {d.spec: d for d in distortions}
     config = {"task": task, "dataset": dataset, "labelers": [lab.name for lab in labelers],
               "distortions": list(specs), "seed": seed}
@@ -120,6 +121,9 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
         config["held_out"] = [lab.name for lab in held_out]
     if reference != GROUND_TRUTH:
         config["reference"] = reference
+    custom = {lab.name: lab.spec.weights.sha256 for lab in (*labelers, *held_out) if lab.spec.custom}
+    if custom:  # a user's network is known by its file, not only its name: a changed file is a different run
+        config["custom_labelers"] = custom
     atomic.check_or_write_config(out / "config.json", config)
     atomic.remove_stale_temps(out)  # what a killed run was writing
     labelers = [*labelers, *held_out]

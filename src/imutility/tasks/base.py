@@ -127,6 +127,9 @@ class Task(ABC):
     def check_sources(self, sources: Sequence[Source], reference: str) -> None:  # noqa: B027 - an optional hook
         """Refuse sources that cannot be judged against ``reference`` (``ValueError``); by default all pass."""
 
+    def check_labelers(self, labelers: Sequence, reference: str) -> None:  # noqa: B027 - an optional hook
+        """Refuse labelers whose outputs cannot be judged against ``reference`` together (``ValueError``)."""
+
     # ------------------------------------------------------------------ the labeler's raw outputs
     @abstractmethod
     def records(self, items: Sequence[tuple[str, str]], outputs: Sequence, failed: dict[int, str],

@@ -64,6 +64,18 @@ class ClassificationTask(Task):
             raise ValueError("some sources have no class label: use reference='pristine' (`--reference pristine`) "
                              "to label photos without ground truth")
 
+    def check_labelers(self, labelers: Sequence, reference: str) -> None:
+        """The ground truth is an ImageNet-1k class: every network must answer in those classes. The pristine
+        reference is the labelers' agreed top-1: they (and the held-out networks) must share one class list."""
+        own = [lab.name for lab in labelers if lab.spec.label_space is not None]
+        if reference == GROUND_TRUTH and own:
+            raise ValueError(f"{', '.join(own)} answer(s) in their own classes, not ImageNet-1k's: label against "
+                             "their agreed pristine prediction with reference='pristine' (`--reference pristine`)")
+        spaces = {lab.spec.label_space for lab in labelers}
+        if len(spaces) > 1:
+            raise ValueError("these classifiers answer in different class lists, so their decisions cannot be "
+                             f"compared: {', '.join(f'{lab.name} ({lab.spec.num_classes})' for lab in labelers)}")
+
     # ------------------------------------------------------------------ the labeler's raw outputs
     def records(self, items, outputs, failed, targets) -> list[dict]:
         """``top``/``p``: the top-5 classes and probabilities; ``pt``: the probability of the ground truth;

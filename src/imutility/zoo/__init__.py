@@ -30,17 +30,41 @@ from imutility.zoo.weights import (
 __all__ = [
     "COCO80_IDS", "Classifier", "Detections", "Detector", "Labeler", "LabelerSpec", "Preprocess",
     "WeightsError", "WeightsHashError", "WeightsNotFoundError", "WeightsSpec", "Availability",
-    "availability", "get_labeler", "get_spec", "list_labelers", "models_dir",
+    "availability", "get_labeler", "get_spec", "list_labelers", "models_dir", "register",
 ]
 
 TASKS = ("classification", "detection")
 
 
 @lru_cache(maxsize=1)
-def _registry() -> dict[str, LabelerSpec]:
+def _declared() -> dict[str, LabelerSpec]:
     from imutility.zoo.entries import all_entries
 
     return {e.name: e for e in all_entries()}
+
+
+#: labelers registered in this process (:func:`register`), after the declared ones
+_CUSTOM: dict[str, LabelerSpec] = {}
+
+
+def _registry() -> dict[str, LabelerSpec]:
+    return {**_declared(), **_CUSTOM}
+
+
+def register(spec: LabelerSpec | str | os.PathLike) -> LabelerSpec:
+    """Add a labeler to the registry: a :class:`LabelerSpec`, or a spec file (:mod:`imutility.zoo.custom`).
+    Registering the same spec again is a no-op; a zoo name, or another spec under a registered name, is refused."""
+    from imutility.zoo.custom import CustomSpecError, load_spec
+
+    if not isinstance(spec, LabelerSpec):
+        spec = load_spec(spec)
+    if spec.name in _declared():
+        raise CustomSpecError(f"{spec.name!r} is a zoo labeler's name; give yours another")
+    known = _CUSTOM.get(spec.name)
+    if known is not None and known != spec:
+        raise CustomSpecError(f"another labeler is already registered as {spec.name!r} ({known.weights.source})")
+    _CUSTOM[spec.name] = spec
+    return spec
 
 
 def list_labelers(task: str | None = None, paper: bool | None = None) -> list[str]:
@@ -108,5 +132,6 @@ def describe(name: str) -> dict[str, object]:
             "description": s.description, "preprocess": s.preprocess.describe(),
             "weights": {"file": s.weights.file, "sha256": s.weights.sha256, "source": s.weights.source,
                         "license": s.weights.license, "url": s.weights.url},
-            "metrics": s.metrics}
+            "metrics": s.metrics, "classes": list(s.classes) if s.classes is not None else
+            {"classification": "imagenet-1k", "detection": "coco"}[s.task]}
 

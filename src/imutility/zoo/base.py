@@ -15,6 +15,7 @@ from imutility.zoo.preprocess import Preprocess
 from imutility.zoo.weights import WeightsSpec
 
 Task = Literal["classification", "detection"]
+IMAGENET_CLASSES = 1000
 ImageInput = Image.Image | np.ndarray
 
 #: The 80 official COCO category ids in sorted order: index i of an 80-class model is COCO80_IDS[i].
@@ -38,7 +39,7 @@ class LabelerOptions:
     arch: str | None = None  # torchvision / EfficientNet-Lite architecture name
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra builder arguments (torchvision)
     state_dict_fixup: str | None = None  # a named key fix-up for old checkpoint layouts (torchvision)
-    output: Literal["probs", "logits"] = "probs"  # what a TFLite classifier outputs
+    output: Literal["probs", "logits"] = "logits"  # what the classifier graph outputs (TFLite entries declare it)
     score_threshold: float | None = None  # detectors: the lowest score kept
     nms_iou: float = 0.45  # detectors decoded by imutility: NMS IoU
     max_detections: int = 100
@@ -62,6 +63,18 @@ class LabelerSpec:
     options: LabelerOptions = field(default_factory=LabelerOptions)  # backend settings
     paper: bool = False  # one of the paper's own networks
     metrics: dict[str, float] = field(default_factory=dict)  # measured figures, see docs/zoo.md
+    #: a classifier's own class names in output order; None: the 1000 ImageNet-1k classes in the standard order
+    classes: tuple[str, ...] | None = None
+    custom: bool = False  # registered by a user (imutility.zoo.custom), not declared by the package
+
+    @property
+    def num_classes(self) -> int:
+        return IMAGENET_CLASSES if self.classes is None else len(self.classes)
+
+    @property
+    def label_space(self) -> tuple[str, ...] | None:
+        """What a class index means: None for ImageNet-1k (and COCO ids for detectors), else the class names."""
+        return self.classes
 
 
 @dataclass
@@ -106,22 +119,24 @@ class Labeler(ABC):
 
 
 class Classifier(Labeler):
-    """Images -> probabilities over the 1000 ImageNet-1k classes in the standard (sorted synset) order."""
+    """Images -> probabilities over the 1000 ImageNet-1k classes in the standard (sorted synset) order, or over
+    a custom classifier's own declared classes (``spec.classes``)."""
 
     @abstractmethod
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """Preprocessed batch -> (N, 1000) probabilities."""
+        """Preprocessed batch -> (N, num_classes) probabilities."""
 
     def __call__(self, images: Sequence[ImageInput]) -> np.ndarray:
+        k = self.spec.num_classes
         if len(images) == 0:
-            return np.zeros((0, 1000), dtype=np.float32)
+            return np.zeros((0, k), dtype=np.float32)
         out = []
         for i in range(0, len(images), self.batch_size):
             chunk = images[i:i + self.batch_size]
             out.append(self._forward(self.preprocess(chunk)))
         probs = np.concatenate(out).astype(np.float32)
-        if probs.shape[1] != 1000:
-            raise RuntimeError(f"{self.name} produced {probs.shape[1]} classes, expected 1000")
+        if probs.shape[1] != k:
+            raise RuntimeError(f"{self.name} produced {probs.shape[1]} classes, expected {k}")
         return probs
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
@@ -129,10 +144,11 @@ class Classifier(Labeler):
         raise NotImplementedError(f"{self.name} ({self.spec.backend}) outputs probabilities only, not logits")
 
     def logits(self, images: Sequence[ImageInput]) -> np.ndarray:
-        """(N, 1000) logits: what energy-type out-of-distribution scores need (softmax loses their offset)."""
+        """(N, num_classes) logits: what energy-type out-of-distribution scores need (softmax loses their offset)."""
         out = [self._logits(self.preprocess(images[i:i + self.batch_size]))
                for i in range(0, len(images), self.batch_size)]
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, 1000), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.spec.num_classes),
+                                                                           dtype=np.float32)
 
 
 class Detector(Labeler):

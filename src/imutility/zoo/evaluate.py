@@ -47,6 +47,10 @@ def classification_accuracy(classifier: Classifier, dataset: ClassificationDatas
     """Top-1 / top-5 of a classifier on a labelled folder; unreadable images are skipped and listed."""
     from tqdm.auto import tqdm
 
+    if classifier.spec.label_space is not None:
+        raise ValueError(f"{classifier.name} answers in its own {classifier.spec.num_classes} classes, not the "
+                         "ImageNet-1k classes this folder is labelled with: no top-1 to measure here")
+
     hits1 = hits5 = n = 0
     skipped: list[tuple[str, str]] = []
     bar = tqdm(total=len(dataset), disable=not progress, desc=classifier.name, unit="img")

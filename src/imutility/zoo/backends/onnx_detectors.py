@@ -126,6 +126,26 @@ class FastestDetDetector(OnnxDetector):
         return boxes.reshape(-1, 4), score.reshape(-1), cls.argmax(-1).reshape(-1)
 
 
+_COCO_ID_TO_80 = {cid: i for i, cid in enumerate(COCO80_IDS)}
+
+
+class XyxyDetector(OnnxDetector):
+    """A graph that decodes and (usually) suppresses itself: one output of (N, 6) rows ``x1 y1 x2 y2 score class``
+    in network pixels (a batch axis of 1 is allowed), as end-to-end exports give. ``options.kwargs["classes"]``:
+    ``coco80`` (class i is the i-th COCO id) or ``coco-ids`` (the official ids; ids outside the 80 are dropped)."""
+
+    def decode(self, outputs):
+        rows = np.asarray(next(iter(outputs.values())), dtype=np.float64)
+        rows = rows.reshape(-1, rows.shape[-1]) if rows.size else np.zeros((0, 6))
+        if rows.shape[1] != 6:
+            raise RuntimeError(f"{self.name}: expected (N, 6) rows x1 y1 x2 y2 score class, got {rows.shape}")
+        cls = np.rint(rows[:, 5]).astype(np.int64)
+        if self.spec.options.kwargs.get("classes") == "coco-ids":
+            cls = np.asarray([_COCO_ID_TO_80.get(int(c), -1) for c in cls], dtype=np.int64)
+        ok = (cls >= 0) & (cls < len(COCO80_IDS)) & np.isfinite(rows[:, :5]).all(1)
+        return rows[ok, :4], rows[ok, 4], cls[ok]
+
+
 def _builder(cls: type[OnnxDetector]):
     def build(spec: LabelerSpec, weights_path: Path | None, score_threshold: float | None = None,
               **_: object) -> OnnxDetector:
@@ -139,3 +159,4 @@ def _builder(cls: type[OnnxDetector]):
 build_yolox = _builder(YoloxDetector)
 build_nanodet = _builder(NanoDetDetector)
 build_fastestdet = _builder(FastestDetDetector)
+build_xyxy = _builder(XyxyDetector)

@@ -53,7 +53,8 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, metada
 
 
 class OnnxClassifier(Classifier):
-    """A classifier whose forward pass is an ONNX Runtime session; outputs logits (1000 or 1001)."""
+    """A classifier whose forward pass is an ONNX Runtime session: logits (1000, or 1001 with a background class)
+    or, as ``options.output`` declares, probabilities; a custom classifier's own ``classes`` as declared."""
 
     def __init__(self, spec: LabelerSpec, onnx_path: str | os.PathLike):
         self.spec = spec
@@ -71,12 +72,20 @@ class OnnxClassifier(Classifier):
             export_onnx(model.eval(), torch.zeros(1, 3, h, w), path)
         return cls(spec, path)
 
-    def _logits(self, batch: np.ndarray) -> np.ndarray:
+    def _raw(self, batch: np.ndarray) -> np.ndarray:
         from imutility.zoo.base import drop_background_logits
 
-        return drop_background_logits(self.session.run(None, {self.input_name: batch.astype(np.float32)})[0])
+        x = batch.astype(np.float32) if self.spec.preprocess.dtype == "float32" else batch
+        out = self.session.run(None, {self.input_name: x})[0].reshape(len(batch), -1)
+        return drop_background_logits(out) if self.spec.classes is None else out
+
+    def _logits(self, batch: np.ndarray) -> np.ndarray:
+        if self.spec.options.output == "probs":
+            return super()._logits(batch)  # a graph that outputs probabilities has no logits to give
+        return self._raw(batch)
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         from imutility.zoo.base import softmax
 
-        return softmax(self._logits(batch).astype(np.float64))
+        out = self._raw(batch).astype(np.float64)
+        return out if self.spec.options.output == "probs" else softmax(out)

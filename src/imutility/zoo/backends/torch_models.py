@@ -38,7 +38,8 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
 
 
 class TorchClassifier(Classifier):
-    """Any torch module that maps the declared preprocessing to 1000 (or 1001) logits."""
+    """Any torch module that maps the declared preprocessing to 1000 (or 1001) logits, or to a custom classifier's
+    own classes (logits, or probabilities where ``options.output`` says so)."""
 
     def __init__(self, spec: LabelerSpec, model: torch.nn.Module, device: str = "cpu"):
         self.spec = spec
@@ -52,13 +53,18 @@ class TorchClassifier(Classifier):
         if isinstance(logits, tuple):  # inception in train mode; eval returns a tensor
             logits = logits[0]
         logits = logits.float()
-        return logits[:, 1:] if logits.shape[1] == 1001 else logits  # drop a background class
+        if self.spec.classes is None and logits.shape[1] == 1001:  # drop a background class
+            logits = logits[:, 1:]
+        return logits
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
+        if self.spec.options.output == "probs":
+            return super()._logits(batch)
         return self._torch_logits(batch).cpu().numpy()
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        return self._torch_logits(batch).softmax(-1).cpu().numpy()
+        out = self._torch_logits(batch)
+        return (out if self.spec.options.output == "probs" else out.softmax(-1)).cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- torchvision

@@ -1,0 +1,193 @@
+"""Your own network as a labeler: a model file plus a small declared spec, registered without editing the package.
+
+A spec is a TOML file beside (or pointing at) the model file; it declares the same data as the zoo's own
+entries (:mod:`imutility.zoo.entries`): the file and its SHA-256, the preprocessing, what the output is::
+
+    name = "nette-lite0"            # how --labelers refers to it; must not be a zoo name
+    task = "classification"         # or "detection"
+    format = "onnx"                 # onnx | torchvision (a state dict + `arch`) | torchscript
+    file = "nette_lite0.onnx"       # relative to this spec file
+    sha256 = "6f1c..."              # the file's full SHA-256 (`sha256sum`); checked at every build
+    description = "EfficientNet-Lite0 restricted to the 10 Imagenette classes"
+
+    [preprocess]                    # imutility.zoo.Preprocess's fields, each with its default
+    size = [224, 224]               # (height, width)
+    resize = "center_crop"          # stretch | letterbox | center_crop
+    resize_size = 256
+    scale = 0.00392156862745098     # 1/255
+    mean = [0.485, 0.456, 0.406]
+    std = [0.229, 0.224, 0.225]
+
+    [output]
+    kind = "logits"                 # classification: logits | probs
+    classes = "classes.txt"         # one name per line in output order; or "imagenet-1k" (the standard 1000)
+    # detection instead: decoder = "xyxy_score_class" (one (N, 6) output: x1 y1 x2 y2 in network pixels,
+    # score, class) or "yolox" | "nanodet" | "fastestdet"; classes = "coco80" (class i = the i-th COCO id)
+    # or "coco-ids" (the official ids themselves)
+
+    [options]                       # optional: batch_size, arch, num_classes (torchvision), score_threshold, nms_iou
+
+A classifier with its own classes labels photos against its agreed pristine prediction
+(``--reference pristine``); one over the ImageNet-1k classes can also use the ground truth. Detectors
+report official COCO ids, like the zoo's.
+
+:func:`load_spec` reads a file into a :class:`~imutility.zoo.LabelerSpec`; :func:`imutility.zoo.register`
+adds it to the registry (``imutility --labeler-spec FILE ...`` on the command line, or
+``$IMUTILITY_LABELER_SPECS``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import tomllib
+
+from imutility.errors import ImutilityError
+from imutility.zoo.base import LabelerOptions, LabelerSpec
+from imutility.zoo.preprocess import Preprocess
+from imutility.zoo.weights import WeightsSpec
+
+FORMATS = ("onnx", "torchvision", "torchscript")
+DETECTION_DECODERS = ("xyxy_score_class", "yolox", "nanodet", "fastestdet")
+IMAGENET = "imagenet-1k"
+DETECTION_CLASSES = ("coco80", "coco-ids")
+_TOP_KEYS = {"name", "task", "format", "file", "sha256", "description", "preprocess", "output", "options"}
+_OPTION_KEYS = {"batch_size", "arch", "num_classes", "score_threshold", "nms_iou", "max_detections"}
+
+
+class CustomSpecError(ImutilityError, ValueError):
+    """A labeler spec file that cannot be used; the message names the file and the field."""
+
+
+def load_spec(path: str | os.PathLike) -> LabelerSpec:
+    """The :class:`LabelerSpec` a TOML spec file declares (see the module doc); every field is checked here."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise CustomSpecError(f"{path}: cannot read ({e.strerror or e})") from e
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise CustomSpecError(f"{path}: not valid TOML ({e})") from e
+
+    def need(table: dict, key: str, kind: type, where: str = ""):
+        if key not in table:
+            raise CustomSpecError(f"{path}: {where}{key} is missing")
+        value = table[key]
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise CustomSpecError(f"{path}: {where}{key} must be a {kind.__name__}, got {value!r}")
+        return value
+
+    unknown = set(raw) - _TOP_KEYS
+    if unknown:
+        raise CustomSpecError(f"{path}: unknown field(s) {', '.join(sorted(unknown))} "
+                              f"(allowed: {', '.join(sorted(_TOP_KEYS))})")
+    name, task, fmt = need(raw, "name", str), need(raw, "task", str), need(raw, "format", str)
+    if not name or not all(c.isalnum() or c in "-_." for c in name):
+        raise CustomSpecError(f"{path}: name must be letters, digits, '-', '_' or '.', got {name!r}")
+    if task not in ("classification", "detection"):
+        raise CustomSpecError(f"{path}: task must be classification or detection, got {task!r}")
+    if fmt not in FORMATS:
+        raise CustomSpecError(f"{path}: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    sha = need(raw, "sha256", str).lower()
+    if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+        raise CustomSpecError(f"{path}: sha256 must be the file's full 64-hex-digit SHA-256, got {sha!r}")
+    model_file = (path.parent / need(raw, "file", str)).resolve()
+
+    pre_raw = dict(need(raw, "preprocess", dict))
+    fields = {f.name for f in dataclasses.fields(Preprocess)}
+    if set(pre_raw) - fields:
+        raise CustomSpecError(f"{path}: unknown preprocess field(s) {', '.join(sorted(set(pre_raw) - fields))} "
+                              f"(allowed: {', '.join(sorted(fields))})")
+    for key in ("size", "mean", "std"):
+        if key in pre_raw:
+            pre_raw[key] = tuple(pre_raw[key])
+    if pre_raw.get("resize") == "model":
+        raise CustomSpecError(f"{path}: preprocess.resize = 'model' is for the zoo's torchvision detectors")
+    try:
+        pre = Preprocess(**pre_raw)
+    except (TypeError, ValueError) as e:
+        raise CustomSpecError(f"{path}: preprocess: {e}") from e
+    _check_preprocess(path, pre)
+
+    out = need(raw, "output", dict)
+    allowed = {"kind", "classes"} if task == "classification" else {"decoder", "classes"}
+    if set(out) - allowed:
+        raise CustomSpecError(f"{path}: unknown output field(s) {', '.join(sorted(set(out) - allowed))} "
+                              f"(allowed for {task}: {', '.join(sorted(allowed))})")
+    opts_raw = dict(raw.get("options", {}))
+    if set(opts_raw) - _OPTION_KEYS:
+        raise CustomSpecError(f"{path}: unknown option(s) {', '.join(sorted(set(opts_raw) - _OPTION_KEYS))} "
+                              f"(allowed: {', '.join(sorted(_OPTION_KEYS))})")
+    _check_options(path, opts_raw)
+    kwargs = {"num_classes": opts_raw.pop("num_classes")} if "num_classes" in opts_raw else {}
+    classes = None
+    if task == "classification":
+        kind = out.get("kind", "logits")
+        if kind not in ("logits", "probs"):
+            raise CustomSpecError(f"{path}: output.kind must be logits or probs, got {kind!r}")
+        cls = need(out, "classes", str, "output.")
+        if cls != IMAGENET:
+            names_file = path.parent / cls
+            try:
+                classes = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
+            except OSError as e:
+                raise CustomSpecError(f"{path}: output.classes: cannot read {names_file} "
+                                      f"({e.strerror or e}); or give {IMAGENET!r}") from e
+            if len(classes) < 2 or len(set(classes)) != len(classes):
+                raise CustomSpecError(f"{path}: {names_file} must list at least 2 distinct class names, one per line")
+        options = LabelerOptions(output=kind, kwargs=kwargs, **opts_raw)
+        decoder = None
+    else:
+        decoder = need(out, "decoder", str, "output.")
+        if decoder not in DETECTION_DECODERS:
+            raise CustomSpecError(f"{path}: output.decoder must be one of {', '.join(DETECTION_DECODERS)}, "
+                                  f"got {decoder!r}")
+        space = out.get("classes", "coco80")
+        if space not in DETECTION_CLASSES or (decoder != "xyxy_score_class" and space != "coco80"):
+            raise CustomSpecError(f"{path}: output.classes must be one of {', '.join(DETECTION_CLASSES)} "
+                                  f"(the yolox/nanodet/fastestdet decoders are coco80), got {space!r}")
+        if fmt != "onnx":
+            raise CustomSpecError(f"{path}: custom detectors are ONNX files (format = 'onnx')")
+        options = LabelerOptions(kwargs={"classes": space}, **opts_raw)
+    if fmt == "torchvision" and not opts_raw.get("arch"):
+        raise CustomSpecError(f"{path}: format 'torchvision' needs options.arch (e.g. 'resnet18')")
+
+    from imutility.zoo.backends import custom_builders
+
+    builder = custom_builders.builder(task, fmt, decoder)
+    weights = WeightsSpec(file=str(model_file), sha256=sha, source=f"custom labeler spec {path}",
+                          license="(the user's)")
+    try:
+        return LabelerSpec(name=name, task=task, backend=f"custom-{fmt}" + (f"-{decoder}" if decoder else ""),
+                           weights=weights, preprocess=pre, builder=builder,
+                           description=str(raw.get("description", f"custom {task} labeler from {path.name}")),
+                           options=options, classes=classes, custom=True)
+    except TypeError as e:
+        raise CustomSpecError(f"{path}: {e}") from e
+
+
+def _check_preprocess(path: Path, pre: Preprocess) -> None:
+    if len(pre.size) != 2 or not all(isinstance(v, int) and v > 0 for v in pre.size):
+        raise CustomSpecError(f"{path}: preprocess.size must be [height, width], got {list(pre.size)}")
+    if len(pre.mean) != 3 or len(pre.std) != 3 or any(s == 0 for s in pre.std):
+        raise CustomSpecError(f"{path}: preprocess.mean and .std must hold 3 numbers each, std non-zero")
+    choices = {"resize": ("stretch", "letterbox", "center_crop"), "channels": ("RGB", "BGR"),
+               "layout": ("NCHW", "NHWC"), "dtype": ("float32", "uint8"),
+               "interpolation": ("bilinear", "bicubic", "area", "nearest")}
+    for key, allowed in choices.items():
+        if getattr(pre, key) not in allowed:
+            raise CustomSpecError(f"{path}: preprocess.{key} must be one of {', '.join(allowed)}, "
+                                  f"got {getattr(pre, key)!r}")
+
+
+def _check_options(path: Path, opts: dict) -> None:
+    positive_ints = ("batch_size", "num_classes", "max_detections")
+    for key, value in opts.items():
+        ok = (isinstance(value, int) and not isinstance(value, bool) and value > 0 if key in positive_ints else
+              isinstance(value, str) and bool(value) if key == "arch" else
+              isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= 1)
+        if not ok:
+            want = "a positive integer" if key in positive_ints else "a name" if key == "arch" else "a number in [0, 1]"
+            raise CustomSpecError(f"{path}: options.{key} must be {want}, got {value!r}")
