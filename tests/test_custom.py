@@ -214,7 +214,7 @@ def test_the_documented_nette_classifier_answers_in_its_own_classes(tmp_path):
     module_spec = importlib.util.spec_from_file_location("make_nette", script)
     make = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(make)
-    assert make.main([str(tmp_path)]) == 0
+    assert make.main([str(tmp_path), "efficientnet_lite0"]) == 0
     spec = zoo.register(tmp_path / "nette-lite0.toml")
     assert spec.classes == tuple(name for _, name in make.NETTE)
     lab = zoo.get_labeler("nette-lite0")

@@ -196,14 +196,23 @@ def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit):
 @click.option("--balance", is_flag=True, help="Add augmented, relabelled copies of non-useful samples.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--chunk", default=8, show_default=True, help="Sources per chunk (the unit of resumption).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: a Ray Data pipeline, one actor pool per labeler (docs/scale.md).")
+@click.option("--address", default=None,
+              help="ray: a running cluster (auto, ray://HEAD:10001, HOST:6379) [default: a local Ray instance].")
+@click.option("--ray-actors", type=click.IntRange(min=1), default=1, show_default=True,
+              help="ray: actors per labeler, each holding one copy of the network.")
+@click.option("--ray-cpus-per-actor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
 @_threshold_options
 @_models_option
 @click.option("--no-progress", is_flag=True)
-def label(out, task, data, labels_file, labelers, held_out, reference, preset, specs, limit, balance, seed, chunk, th,
-          tl, phi_rec, det_score, det_iou, require_pristine_hit, models, no_progress) -> int:
+def label(out, task, data, labels_file, labelers, held_out, reference, preset, specs, limit, balance, seed, chunk,
+          engine, address, ray_actors, ray_cpus_per_actor, th, tl, phi_rec, det_score, det_iou, require_pristine_hit,
+          models, no_progress) -> int:
     """Distort a labelled dataset, run a labeler ensemble and write OUT/labels.parquet with utility labels.
 
-    Resumable: rerun the same command after an interruption. Unreadable images are reported and skipped.
+    Resumable: rerun the same command after an interruption (with either engine). Unreadable images are reported
+    and skipped.
     """
     import time
 
@@ -213,6 +222,13 @@ def label(out, task, data, labels_file, labelers, held_out, reference, preset, s
     from imutility.tasks import get_task
 
     t0 = time.perf_counter()
+    runner = None
+    if engine == "ray":
+        from imutility.labelling.ray_engine import RayEngine
+
+        runner = RayEngine(address=address, actors=ray_actors, cpus_per_actor=ray_cpus_per_actor)
+    elif address is not None:
+        raise click.UsageError("--address is for --engine ray")
     distortions = _distortions(preset or (None if specs else "paper-jpeg9"), specs)
     names = (labelers or _default_labelers(task)).split(",")
     labs = [_library_call(z.get_labeler, n.strip(), models=models) for n in names]
@@ -225,7 +241,7 @@ def label(out, task, data, labels_file, labelers, held_out, reference, preset, s
         lb.run_labelling, task, sources, distortions, labs, out, dataset=described, seed=seed,
         thresholds=_thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit), chunk_size=chunk,
         balance=balance, progress=not no_progress, on_error=lambda k, r: click.echo(f"skipped {k}: {r}", err=True),
-        held_out=held, reference=reference)
+        held_out=held, reference=reference, engine=runner)
     _print_counts(Path(out), names)
     click.echo(f"{report.n_rows} rows ({report.n_augmented} augmented) from {report.n_sources} sources -> "
                f"{report.table} in {time.perf_counter() - t0:.0f} s")

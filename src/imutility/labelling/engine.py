@@ -1,26 +1,24 @@
 """The labelling run: chunks of sources distorted, every labeler run, raw outputs cached as journal lines.
 
-What a labeler's output is cached as belongs to its task (:meth:`imutility.tasks.Task.records`); this module
-only runs the labelers, isolates a failure to the image that caused it, and resumes from the caches.
+This module checks a run's settings, works out from the caches what is not finished, hands those chunks to
+an engine (:mod:`.chunks`: in this process; :mod:`.ray_engine`: on a Ray cluster) and journals what comes
+back. What a labeler's output is cached as belongs to its task (:meth:`imutility.tasks.Task.records`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image
-
 from imutility import atomic
-from imutility.distort import Distortion, seeded_rng
-from imutility.images import ImageLoadError, load_image
-from imutility.labelling.augment import apply_augment, balancing_sources
+from imutility.distort import Distortion
+from imutility.labelling.augment import balancing_sources
+from imutility.labelling.chunks import LocalEngine, write_files
 from imutility.labelling.store import read_cache, write_sources
 from imutility.labelling.table import build_table, write_outputs
-from imutility.paths import check_unique_outputs, output_relpath
+from imutility.paths import check_unique_outputs
 from imutility.tasks import GROUND_TRUTH, PAPER_THRESHOLDS, PRISTINE, REFERENCES, Source, Thresholds, get_task
 
 LabellingConfigError = atomic.ConfigMismatchError  # OUT holds a labelling run with other settings
@@ -40,60 +38,11 @@ class LabelReport:
         return self.out / "labels.parquet"
 
 
-class _Chunk:
-    """Loaded and distorted images of a few sources, ready for the labelers."""
-
-    def __init__(self, sources: list[Source], images: list[Image.Image], items: list[tuple[str, str]],
-                 meta: list[dict], errors: list[dict]):
-        self.sources, self.images, self.items, self.meta, self.errors = sources, images, items, meta, errors
-
-
-def _prepare_chunk(sources: list[Source], distortions: dict[str, Distortion], out: Path, seed: int) -> _Chunk:
-    images, items, meta, errors, ok = [], [], [], [], []
-    for src in sources:
-        try:
-            img = load_image(src.path)
-        except ImageLoadError as e:
-            errors.append({"k": src.key, "error": e.reason})
-            continue
-        img, _ = apply_augment(img, None, src.augment)
-        ok.append(src)
-        images.append(img)
-        items.append((src.key, PRISTINE))
-        for spec in src.distortions or distortions:
-            d = distortions[spec]
-            res = d(img, seeded_rng(seed, src.key, spec) if d.random else None)
-            rel = Path("images") / d.slug / output_relpath(src.key, res.suffix)
-            atomic.write_bytes(out / rel, res.data, durable=False)  # always: never trust a file left there
-            images.append(res.image)
-            items.append((src.key, spec))
-            meta.append({"k": src.key, "d": spec, "path": rel.as_posix(), "bytes": len(res.data),
-                         "bpp": round(res.bpp, 6), "w": img.width, "h": img.height})
-    return _Chunk(ok, images, items, meta, errors)
-
-
-def _records(labeler, chunk: _Chunk, targets: dict[str, int | None]) -> tuple[list[dict], int]:
-    """Run one labeler on a chunk; on failure retry image by image so one bad image loses only itself.
-    The records' schema is the labeler's task's (:meth:`imutility.tasks.Task.records`)."""
-    try:
-        outputs = labeler(chunk.images)
-        failed: dict[int, str] = {}
-    except Exception:  # noqa: BLE001 - a labeler may fail on one odd image; isolate it below
-        outputs, failed = [], {}
-        for i, img in enumerate(chunk.images):
-            try:
-                outputs.append(labeler([img])[0])
-            except Exception as e:  # noqa: BLE001
-                outputs.append(None)
-                failed[i] = f"{type(e).__name__}: {e}"
-    return get_task(labeler.task).records(chunk.items, outputs, failed, targets), len(failed)
-
-
 def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Distortion], labelers: Sequence,
                   out: str | os.PathLike, dataset: str = "", seed: int = 0, thresholds: Thresholds = PAPER_THRESHOLDS,
                   chunk_size: int = 8, balance: bool = False, progress: bool = True,
                   on_error: Callable[[str, str], None] | None = None, held_out: Sequence = (),
-                  reference: str = GROUND_TRUTH) -> LabelReport:
+                  reference: str = GROUND_TRUTH, engine=None) -> LabelReport:
     """Distort, run every labeler, cache raw outputs, then build the table and statistics.
 
     ``held_out`` networks run on every image like the labelers and get the same columns, but take no
@@ -101,6 +50,10 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
     ``"ground-truth"`` (the dataset's classes or boxes) or ``"pristine"`` (no ground truth needed: the
     reference class is the labelers' agreed pristine top-1, images where they disagree are excluded;
     for detection each network's confident pristine detections are its reference objects).
+
+    ``engine`` runs the chunks: :class:`~imutility.labelling.chunks.LocalEngine` (the default: this process) or
+    :class:`~imutility.labelling.ray_engine.RayEngine` (a Ray Data pipeline, on one machine or a cluster). The
+    folder, the resumption rule and the table are the same for both.
     """
     out = Path(out)
     spec_task = get_task(task)
@@ -131,14 +84,15 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
     check_unique_outputs(s.key for s in sources)
     write_sources(out, sources)
 
-    errors, lab_err = _process(sources, specs, labelers, out, seed, chunk_size, progress, "label", on_error)
+    engine = engine if engine is not None else LocalEngine()
+    errors, lab_err = _process(sources, specs, labelers, out, seed, chunk_size, progress, "label", on_error, engine)
     n_aug = 0
     if balance:
         table = build_table(out, thresholds)
         aug = balancing_sources(table, sources)
         if aug:
             write_sources(out, sources + aug)
-            e2, l2 = _process(aug, specs, labelers, out, seed, chunk_size, progress, "balance", on_error)
+            e2, l2 = _process(aug, specs, labelers, out, seed, chunk_size, progress, "balance", on_error, engine)
             errors += e2
             lab_err += l2
             n_aug = len(aug)
@@ -149,7 +103,10 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
 
 
 def _process(sources: list[Source], specs: dict[str, Distortion], labelers: Sequence, out: Path, seed: int,
-             chunk_size: int, progress: bool, desc: str, on_error) -> tuple[list[tuple[str, str]], int]:
+             chunk_size: int, progress: bool, desc: str, on_error, engine) -> tuple[list[tuple[str, str]], int]:
+    """Work out which chunks (and which of their labelers) are not finished, let ``engine`` run them, and
+    journal each finished chunk: its files first, then every labeler's records, then the chunk's metadata
+    line (what marks it done)."""
     from tqdm.auto import tqdm
 
     cache_dir = out / "cache"
@@ -157,8 +114,8 @@ def _process(sources: list[Source], specs: dict[str, Distortion], labelers: Sequ
     journals = {lab.name: atomic.Journal(cache_dir / f"{lab.name}.jsonl") for lab in labelers}
     done_meta = {r["k"] for line in meta_journal.read() for r in line.get("records", [])}
     done_err = {r["k"]: r["error"] for line in meta_journal.read() for r in line.get("errors", [])}
-    cached = {name: read_cache(j.path) for name, j in journals.items()}
-    targets = {s.key: s.target for s in sources}
+    cached = {name: set(read_cache(j.path)) for name, j in journals.items()}
+    keys = {s.key for s in sources}
 
     def needed(src: Source) -> list[tuple[str, str]]:
         return [(src.key, PRISTINE)] + [(src.key, d) for d in (src.distortions or specs)]
@@ -167,35 +124,29 @@ def _process(sources: list[Source], specs: dict[str, Distortion], labelers: Sequ
         return all(item in cached[name] for s in chunk_sources if s.key not in done_err for item in needed(s))
 
     chunks = [sources[i:i + chunk_size] for i in range(0, len(sources), chunk_size)]
-    todo = [c for c in chunks if not all(s.key in done_meta or s.key in done_err for s in c)
-            or not all(complete(c, lab.name) for lab in labelers)]
-    errors = [(k, e) for k, e in done_err.items() if k in targets]
+    todo, need = [], []
+    for c in chunks:
+        missing = [lab.name for lab in labelers if not complete(c, lab.name)]
+        if missing or not all(s.key in done_meta or s.key in done_err for s in c):
+            todo.append(c)
+            need.append(missing)
+    errors = [(k, e) for k, e in done_err.items() if k in keys]
     lab_err = 0
     bar = tqdm(total=len(sources), initial=len(sources) - sum(len(c) for c in todo), unit="src", desc=desc,
                disable=not progress, dynamic_ncols=True)
-    # Images for chunk k+1 are read and distorted in a thread while the labelers run on chunk k
-    # (Pillow releases the GIL in its codecs, the labelers use both cores).
-    pool = ThreadPoolExecutor(max_workers=1)
     try:
-        pending: Future | None = pool.submit(_prepare_chunk, todo[0], specs, out, seed) if todo else None
-        for i, chunk_sources in enumerate(todo):
-            chunk = pending.result()
-            pending = pool.submit(_prepare_chunk, todo[i + 1], specs, out, seed) if i + 1 < len(todo) else None
-            for lab in labelers:
-                if complete(chunk.sources, lab.name) and chunk.sources:
-                    continue
-                recs, n_failed = _records(lab, chunk, targets)
+        for result in engine.run(todo, need, specs, labelers, out, seed):
+            write_files(out, result.files)
+            for name, (recs, n_failed) in result.records.items():
                 lab_err += n_failed
-                journals[lab.name].append({"records": recs})
-                cached[lab.name].update({(r["k"], r["d"]): r for r in recs})
-            meta_journal.append({"records": chunk.meta, "errors": chunk.errors})
-            for e in chunk.errors:
+                journals[name].append({"records": recs})
+            meta_journal.append({"records": result.meta, "errors": result.errors})
+            for e in result.errors:
                 errors.append((e["k"], e["error"]))
                 if on_error is not None:
                     on_error(e["k"], e["error"])
-            bar.update(len(chunk_sources))
+            bar.update(len(result.sources))
     finally:
-        pool.shutdown(wait=True)
         bar.close()
         for j in (meta_journal, *journals.values()):
             j.close()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from imutility.names import UnknownNameError
-from imutility.zoo.base import COCO80_IDS, Classifier, Detections, Detector, Labeler, LabelerSpec
+from imutility.zoo.base import COCO80_IDS, Classifier, Detections, Detector, Labeler, LabelerRecipe, LabelerSpec
 from imutility.zoo.preprocess import Preprocess
 from imutility.zoo.weights import (
     WeightsError,
@@ -30,7 +30,8 @@ from imutility.zoo.weights import (
 __all__ = [
     "COCO80_IDS", "Classifier", "Detections", "Detector", "Labeler", "LabelerSpec", "Preprocess",
     "WeightsError", "WeightsHashError", "WeightsNotFoundError", "WeightsSpec", "Availability",
-    "availability", "get_labeler", "get_spec", "list_labelers", "models_dir", "register",
+    "LabelerRecipe", "availability", "get_labeler", "get_spec", "list_labelers", "models_dir", "rebuild",
+    "register",
 ]
 
 TASKS = ("classification", "detection")
@@ -97,7 +98,22 @@ def get_labeler(name: str, *, pretrained: bool = True, weights_path: str | os.Pa
     spec = get_spec(name)
     _check_requirements(spec)
     path = resolve(spec.weights, weights_path, models, verify=verify) if pretrained else None
-    return spec.builder(spec, path, device=device, **options)
+    labeler = spec.builder(spec, path, device=device, **options)
+    labeler.recipe = LabelerRecipe(spec, None if path is None else str(path), device, verify,
+                                   tuple(sorted(options.items())))
+    return labeler
+
+
+def rebuild(recipe: LabelerRecipe, device: str | None = None) -> Labeler:
+    """The labeler ``recipe`` describes, built again (its file hash-checked again), e.g. in a worker process.
+    A custom labeler's spec travels in the recipe: nothing needs registering there. On a cluster the weight
+    file must be at the same path on every machine."""
+    spec = recipe.spec
+    _check_requirements(spec)
+    path = None if recipe.weights_path is None else resolve(spec.weights, recipe.weights_path, verify=recipe.verify)
+    labeler = spec.builder(spec, path, device=device or recipe.device, **dict(recipe.options))
+    labeler.recipe = recipe
+    return labeler
 
 
 @dataclass(frozen=True)

@@ -96,11 +96,25 @@ class Detections:
         return cls(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), np.zeros(0))
 
 
+@dataclass(frozen=True)
+class LabelerRecipe:
+    """How a labeler was built (:func:`imutility.zoo.get_labeler` records it): enough to build the same labeler
+    again in another process, e.g. a Ray actor (:func:`imutility.zoo.rebuild`). Picklable: the spec's builder is
+    a module-level function."""
+
+    spec: LabelerSpec
+    weights_path: str | None  # the resolved file (None: random initialisation)
+    device: str = "cpu"
+    verify: bool = True
+    options: tuple[tuple[str, Any], ...] = ()  # the backend options it was built with
+
+
 class Labeler(ABC):
     """A network that labels images for one task. Call it on a batch of images of any size and mode."""
 
     spec: LabelerSpec
     batch_size: int = 32
+    recipe: LabelerRecipe | None = None  # set by imutility.zoo.get_labeler
 
     @property
     def name(self) -> str:
