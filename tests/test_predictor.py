@@ -75,11 +75,30 @@ def test_continuous_mode(tiny_labels, tmp_path):
     assert p.mode == "continuous" and p([natural_image()]).shape == (1,)
 
 
+def test_training_with_workers_and_bf16_autocast(tiny_labels, tmp_path):
+    """DataLoader workers and bf16 autocast (on this CPU: the same code path a GPU takes) train a usable predictor,
+    and the card records the precision and the measured training rate."""
+    import torch
+
+    cfg = TrainConfig(labels=str(tiny_labels), backbone="squeezenet1_1", pretrained=False, size=64, epochs=2,
+                      batch_size=8, workers=2, precision="bf16")
+    card = train_predictor(cfg, tmp_path, progress=False)
+    assert card["precision"] == "bf16" and card["config"]["workers"] == 2
+    expected_images = 2 * card["data"]["train_rows"]
+    assert card["train_images_per_second"] == pytest.approx(expected_images / card["train_seconds"], rel=0.3)
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert all(v.dtype != torch.bfloat16 for v in state.values())  # autocast: the weights stay float32
+    s = Predictor.load(tmp_path)([natural_image()])
+    assert s.shape == (1,) and 0 <= s[0] <= 1
+
+
 def test_bad_training_inputs(tiny_labels, tmp_path):
     with pytest.raises(ValueError, match="not a column"):
         train_predictor(TrainConfig(labels=str(tiny_labels), label_column="nope.label"), tmp_path)
     with pytest.raises(ValueError, match="recipe"):
         train_predictor(TrainConfig(labels=str(tiny_labels), recipe="sgd"), tmp_path)
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16"):
+        train_predictor(TrainConfig(labels=str(tiny_labels), precision="fp16"), tmp_path)
 
 
 def test_predictor_scores_any_image(tiny_predictor):

@@ -369,12 +369,17 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
               help="JSON list of source paths to test on (e.g. a reproduce run's labels/test_sources_<task>.json) "
                    "instead of a seeded 20 % split.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--workers", "-j", type=click.IntRange(min=0), default=0, show_default=True,
+              help="finetune: processes decoding and augmenting images (DataLoader workers); content: threads "
+                   "decoding images for the feature pass [0: 2 threads].")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="bf16: training (finetune) or the feature pass (content) under autocast; for a GPU.")
 @_models_option
 @click.option("--no-progress", is_flag=True)
 def train(labels, out, architecture, backbone, features, soft_target, max_tiles, train_distortions, hidden, dropout,
           weight_decay, recipe, geometry, mode,
           label_column, target_column, epochs, batch_size, lr, size, max_samples, no_pretrained, seed, test_sources,
-          device, models, no_progress) -> None:
+          device, workers, precision, models, no_progress) -> None:
     """Train a utility predictor on LABELS (an `imutility label` folder); writes OUT/model.pt and OUT/card.json."""
     from imutility.predictor import TrainConfig, train_predictor
 
@@ -385,7 +390,7 @@ def train(labels, out, architecture, backbone, features, soft_target, max_tiles,
                       target_column=target_column,
                       backbone=backbone, pretrained=not no_pretrained, recipe=recipe, geometry=geometry, size=size,
                       epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, max_samples=max_samples,
-                      test_sources_file=test_sources, models=models)
+                      test_sources_file=test_sources, models=models, workers=workers, precision=precision)
     card = _library_call(train_predictor, cfg, out, progress=not no_progress)
     m = card["metrics"]
     if mode == "binary":
@@ -394,6 +399,10 @@ def train(labels, out, architecture, backbone, features, soft_target, max_tiles,
                    f"{m['confusion_matrix']} on {m['n']} images")
     else:
         click.echo(f"test: SRCC {m['srcc']:.3f}, PLCC {m['plcc']:.3f}, RMSE {m['rmse']:.3f} on {m['n']} images")
+    speed = card.get("train_images_per_second") or card.get("feature_images_per_second")
+    if speed:
+        what = "training" if card["architecture"] == "finetune" else "feature pass"
+        click.echo(f"{what}: {speed:.1f} images/s on {card['device']} ({card['precision']})")
     click.echo(f"weights: {card['weights_init']}; card: {Path(out) / 'card.json'}")
 
 

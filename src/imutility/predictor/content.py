@@ -215,9 +215,11 @@ def pool_numpy(tile_logits: np.ndarray, owner: np.ndarray, n_images: int, pool: 
     return out
 
 
-def runner(module: nn.Module, size: int, key: str, runtime: str, device: str = "cpu"):
+def runner(module: nn.Module, size: int, key: str, runtime: str, device: str = "cpu",
+           autocast: torch.dtype | None = None):
     """A function tensor -> numpy running ``module`` per batch: ONNX Runtime (exported once into the cache,
-    under ``key``, which must name everything that shapes the graph) or PyTorch on ``device``."""
+    under ``key``, which must name everything that shapes the graph) or PyTorch on ``device`` (under autocast to
+    ``autocast`` when given)."""
     module = module.eval()
     if runtime == "onnx":
         import hashlib
@@ -235,8 +237,11 @@ def runner(module: nn.Module, size: int, key: str, runtime: str, device: str = "
         raise ValueError(f"runtime must be 'onnx' or 'torch', got {runtime!r}")
     module.to(device)
 
+    kind = torch.device(device).type
+
     @torch.inference_mode()
     def run(x: torch.Tensor) -> np.ndarray:
-        return module(x.to(device)).float().cpu().numpy()
+        with torch.autocast(kind, dtype=autocast or torch.float32, enabled=autocast is not None):
+            return module(x.to(device, non_blocking=True)).float().cpu().numpy()
 
     return run

@@ -55,7 +55,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     max_samples: int | None = None  # cap on training rows (quick runs, tests)
-    workers: int = 0
+    workers: int = 0  # finetune: DataLoader processes decoding and augmenting; content: feature-decoding threads
+    precision: str = "fp32"  # "bf16": the training steps under autocast (CUDA, or a CPU with bf16 support)
     test_sources_file: str | None = None  # JSON list of source paths to test on (else a seeded split)
     models: str | None = None  # the folder of the offline model files (default: $IMUTILITY_MODELS, ../shared/models)
     train_distortions: list[str] | None = None  # train only on these levels (test on all): held-out levels
@@ -85,6 +86,10 @@ class TrainConfig:
             raise ValueError(f"max_samples must be a positive integer, got {self.max_samples!r}")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+            raise ValueError(f"workers must be a non-negative integer, got {self.workers!r}")
         if self.device != "cpu":
             if not torch.cuda.is_available() and str(self.device).startswith("cuda"):
                 raise ValueError(f"device {self.device!r}: CUDA is not available here")
@@ -92,6 +97,11 @@ class TrainConfig:
                 torch.empty(0, device=self.device)
             except (RuntimeError, AssertionError) as e:
                 raise ValueError(f"device {self.device!r} cannot be used: {e}") from e
+
+
+#: training precisions -> the autocast dtype (``fp32``: none). fp16 is not offered: it needs loss scaling, and
+#: bf16 trains these networks as well without it
+TRAIN_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 def _rows(cfg: TrainConfig):
@@ -145,7 +155,9 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
     train_ds = UtilityImages([paths[i] for i in train_idx], [targets[i] for i in train_idx], spec, True, cfg.seed)
     test_ds = UtilityImages([paths[i] for i in test_idx], [targets[i] for i in test_idx], spec, False)
     loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
-                                         generator=torch.Generator().manual_seed(cfg.seed), drop_last=False)
+                                         generator=torch.Generator().manual_seed(cfg.seed), drop_last=False,
+                                         pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
+    autocast = TRAIN_PRECISIONS[cfg.precision]
 
     lr = cfg.lr or (1e-4 if cfg.recipe == "paper" else 1e-3)
     steps = max(1, cfg.epochs * math.ceil(len(train_ds) / cfg.batch_size))
@@ -165,14 +177,16 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
     loss_fn = torch.nn.CrossEntropyLoss(weight=weight) if cfg.mode == "binary" else torch.nn.MSELoss()
 
     history = []
+    n_seen = 0
     t0 = time.perf_counter()
     for epoch in range(cfg.epochs):
         model.train()
         train_ds.epoch = epoch
         total, seen = 0.0, 0
         for x, t in tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False):
-            x, t = x.to(device), t.to(device)
-            outp = model(x)
+            x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+                outp = model(x).float()
             loss = loss_fn(outp, t) if cfg.mode == "binary" else loss_fn(outp.squeeze(1), t)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -181,7 +195,10 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
                 sched.step()
             total += float(loss.detach()) * len(t)
             seen += len(t)
+        n_seen += seen
         history.append(round(total / max(seen, 1), 5))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     train_seconds = time.perf_counter() - t0
 
     scores = predict_dataset(model, test_ds, cfg.mode, device, cfg.batch_size)
@@ -226,7 +243,8 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
                    if cfg.geometry == "crop" else "resize + h-flip", "train_loss": history},
         "metrics": metrics,
         "seed": cfg.seed, "split": split_note,
-        "train_seconds": round(train_seconds, 1), "device": cfg.device,
+        "train_seconds": round(train_seconds, 1), "device": cfg.device, "precision": cfg.precision,
+        "train_images_per_second": round(n_seen / max(train_seconds, 1e-9), 1),
         "package_version": __version__, "torch_version": torch.__version__.split("+")[0],
         "weights_file": "model.pt", "weights_sha256": file_sha256(weights_path),
         "config": asdict(cfg),

@@ -41,18 +41,26 @@ def _features(cfg, paths: list[str], progress: bool):
 
     feats, pre, note = build_recognition(cfg.backbone, True, models=cfg.models, device=cfg.device)
     spec = TileSpec(size=pre.size[0], max_tiles=cfg.max_tiles)
+    from imutility.predictor.train import TRAIN_PRECISIONS
+
     key = f"features|{cfg.backbone}|{zoo.get_spec(cfg.backbone).weights.sha256}|pooled|{asdict(spec)}"
+    if cfg.precision != "fp32":  # reduced-precision features are other features (fp32 keeps its cache names)
+        key += f"|{cfg.precision}"
     digest = hashlib.sha256((key + "\n" + "\n".join(paths)).encode()).hexdigest()[:24]
     cache = Path(cfg.labels) / "features" / f"{cfg.backbone}-{digest}.npz"
+    rate = None
     if cache.is_file():
         with np.load(cache) as z:
             out, owner = z["features"], z["owner"]
             errors = dict(zip(z["error_index"].tolist(), z["error_reason"].tolist(), strict=True))
     else:
-        run = runner(feats, spec.size, key, "onnx" if cfg.device == "cpu" else "torch", cfg.device)
+        onnx = cfg.device == "cpu" and cfg.precision == "fp32"
+        run = runner(feats, spec.size, key, "onnx" if onnx else "torch", cfg.device, TRAIN_PRECISIONS[cfg.precision])
         bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress, dynamic_ncols=True)
+        t0 = time.perf_counter()
         out, owner, errors = TileBatcher(spec, pre, run, batch_size=64, threads=max(1, cfg.workers or 2))(
             paths, load=load_image, progress=bar.update)
+        rate = round(len(paths) / max(time.perf_counter() - t0, 1e-9), 1)
         bar.close()
         buf = io.BytesIO()
         np.savez(buf, features=out.astype(np.float32), owner=owner, error_index=np.asarray(list(errors), dtype=int),
@@ -60,7 +68,7 @@ def _features(cfg, paths: list[str], progress: bool):
         atomic.write_bytes(cache, buf.getvalue())
     if cfg.features == "confidence":
         out = out[:, -len(CONFIDENCE_FEATURES):]
-    return np.ascontiguousarray(out, dtype=np.float32), owner, errors, spec, pre, note
+    return np.ascontiguousarray(out, dtype=np.float32), owner, errors, spec, pre, note, rate
 
 
 def train_content_predictor(cfg, out, progress: bool = True) -> dict:
@@ -101,7 +109,7 @@ def train_content_predictor(cfg, out, progress: bool = True) -> dict:
     rows = np.concatenate([train_idx, test_idx])
     t0 = time.perf_counter()
     # features of EVERY image of the table (one cache per labels folder and backbone, shared by all heads)
-    all_feats, all_owner, all_errors, spec, pre, note = _features(
+    all_feats, all_owner, all_errors, spec, pre, note, fresh_rate = _features(
         cfg, [str(labels_dir / p) for p in table["path"]], progress)
     feature_seconds = time.perf_counter() - t0
     errors = {i: all_errors[r] for i, r in enumerate(rows) if r in all_errors}
@@ -223,7 +231,9 @@ def train_content_predictor(cfg, out, progress: bool = True) -> dict:
         "metrics": metrics,
         "seed": cfg.seed, "split": split_note,
         "feature_seconds": round(feature_seconds, 1), "train_seconds": round(train_seconds, 1),
-        "device": cfg.device, "package_version": __version__, "torch_version": torch.__version__.split("+")[0],
+        "feature_images_per_second": fresh_rate,  # None when the features came from the cache
+        "device": cfg.device, "precision": cfg.precision, "package_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
         "weights_file": "model.pt", "weights_sha256": file_sha256(out / "model.pt"),
         "config": asdict(cfg),
     }
