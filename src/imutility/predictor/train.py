@@ -120,8 +120,10 @@ def _rows(cfg: TrainConfig):
 
 
 def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True) -> dict:
-    """Train, evaluate on the held-out sources, write ``model.pt`` + ``card.json`` into ``out``."""
-    from tqdm.auto import tqdm
+    """Train, evaluate on the held-out sources, write ``model.pt`` + ``card.json`` into ``out``, and the ONNX graphs
+    the torch-free runtime reads (``onnx.json``, :mod:`imutility.predictor.onnx_files`)."""
+    from imutility.predictor.model import Predictor
+    from imutility.predictor.onnx_files import write_onnx_files
 
     cfg.validate()
     out = Path(out)
@@ -129,7 +131,17 @@ def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = T
     if cfg.architecture == "content":
         from imutility.predictor.train_content import train_content_predictor
 
-        return train_content_predictor(cfg, out, progress)
+        card = train_content_predictor(cfg, out, progress)
+    else:
+        card = _train_finetune(cfg, out, progress)
+    write_onnx_files(Predictor.load(out, runtime="torch", models=cfg.models), out, models=cfg.models)
+    return card
+
+
+def _train_finetune(cfg: TrainConfig, out: Path, progress: bool) -> dict:
+    """The ``finetune`` architecture: the backbone trained end to end on one window per image."""
+    from tqdm.auto import tqdm
+
     labels_dir = Path(cfg.labels)
     run = json.loads((labels_dir / "config.json").read_text())
     table, column = _rows(cfg)

@@ -11,12 +11,11 @@ import hashlib
 import json
 import os
 import re
+import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from imutility.errors import ImutilityError
 from imutility.names import UnknownNameError, unknown_name_message

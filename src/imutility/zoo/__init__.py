@@ -138,7 +138,7 @@ def _check_requirements(spec: LabelerSpec) -> None:
     missing = [m for m in spec.options.requires if importlib.util.find_spec(m) is None]
     if missing:
         raise ImportError(f"{spec.name} needs the Python module(s) {', '.join(missing)}: "
-                          "pip install 'imutility[models]'")
+                          "pip install 'imutility[train,zoo]'")
 
 
 def describe(name: str) -> dict[str, object]:

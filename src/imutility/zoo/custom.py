@@ -40,9 +40,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 from imutility.errors import ImutilityError
 from imutility.zoo.base import LabelerOptions, LabelerSpec

@@ -39,7 +39,7 @@ class OnnxDetector(Detector):
     """Base: one image per run (these graphs have a fixed batch of 1)."""
 
     def __init__(self, spec: LabelerSpec, path: Path, score_threshold: float | None = None):
-        from imutility.zoo.backends.onnx_export import ort_session
+        from imutility.zoo.backends.ort import ort_session
 
         self.spec = spec
         self.session = ort_session(path)

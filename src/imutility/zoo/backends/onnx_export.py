@@ -9,20 +9,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imutility.zoo.backends.ort import ort_session
 from imutility.zoo.base import Classifier, LabelerSpec
 from imutility.zoo.weights import cache_dir, file_sha256
 
-
-def ort_session(path: str | os.PathLike, threads: int | None = None):
-    import onnxruntime as ort
-
-    from imutility.zoo.base import default_threads
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = threads or default_threads()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+__all__ = ["OnnxClassifier", "export_onnx", "ort_session"]
 
 
 def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, metadata: dict[str, str] | None = None

@@ -1,0 +1,193 @@
+"""Predictors on ONNX Runtime without PyTorch: what ``pip install imutility`` (the lean install) runs.
+
+A predictor folder's ``onnx.json`` (:data:`SIDECAR`) names the ONNX graphs that compute its scores and their
+SHA-256:
+
+- ``content`` predictors: the frozen backbone's per-tile features (``features``: one graph per backbone,
+  shared by every predictor on it; the package ships EfficientNet-Lite1's in ``resources/backbones/``), the
+  trained head on those features (``head``: per-tile logits), and the tile pooling's three numbers (``pool``);
+- ``finetune`` predictors: the whole network (``network``: per-image logits).
+
+Everything else (tiling, input values, the score's link) is the card's. The graphs are written by
+:mod:`imutility.predictor.onnx_files` (``imutility train`` does it; PyTorch needed there, not here). Scores
+equal the PyTorch engines' within float32 rounding (tested).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from imutility.errors import ImutilityError
+from imutility.predictor.geometry import InputSpec, TileSpec, WindowPreparer
+
+SIDECAR = "onnx.json"
+SIDECAR_FORMAT = "imutility-onnx/1"
+
+
+class OnnxFilesMissing(ImutilityError, FileNotFoundError):
+    """A predictor without (some of) its ONNX graphs; :mod:`imutility.predictor.onnx_files` can make them."""
+
+
+def backbone_dirs(folder: Path) -> list[Path]:
+    """Where a backbone's features graph is looked for: the predictor's folder, the package, the cache."""
+    from imutility.zoo.weights import cache_dir
+
+    return [folder, Path(str(resources.files("imutility").joinpath("resources", "backbones"))), cache_dir() / "onnx"]
+
+
+def normalise(pixels: np.ndarray, channels: str, scale: float, mean: Sequence[float], std: Sequence[float]
+              ) -> np.ndarray:
+    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 ``(pixel * scale - mean) / std`` (channels reversed for BGR)."""
+    x = np.asarray(pixels, dtype=np.float32)
+    if channels == "BGR":
+        x = x[..., ::-1]
+    x = (x * np.float32(scale) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def pool_tiles(tile_logits: np.ndarray, owner: np.ndarray, n_images: int, mean_weight: float, min_weight: float,
+               bias: float) -> np.ndarray:
+    """Image logits ``mean_weight * mean + min_weight * min + bias`` over each image's tiles (NaN: no tile)."""
+    z = np.asarray(tile_logits, dtype=np.float64)
+    count = np.bincount(owner, minlength=n_images).astype(np.float64)
+    mean = np.bincount(owner, weights=z, minlength=n_images) / np.maximum(count, 1)
+    low = np.full(n_images, np.inf)
+    np.minimum.at(low, owner, z)
+    out = mean_weight * mean + min_weight * low + bias
+    out[count == 0] = np.nan
+    return out
+
+
+def _verified(path: Path, sha256: str, what: str) -> Path:
+    from imutility.predictor.model import PredictorLoadError
+    from imutility.zoo.weights import file_sha256
+
+    digest = file_sha256(path)
+    if digest != sha256:
+        raise PredictorLoadError(f"{path}: SHA-256 {digest[:16]}... differs from the {what} recorded in "
+                                 f"{SIDECAR} ({sha256[:16]}...): corrupt or another file")
+    return path
+
+
+class OnnxContentEngine:
+    """Tiles -> backbone features (ONNX) -> head (ONNX) -> tile pooling (numpy) -> sigmoid or identity."""
+
+    session = None  # the PyTorch engines' attribute; here both graphs are always ONNX Runtime's
+
+    def __init__(self, card: dict, folder: Path, side: dict):
+        from imutility.zoo.backends.ort import ort_session
+
+        feats = side["features"]
+        where = next((d / feats["file"] for d in backbone_dirs(folder) if (d / feats["file"]).is_file()), None)
+        if where is None:
+            raise OnnxFilesMissing(f"{folder}: the features graph {feats['file']} of {feats['backbone']} is in none "
+                                   f"of {', '.join(str(d) for d in backbone_dirs(folder))}")
+        self.features = ort_session(_verified(where, feats["sha256"], "features graph"))
+        self.take = slice(*feats["columns"])
+        self.head = ort_session(_verified(folder / side["head"]["file"], side["head"]["sha256"], "head"))
+        self.pool = (float(side["pool"]["mean"]), float(side["pool"]["min"]), float(side["pool"]["bias"]))
+        i = card["input"]
+        self.tiles = TileSpec(**i["tiles"])
+        self.values = (i["channels"], i["scale"], i["mean"], i["std"])
+        self.binary = card["target"]["mode"] == "binary"
+        self.size = self.tiles.size
+
+    def preparer(self) -> TileSpec:
+        return self.tiles
+
+    def to(self, device) -> None:
+        if str(device) != "cpu":
+            raise ValueError(f"the ONNX Runtime engine runs on the CPU; device {device} needs runtime='torch'")
+
+    def scores_prepared(self, stacks: list[np.ndarray], device=None, batch_size: int = 64) -> np.ndarray:
+        owner = np.repeat(np.arange(len(stacks)), [len(t) for t in stacks])
+        tiles = np.concatenate(stacks) if stacks else np.zeros((0, self.size, self.size, 3), np.uint8)
+        logits = [np.zeros(0, np.float32)]
+        for i in range(0, len(tiles), batch_size):
+            f = self.features.run(None, {"input": normalise(tiles[i:i + batch_size], *self.values)})[0]
+            logits.append(self.head.run(None, {"input": np.ascontiguousarray(f[:, self.take])})[0].reshape(-1))
+        z = pool_tiles(np.concatenate(logits), owner, len(stacks), *self.pool)
+        return 1 / (1 + np.exp(-z)) if self.binary else z
+
+
+class OnnxFinetuneEngine:
+    """One window (crop or resize) -> the fine-tuned network (ONNX) -> softmax column 1 or the raw output."""
+
+    session = None
+
+    def __init__(self, card: dict, folder: Path, side: dict):
+        from imutility.zoo.backends.ort import ort_session
+
+        self.input = InputSpec(**card["input"])
+        self.network = ort_session(_verified(folder / side["network"]["file"], side["network"]["sha256"],
+                                             "network"))
+        self.binary = card["target"]["mode"] == "binary"
+        self.size = self.input.size
+
+    def preparer(self) -> WindowPreparer:
+        return WindowPreparer(self.input)
+
+    def to(self, device) -> None:
+        OnnxContentEngine.to(self, device)
+
+    def scores_prepared(self, windows: list[np.ndarray], device=None) -> np.ndarray:
+        i = self.input
+        out = self.network.run(None, {"input": normalise(np.concatenate(windows), i.channels, i.scale, i.mean,
+                                                         i.std)})[0].astype(np.float64)
+        if not self.binary:
+            return out[:, 0]
+        e = np.exp(out - out.max(1, keepdims=True))
+        return e[:, 1] / e.sum(1)
+
+
+ENGINES = {"content": OnnxContentEngine, "finetune": OnnxFinetuneEngine}
+
+
+def card_key(card: dict) -> str:
+    """What the graphs of ``onnx.json`` depend on in a card: the weights, the architecture and the input (another
+    input size is another graph). ``onnx.json`` records it; a card that no longer matches gets new graphs."""
+    import hashlib
+
+    shaping = {k: card.get(k) for k in ("weights_sha256", "architecture", "input", "backbone", "backbone_sha256",
+                                        "features", "head")}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def fits(side: dict | None, card: dict) -> bool:
+    """Whether an ``onnx.json`` holds the graphs of this card."""
+    return side is not None and side.get("card_key") == card_key(card)
+
+
+def read_sidecar(folder: Path) -> dict | None:
+    """The folder's ``onnx.json``, or None when it has none."""
+    from imutility.predictor.model import PredictorLoadError
+
+    path = folder / SIDECAR
+    if not path.is_file():
+        return None
+    try:
+        side = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PredictorLoadError(f"{path}: unreadable ({e})") from e
+    if not isinstance(side, dict) or side.get("format") != SIDECAR_FORMAT:
+        raise PredictorLoadError(f"{path}: not an {SIDECAR_FORMAT} file")
+    return side
+
+
+def onnx_engine(card: dict, folder: Path, side: dict):
+    """The ONNX Runtime engine for a predictor whose ONNX graphs ``side`` describes."""
+    from imutility.predictor.model import PredictorLoadError
+
+    arch = card.get("architecture", "finetune")
+    if not fits(side, card):
+        raise PredictorLoadError(f"{folder / SIDECAR} was made for another card (other weights or input): make it "
+                                 "again (python -m imutility.predictor.onnx_files FOLDER)")
+    try:
+        return ENGINES[arch](card, folder, side)
+    except (KeyError, TypeError) as e:
+        raise PredictorLoadError(f"{folder / SIDECAR}: incomplete ({type(e).__name__}: {e})") from e
