@@ -117,3 +117,21 @@ def tiny_predictor(tiny_labels, tmp_path_factory) -> Path:
     train_predictor(TrainConfig(labels=str(tiny_labels), backbone="squeezenet1_1", pretrained=False, size=64,
                                 epochs=2, batch_size=8), out, progress=False)
     return out
+
+
+def wait_until_serving(proc, url: str, timeout: float = 120) -> None:
+    """Poll ``url`` (an ``imutility serve`` started as ``proc``) until it answers 200; fail if ``proc`` dies or
+    ``timeout`` passes."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.stdout.read().decode()
+        assert time.monotonic() < deadline, f"imutility serve did not answer in {timeout:.0f} s"
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.5)

@@ -9,14 +9,13 @@ import json
 import socket
 import subprocess
 import sys
-import time
 import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import require_shared
+from conftest import require_shared, wait_until_serving
 from imutility.predictor import Predictor
 from imutility.predictor.model import BUILTIN
 
@@ -77,15 +76,7 @@ def test_serve_without_torch(photos):
         port = s.getsockname()[1]
     proc = subprocess.Popen([*LEAN, "serve", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "imutility serve did not answer in 120 s"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        wait_until_serving(proc, f"http://127.0.0.1:{port}/health")
         r = httpx.post(f"http://127.0.0.1:{port}/predict", content=photos[0].read_bytes(), timeout=60)
     finally:
         proc.terminate()
@@ -120,3 +111,15 @@ def test_a_wheel_in_a_fresh_venv_predicts_without_torch(tmp_path, photos):
                           *map(str, photos)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.splitlines()) == len(photos)
+
+
+@pytest.mark.parametrize("name", sorted(set(BUILTIN.values())))
+def test_each_shipped_predictor_carries_graphs_that_fit_its_card(name):
+    """The wheel's graphs must be the card's own (a card retrained without `export --graphs` fails here)."""
+    from imutility.predictor.model import builtin_dir
+    from imutility.predictor.onnx_engine import fits, read_sidecar
+
+    folder = builtin_dir(name)
+    card = json.loads((folder / "card.json").read_text())
+    assert fits(read_sidecar(folder), card)
+    assert Predictor.load(name, runtime="onnx").source == folder  # served from the package, not the cache

@@ -324,3 +324,31 @@ def test_hostile_or_broken_cards_are_refused_or_reported(tiny_predictor, tmp_pat
     rc = main(["predict", str(tmp_path / "x.png"), "--model", str(zero), "--runtime", "torch"])
     cap = capsys.readouterr()
     assert rc == EXIT_SKIPPED and "NaN" not in cap.out and "no finite score" in cap.err
+
+
+def test_export_graphs_makes_an_old_folder_run_on_the_lean_engine(tiny_predictor, tmp_path, capsys):
+    """A folder without onnx.json (made before 0.3): `export --graphs` writes its graphs there, and the torch-free
+    engine then scores as PyTorch does; a card edited since makes those graphs refused, not misused."""
+    import shutil
+
+    from imutility.cli import EXIT_USAGE, main
+    from imutility.predictor.onnx_engine import SIDECAR, OnnxFinetuneEngine
+
+    old = tmp_path / "old"
+    shutil.copytree(tiny_predictor, old)
+    (old / SIDECAR).unlink()
+    for f in old.glob("*.onnx"):
+        f.unlink()
+    assert main(["export", "--model", str(old)]) == EXIT_USAGE
+    assert main(["export", "--model", str(old), "--graphs"]) == 0
+    assert (old / SIDECAR).is_file() and "max |diff|" in capsys.readouterr().out
+    lean = Predictor.load(old, runtime="onnx")
+    assert isinstance(lean.engine, OnnxFinetuneEngine)
+    imgs = [natural_image(150, 100, seed=s) for s in range(3)]
+    np.testing.assert_allclose(lean(imgs), Predictor.load(old, runtime="torch")(imgs), atol=1e-5)
+    from imutility.predictor.onnx_engine import onnx_engine, read_sidecar
+
+    card = json.loads((old / "card.json").read_text())
+    card["input"]["size"] += 16
+    with pytest.raises(PredictorLoadError, match="another card"):
+        onnx_engine(card, old, read_sidecar(old))

@@ -22,7 +22,7 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from PIL import Image  # noqa: E402
 
-from conftest import natural_image  # noqa: E402
+from conftest import natural_image, wait_until_serving  # noqa: E402
 from imutility.cli import main  # noqa: E402
 from imutility.distort import JPEG  # noqa: E402
 from imutility.predictor import Predictor  # noqa: E402
@@ -208,15 +208,7 @@ def test_serve_command_answers_on_loopback(tmp_path, jpegs, expected):
     proc = subprocess.Popen([sys.executable, "-m", "imutility", "serve", "--port", str(port), "--max-batch", "8"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "imutility serve did not answer in 120 s"
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.5)
+        wait_until_serving(proc, f"http://127.0.0.1:{port}/health")
         r = httpx.post(f"http://127.0.0.1:{port}/predict", content=data["20.jpg"], timeout=60)
         assert r.json()["p_useful"] == pytest.approx(expected["20.jpg"], abs=1.5e-6)
     finally:

@@ -581,17 +581,33 @@ def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search,
 
 @cli.command()
 @_model_option
-@click.option("--onnx", "onnx_path", required=True, type=click.Path(dir_okay=False), help="Output .onnx file.")
-def export(model, onnx_path) -> None:
-    """Export a predictor to ONNX (dynamic batch); `predict --runtime onnx` runs it with ONNX Runtime."""
+@click.option("--onnx", "onnx_path", default=None, type=click.Path(dir_okay=False),
+              help="Write the predictor as ONE ONNX file with its deployment spec in the metadata (docs/deploy.md).")
+@click.option("--graphs", is_flag=True,
+              help="Write the graphs the torch-free runtime reads (onnx.json + head/network) into the predictor's "
+                   "own folder, so a lean install (pip install imutility) runs it.")
+@click.option("--features-dir", type=click.Path(file_okay=False), default=None,
+              help="--graphs: where a missing backbone features graph goes [default: the cache].")
+def export(model, onnx_path, graphs, features_dir) -> None:
+    """Export a predictor to ONNX: one deployable file (--onnx), or its lean-install graphs (--graphs)."""
     import numpy as np
     from PIL import Image
 
+    if (onnx_path is None) == (not graphs):
+        raise click.UsageError("give --onnx FILE or --graphs (one of them)")
     pred = _load_predictor(model, "torch")
-    path = pred.export_onnx(onnx_path)
     rng = np.random.default_rng(0)
     probe = Image.fromarray(rng.integers(0, 256, (300, 451, 3), dtype=np.uint8))
     ref = pred(probe)
+    if graphs:
+        from imutility.predictor.onnx_files import write_onnx_files
+
+        side = _library_call(write_onnx_files, pred, pred.source, features_dir)
+        lean = _load_predictor(str(pred.source), "onnx")
+        click.echo(f"wrote {side} (ONNX Runtime vs PyTorch on a probe image: max |diff| "
+                   f"{float(np.abs(lean(probe) - ref).max()):.1e})")
+        return
+    path = pred.export_onnx(onnx_path)
     pred.use_onnx_runtime(path)
     diff = float(np.abs(pred(probe) - ref).max())
     click.echo(f"wrote {path} (ONNX Runtime vs PyTorch on a probe image: max |diff| {diff:.1e})")

@@ -1,4 +1,5 @@
-"""What both training paths share (fine-tuned and content-aware): the card format, the split by photo, the metrics.
+"""What both training paths and the engines share: the card format and its errors, the training precisions, the
+split by photo, the metrics. Torch-free at import (the lean install loads predictors through it).
 
 The split keeps whole photos on one side (no pristine photo trains and tests); augmented copies only ever
 train. Metrics are scikit-learn's / SciPy's.
@@ -17,8 +18,28 @@ from imutility.errors import ImutilityError
 CARD_FORMAT = "imutility-predictor/1"
 
 
+class PredictorLoadError(ImutilityError, RuntimeError):
+    """A predictor that cannot be used: missing, corrupt, wrong hash, or made for another task."""
+
+
 class InsufficientLabelsError(ImutilityError, ValueError):
     """Too few labelled rows (or one class only) to train and test a predictor."""
+
+
+#: training precisions (``fp32``: none; ``bf16``: autocast). fp16 is not offered: it needs loss scaling, and bf16
+#: trains these networks as well without it
+TRAIN_PRECISIONS = ("fp32", "bf16")
+
+
+def autocast_dtype(precision: str):
+    """The autocast dtype of a training precision (None for fp32)."""
+    if precision not in TRAIN_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {precision!r}")
+    if precision == "fp32":
+        return None
+    import torch
+
+    return torch.bfloat16
 
 
 def split_by_source(sources: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:

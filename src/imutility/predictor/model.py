@@ -31,8 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imutility.errors import ImutilityError
-from imutility.predictor.common import CARD_FORMAT
+from imutility.predictor.common import CARD_FORMAT, PredictorLoadError
 
 #: Predictors shipped inside the package, by name.
 BUILTIN = {"default": "default-classification", "default-classification": "default-classification",
@@ -40,8 +39,8 @@ BUILTIN = {"default": "default-classification", "default-classification": "defau
            "finetune-classification": "finetune-classification"}
 
 
-class PredictorLoadError(ImutilityError, RuntimeError):
-    """A predictor that cannot be used: missing, corrupt, wrong hash, or made for another task."""
+__all__ = ["BUILTIN", "DEPLOY_FORMAT", "PRECISION_NAMES", "RUNTIMES", "SCORE_NAMES", "Predictor", "PredictorLoadError",
+           "builtin_dir", "torch_available"]
 
 
 def builtin_dir(name: str) -> Path:

@@ -9,8 +9,8 @@ SHA-256:
 - ``finetune`` predictors: the whole network (``network``: per-image logits).
 
 Everything else (tiling, input values, the score's link) is the card's. The graphs are written by
-:mod:`imutility.predictor.onnx_files` (``imutility train`` does it; PyTorch needed there, not here). Scores
-equal the PyTorch engines' within float32 rounding (tested).
+:mod:`imutility.predictor.onnx_files` (``imutility train`` and ``imutility export --graphs`` call it; PyTorch is
+needed there, not here). Scores equal the PyTorch engines' within float32 rounding (tested).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from imutility.errors import ImutilityError
+from imutility.predictor.common import PredictorLoadError
 from imutility.predictor.geometry import InputSpec, TileSpec, WindowPreparer
 
 SIDECAR = "onnx.json"
@@ -64,7 +65,6 @@ def pool_tiles(tile_logits: np.ndarray, owner: np.ndarray, n_images: int, mean_w
 
 
 def _verified(path: Path, sha256: str, what: str) -> Path:
-    from imutility.predictor.model import PredictorLoadError
     from imutility.zoo.weights import file_sha256
 
     digest = file_sha256(path)
@@ -165,7 +165,6 @@ def fits(side: dict | None, card: dict) -> bool:
 
 def read_sidecar(folder: Path) -> dict | None:
     """The folder's ``onnx.json``, or None when it has none."""
-    from imutility.predictor.model import PredictorLoadError
 
     path = folder / SIDECAR
     if not path.is_file():
@@ -181,12 +180,11 @@ def read_sidecar(folder: Path) -> dict | None:
 
 def onnx_engine(card: dict, folder: Path, side: dict):
     """The ONNX Runtime engine for a predictor whose ONNX graphs ``side`` describes."""
-    from imutility.predictor.model import PredictorLoadError
 
     arch = card.get("architecture", "finetune")
     if not fits(side, card):
         raise PredictorLoadError(f"{folder / SIDECAR} was made for another card (other weights or input): make it "
-                                 "again (python -m imutility.predictor.onnx_files FOLDER)")
+                                 "again (imutility export --model FOLDER --graphs)")
     try:
         return ENGINES[arch](card, folder, side)
     except (KeyError, TypeError) as e:

@@ -1,8 +1,8 @@
 """Writing a predictor's ONNX graphs for the torch-free engines (:mod:`imutility.predictor.onnx_engine`).
 
-``imutility train`` calls :func:`write_onnx_files` on every predictor it makes; a predictor folder made
-before (no ``onnx.json``) gets its graphs on first use with ONNX Runtime, in the cache
-(:func:`ensure_onnx_files`). Needs PyTorch; the engines that read the files do not.
+``imutility train`` calls :func:`write_onnx_files` on every predictor it makes, and ``imutility export --graphs``
+on any folder (how the shipped predictors got theirs); a folder without them gets them on first use with ONNX
+Runtime, in the cache (:func:`ensure_onnx_files`). Needs PyTorch; the engines that read the files do not.
 """
 
 from __future__ import annotations
@@ -90,25 +90,3 @@ def ensure_onnx_files(predictor) -> Path:
         cached.mkdir(parents=True, exist_ok=True)
         write_onnx_files(predictor, cached)
     return cached
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m imutility.predictor.onnx_files PREDICTOR... [--features-dir DIR]``: write each predictor's ONNX
-    graphs into its folder (how the shipped predictors got theirs: ``--features-dir
-    src/imutility/resources/backbones``)."""
-    import argparse
-
-    from imutility.predictor.model import Predictor
-
-    ap = argparse.ArgumentParser(prog="python -m imutility.predictor.onnx_files", description=main.__doc__)
-    ap.add_argument("predictors", nargs="+", help="predictor folders (or built-in names)")
-    ap.add_argument("--features-dir", default=None, help="where a missing features graph goes [default: the cache]")
-    args = ap.parse_args(argv)
-    for name in args.predictors:
-        pred = Predictor.load(name, runtime="torch")
-        print(write_onnx_files(pred, pred.source, args.features_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imutility.predictor.common import PredictorLoadError
 from imutility.predictor.data import normalise_window
 from imutility.predictor.geometry import InputSpec, TileSpec, WindowPreparer
-from imutility.predictor.model import PredictorLoadError
 
 #: ``precision`` names -> the autocast dtype on a CUDA device (``fp32``: none, the reference numbers)
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

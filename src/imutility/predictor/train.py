@@ -21,7 +21,9 @@ from imutility import __version__, atomic
 from imutility.predictor.backbones import create_backbone, get_backbone_spec
 from imutility.predictor.common import (  # noqa: F401 - re-exported: the training API
     CARD_FORMAT,
+    TRAIN_PRECISIONS,
     InsufficientLabelsError,
+    autocast_dtype,
     binary_metrics,
     regression_metrics,
     select_split,
@@ -99,11 +101,6 @@ class TrainConfig:
                 raise ValueError(f"device {self.device!r} cannot be used: {e}") from e
 
 
-#: training precisions -> the autocast dtype (``fp32``: none). fp16 is not offered: it needs loss scaling, and
-#: bf16 trains these networks as well without it
-TRAIN_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
-
-
 def _rows(cfg: TrainConfig):
     import pandas as pd
 
@@ -169,7 +166,7 @@ def _train_finetune(cfg: TrainConfig, out: Path, progress: bool) -> dict:
     loader = torch.utils.data.DataLoader(train_ds, batch_size=cfg.batch_size, shuffle=True, num_workers=cfg.workers,
                                          generator=torch.Generator().manual_seed(cfg.seed), drop_last=False,
                                          pin_memory=device.type == "cuda", persistent_workers=cfg.workers > 0)
-    autocast = TRAIN_PRECISIONS[cfg.precision]
+    autocast = autocast_dtype(cfg.precision)
 
     lr = cfg.lr or (1e-4 if cfg.recipe == "paper" else 1e-3)
     steps = max(1, cfg.epochs * math.ceil(len(train_ds) / cfg.batch_size))

@@ -41,7 +41,7 @@ def _features(cfg, paths: list[str], progress: bool):
 
     feats, pre, note = build_recognition(cfg.backbone, True, models=cfg.models, device=cfg.device)
     spec = TileSpec(size=pre.size[0], max_tiles=cfg.max_tiles)
-    from imutility.predictor.train import TRAIN_PRECISIONS
+    from imutility.predictor.common import autocast_dtype
 
     key = f"features|{cfg.backbone}|{zoo.get_spec(cfg.backbone).weights.sha256}|pooled|{asdict(spec)}"
     if cfg.precision != "fp32":  # reduced-precision features are other features (fp32 keeps its cache names)
@@ -55,7 +55,7 @@ def _features(cfg, paths: list[str], progress: bool):
             errors = dict(zip(z["error_index"].tolist(), z["error_reason"].tolist(), strict=True))
     else:
         onnx = cfg.device == "cpu" and cfg.precision == "fp32"
-        run = runner(feats, spec.size, key, "onnx" if onnx else "torch", cfg.device, TRAIN_PRECISIONS[cfg.precision])
+        run = runner(feats, spec.size, key, "onnx" if onnx else "torch", cfg.device, autocast_dtype(cfg.precision))
         bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress, dynamic_ncols=True)
         t0 = time.perf_counter()
         out, owner, errors = TileBatcher(spec, pre, run, batch_size=64, threads=max(1, cfg.workers or 2))(
