@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from imutility.predictor.geometry import TileSpec
+from imutility.predictor.geometry import TileSpec, pool_tiles
+from imutility.predictor.geometry import normalise as normalise_pixels
 
 #: what the classifier's own softmax says about a tile, appended to its pooled features
 CONFIDENCE_FEATURES = ("max_prob", "entropy", "margin", "logsumexp", "max_logit")
@@ -30,13 +31,9 @@ CONFIDENCE_FEATURES = ("max_prob", "entropy", "margin", "logsumexp", "max_logit"
 
 def normalise(tiles: Sequence[np.ndarray], channels: str, scale: float, mean: Sequence[float],
               std: Sequence[float]) -> torch.Tensor:
-    """HWC uint8 tiles -> an NCHW float tensor with the backbone's declared value preprocessing."""
-    x = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).float()
-    if channels == "BGR":
-        x = x.flip(1)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    return (x * scale - m) / s
+    """HWC uint8 tiles -> an NCHW float tensor with the backbone's declared value preprocessing
+    (:func:`imutility.predictor.geometry.normalise`)."""
+    return torch.from_numpy(normalise_pixels(np.stack(tiles), channels, scale, mean, std))
 
 
 def confidence_features(logits: torch.Tensor) -> torch.Tensor:
@@ -206,13 +203,8 @@ class TileBatcher:
 
 def pool_numpy(tile_logits: np.ndarray, owner: np.ndarray, n_images: int, pool: TilePool) -> np.ndarray:
     """:class:`TilePool` over numpy tile logits (images with no tile get NaN)."""
-    dev = pool.bias.device  # the pooling runs where its parameters live (a GPU predictor keeps them there)
-    with torch.no_grad():
-        out = pool(torch.from_numpy(np.asarray(tile_logits, dtype=np.float32)).to(dev),
-                   torch.from_numpy(owner).to(dev), n_images)
-    out = out.cpu().numpy().astype(np.float64)
-    out[np.bincount(owner, minlength=n_images) == 0] = np.nan
-    return out
+    a, b = (float(w) for w in pool.weights.detach().cpu())
+    return pool_tiles(tile_logits, owner, n_images, a, b, float(pool.bias.detach().cpu()))
 
 
 def runner(module: nn.Module, size: int, key: str, runtime: str, device: str = "cpu",

@@ -11,16 +11,13 @@ import torch
 from PIL import Image
 
 from imutility.images import load_image
-from imutility.predictor.geometry import InputSpec, window
+from imutility.predictor.geometry import InputSpec, normalise, window
 
 
 def normalise_window(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
-    """HWC uint8 window(s) -> CHW (or NCHW) float with the spec's value preprocessing."""
-    arr = np.asarray(arr, dtype=np.float32)
-    if spec.channels == "BGR":
-        arr = arr[..., ::-1]
-    arr = (arr * spec.scale - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(arr, -1, -3)))
+    """HWC uint8 window(s) -> CHW (or NCHW) float with the spec's value preprocessing
+    (:func:`imutility.predictor.geometry.normalise`)."""
+    return torch.from_numpy(normalise(arr, spec.channels, spec.scale, spec.mean, spec.std))
 
 
 def to_tensor(img: Image.Image, spec: InputSpec, rng: np.random.Generator | None = None,

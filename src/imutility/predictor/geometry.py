@@ -8,6 +8,7 @@ and is its own picklable *preparer*: ``spec(image) -> uint8 array (k, S, S, 3)``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,3 +105,28 @@ class TileSpec:
         """The tiles stacked, uint8 (k, size, size, 3): a TileSpec is its own picklable preparer
         (:mod:`imutility.predictor.prepare`)."""
         return np.stack(self.tiles(img))
+
+
+def normalise(pixels: np.ndarray, channels: str, scale: float, mean: Sequence[float], std: Sequence[float]
+              ) -> np.ndarray:
+    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 ``(pixel * scale - mean) / std`` (channels reversed for
+    BGR): the input values of every engine, PyTorch or ONNX Runtime."""
+    x = np.asarray(pixels, dtype=np.float32)
+    if channels == "BGR":
+        x = x[..., ::-1]
+    x = (x * np.float32(scale) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+
+def pool_tiles(tile_logits: np.ndarray, owner: np.ndarray, n_images: int, mean_weight: float, min_weight: float,
+               bias: float) -> np.ndarray:
+    """Image logits ``mean_weight * mean + min_weight * min + bias`` over each image's tiles (NaN: no tile); the
+    trained :class:`imutility.predictor.content.TilePool` in numpy."""
+    z = np.asarray(tile_logits, dtype=np.float64)
+    count = np.bincount(owner, minlength=n_images).astype(np.float64)
+    mean = np.bincount(owner, weights=z, minlength=n_images) / np.maximum(count, 1)
+    low = np.full(n_images, np.inf)
+    np.minimum.at(low, owner, z)
+    out = mean_weight * mean + min_weight * low + bias
+    out[count == 0] = np.nan
+    return out

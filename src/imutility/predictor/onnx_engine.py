@@ -16,7 +16,6 @@ needed there, not here). Scores equal the PyTorch engines' within float32 roundi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -24,7 +23,7 @@ import numpy as np
 
 from imutility.errors import ImutilityError
 from imutility.predictor.common import PredictorLoadError
-from imutility.predictor.geometry import InputSpec, TileSpec, WindowPreparer
+from imutility.predictor.geometry import InputSpec, TileSpec, WindowPreparer, normalise, pool_tiles
 
 SIDECAR = "onnx.json"
 SIDECAR_FORMAT = "imutility-onnx/1"
@@ -39,29 +38,6 @@ def backbone_dirs(folder: Path) -> list[Path]:
     from imutility.zoo.weights import cache_dir
 
     return [folder, Path(str(resources.files("imutility").joinpath("resources", "backbones"))), cache_dir() / "onnx"]
-
-
-def normalise(pixels: np.ndarray, channels: str, scale: float, mean: Sequence[float], std: Sequence[float]
-              ) -> np.ndarray:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float32 ``(pixel * scale - mean) / std`` (channels reversed for BGR)."""
-    x = np.asarray(pixels, dtype=np.float32)
-    if channels == "BGR":
-        x = x[..., ::-1]
-    x = (x * np.float32(scale) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def pool_tiles(tile_logits: np.ndarray, owner: np.ndarray, n_images: int, mean_weight: float, min_weight: float,
-               bias: float) -> np.ndarray:
-    """Image logits ``mean_weight * mean + min_weight * min + bias`` over each image's tiles (NaN: no tile)."""
-    z = np.asarray(tile_logits, dtype=np.float64)
-    count = np.bincount(owner, minlength=n_images).astype(np.float64)
-    mean = np.bincount(owner, weights=z, minlength=n_images) / np.maximum(count, 1)
-    low = np.full(n_images, np.inf)
-    np.minimum.at(low, owner, z)
-    out = mean_weight * mean + min_weight * low + bias
-    out[count == 0] = np.nan
-    return out
 
 
 def _verified(path: Path, sha256: str, what: str) -> Path:
