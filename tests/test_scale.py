@@ -135,3 +135,16 @@ def test_reduced_precision_is_for_a_gpu(tiny_predictor, mixed_folder):
     with pytest.raises(ValueError, match="precision must be"):
         Predictor.load(tiny_predictor, precision="int4")
     assert main(["predict", str(mixed_folder), "--model", str(tiny_predictor), "--precision", "bf16"]) == 2
+
+
+def test_an_unusable_device_is_one_line(tiny_predictor, mixed_folder, tmp_path, capsys):
+    """This machine's CUDA (none on CI) or a device name torch does not know: one line, exit 1, no traceback."""
+    import torch
+
+    device = "cuda" if not torch.cuda.is_available() else "nosuchdevice"
+    for command in (["predict", str(mixed_folder)], ["compress", str(mixed_folder), str(tmp_path / "out"),
+                                                     "--min-utility", "0.5"]):
+        assert main([*command, "--model", str(tiny_predictor), "--device", device]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "cannot be used here" in err[0], err
+    assert not (tmp_path / "out").exists()  # refused before any work

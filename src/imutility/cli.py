@@ -551,9 +551,11 @@ def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size, 
               help="Zoo network(s), comma-separated: choose by their OWN utility against the pristine image (an "
                    "oracle that needs the networks and the pristine photo; an ensemble is averaged) instead of the "
                    "predictor.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Where the predictor scores the candidate encodings (cpu: ONNX Runtime; cuda: PyTorch).")
 @_models_option
 @click.option("--no-progress", is_flag=True)
-def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search, model, target, models,
+def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search, model, target, device, models,
                  no_progress) -> int:
     """Write every image of SRC into OUT at the lowest quality that still scores MIN_UTILITY, with OUT/manifest.csv
     (source, chosen quality, bytes, bpp, score, encodes tried). Resumable; unreadable files are reported (exit 3)."""
@@ -566,7 +568,7 @@ def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search,
         oracle = NetworkOracle([_library_call(zoo.get_labeler, n.strip(), models=models) for n in target.split(",")])
         scorer_for, name = oracle.scorer, f"oracle:{target}"
     else:
-        pred = _load_predictor(model, models=models)
+        pred = _load_predictor(model, device=device, models=models)
         scorer_for, name = (lambda _img: pred), f"predictor:{model}:{pred.card['weights_sha256'][:16]}"
     rep = _library_call(compress_folder, src, out, min_utility, scorer_for, name, codec, min_quality, max_quality,
                         search, on_error=lambda p, r: click.echo(f"skipped {p}: {r}", err=True),

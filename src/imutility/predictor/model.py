@@ -154,8 +154,9 @@ class Predictor:
             if digest != card.get("weights_sha256"):
                 raise PredictorLoadError(f"{weights}: SHA-256 {digest[:16]}... differs from the card's "
                                          f"{str(card.get('weights_sha256'))[:16]}...: corrupt or not this card's file")
-        from imutility.predictor.torch_engines import load_torch_engine
+        from imutility.predictor.torch_engines import check_device, load_torch_engine
 
+        check_device(str(device))
         return cls(load_torch_engine(card, weights, folder / "card.json", models, precision), card, folder, device)
 
     # ------------------------------------------------------------------ inference

@@ -195,6 +195,16 @@ class ContentEngine(_Network):
 ENGINES = {"finetune": FinetuneEngine, "content": ContentEngine}
 
 
+def check_device(device: str) -> None:
+    """Refuse a device PyTorch cannot use here (no CUDA, no driver, a bad name) in one line
+    (:class:`~imutility.predictor.common.PredictorLoadError`: the machine's doing, not the arguments')."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PredictorLoadError(f"device {device!r} cannot be used here: {first}") from e
+
+
 def load_torch_engine(card: dict, weights: Path, card_path: Path, models=None, precision: str = "fp32"):
     """The PyTorch engine of a card's ``architecture`` over its ``model.pt`` (``weights_only``)."""
     try:
