@@ -26,6 +26,9 @@ class InsufficientLabelsError(ImutilityError, ValueError):
     """Too few labelled rows (or one class only) to train and test a predictor."""
 
 
+#: the network's precision at prediction, on a CUDA device (:data:`imutility.predictor.torch_engines.PRECISIONS`)
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+
 #: training precisions (``fp32``: none; ``bf16``: autocast). fp16 is not offered: it needs loss scaling, and bf16
 #: trains these networks as well without it
 TRAIN_PRECISIONS = ("fp32", "bf16")

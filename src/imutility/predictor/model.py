@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from imutility.predictor.common import CARD_FORMAT, PredictorLoadError
+from imutility.predictor.common import CARD_FORMAT, PRECISION_NAMES, PredictorLoadError
 
 #: Predictors shipped inside the package, by name.
 BUILTIN = {"default": "default-classification", "default-classification": "default-classification",
@@ -60,9 +60,6 @@ DEPLOY_FORMAT = "imutility-deploy/1"
 
 #: the name of a predictor's score, by target mode
 SCORE_NAMES = {"binary": "p_useful", "continuous": "utility"}
-
-#: the network's precision on a CUDA device (:data:`imutility.predictor.torch_engines.PRECISIONS`)
-PRECISION_NAMES = ("fp32", "bf16", "fp16")
 
 #: where a predictor runs: PyTorch (CPU or GPU), or ONNX Runtime on the CPU (no PyTorch needed)
 RUNTIMES = ("torch", "onnx")

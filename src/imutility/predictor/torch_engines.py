@@ -6,18 +6,17 @@ the torch-free engines of the lean install are :mod:`imutility.predictor.onnx_en
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from imutility.predictor.common import PredictorLoadError
+from imutility.predictor.common import PRECISION_NAMES, PredictorLoadError
 from imutility.predictor.data import normalise_window
 from imutility.predictor.geometry import InputSpec, TileSpec, WindowPreparer
 
 #: ``precision`` names -> the autocast dtype on a CUDA device (``fp32``: none, the reference numbers)
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 class _Network:
@@ -61,7 +60,6 @@ class FinetuneEngine(_Network):
             raise PredictorLoadError(f"{where} does not fit a {card['backbone']} predictor: {e}") from e
         self.model = model.eval()
         self.session = None
-        self.graph_key = f"finetune|{card['weights_sha256']}|{json.dumps(card['input'], sort_keys=True)}"
         self.size = self.input.size
 
     def preparer(self) -> WindowPreparer:
@@ -125,8 +123,6 @@ class ContentEngine(_Network):
         self.binary = card["target"]["mode"] == "binary"
         self.session = None
         self.size = self.tiles.size
-        self.graph_key = (f"content|{card['weights_sha256']}|{card['backbone']}|{declared}|{card['features']}|"
-                          f"{json.dumps(card['input'], sort_keys=True)}")
 
     def preparer(self):
         return self.tiles  # a TileSpec is its own picklable preparer: image -> uint8 tiles (k, S, S, 3)
