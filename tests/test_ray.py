@@ -108,6 +108,7 @@ def test_a_killed_labeler_worker_is_replaced(ray_local, labelers, photos, tmp_pa
     reference, _ = run(photos, tmp_path / "reference", labelers)
     out = tmp_path / "out"
     killed: list[int] = []
+    done_at_kill: list[int] = []
 
     def kill_one_worker():
         deadline = time.monotonic() + 120
@@ -119,6 +120,7 @@ def test_a_killed_labeler_worker_is_replaced(ray_local, labelers, photos, tmp_pa
                     if "_LabelerActor" in cmd and proc.info["pid"] != os.getpid():
                         os.kill(proc.info["pid"], signal.SIGKILL)
                         killed.append(proc.info["pid"])
+                        done_at_kill.append(journal.read_text().count("\n"))
                         return
             time.sleep(0.05)
 
@@ -127,6 +129,7 @@ def test_a_killed_labeler_worker_is_replaced(ray_local, labelers, photos, tmp_pa
     report, errors = run(photos, out, labelers, RayEngine(actors=1))
     killer.join(timeout=5)
     assert killed, "no labeler worker was found to kill"
+    assert done_at_kill[0] < 9, "the worker was killed after the last chunk: nothing was left to rerun"
     assert errors == ["n01440764_corrupt.JPEG"]
     pd.testing.assert_frame_equal(pd.read_parquet(report.table), pd.read_parquet(reference.table), check_exact=True)
     assert journal_lines(out, NAMES[0]) == journal_lines(out, NAMES[1]) == 9

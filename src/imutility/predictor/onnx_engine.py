@@ -50,10 +50,13 @@ def _verified(path: Path, sha256: str, what: str) -> Path:
     return path
 
 
+def _cpu_only(device) -> None:
+    if str(device) != "cpu":
+        raise ValueError(f"the ONNX Runtime engine runs on the CPU; device {device} needs runtime='torch'")
+
+
 class OnnxContentEngine:
     """Tiles -> backbone features (ONNX) -> head (ONNX) -> tile pooling (numpy) -> sigmoid or identity."""
-
-    session = None  # the PyTorch engines' attribute; here both graphs are always ONNX Runtime's
 
     def __init__(self, card: dict, folder: Path, side: dict):
         from imutility.zoo.backends.ort import ort_session
@@ -77,8 +80,7 @@ class OnnxContentEngine:
         return self.tiles
 
     def to(self, device) -> None:
-        if str(device) != "cpu":
-            raise ValueError(f"the ONNX Runtime engine runs on the CPU; device {device} needs runtime='torch'")
+        _cpu_only(device)
 
     def scores_prepared(self, stacks: list[np.ndarray], device=None, batch_size: int = 64) -> np.ndarray:
         owner = np.repeat(np.arange(len(stacks)), [len(t) for t in stacks])
@@ -94,8 +96,6 @@ class OnnxContentEngine:
 class OnnxFinetuneEngine:
     """One window (crop or resize) -> the fine-tuned network (ONNX) -> softmax column 1 or the raw output."""
 
-    session = None
-
     def __init__(self, card: dict, folder: Path, side: dict):
         from imutility.zoo.backends.ort import ort_session
 
@@ -109,7 +109,7 @@ class OnnxFinetuneEngine:
         return WindowPreparer(self.input)
 
     def to(self, device) -> None:
-        OnnxContentEngine.to(self, device)
+        _cpu_only(device)
 
     def scores_prepared(self, windows: list[np.ndarray], device=None) -> np.ndarray:
         i = self.input

@@ -23,6 +23,7 @@ from imutility.predictor.common import (  # noqa: F401 - re-exported: the traini
     CARD_FORMAT,
     TRAIN_PRECISIONS,
     InsufficientLabelsError,
+    PredictorLoadError,
     autocast_dtype,
     binary_metrics,
     regression_metrics,
@@ -93,12 +94,12 @@ class TrainConfig:
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
             raise ValueError(f"workers must be a non-negative integer, got {self.workers!r}")
         if self.device != "cpu":
-            if not torch.cuda.is_available() and str(self.device).startswith("cuda"):
-                raise ValueError(f"device {self.device!r}: CUDA is not available here")
+            from imutility.predictor.torch_engines import check_device
+
             try:
-                torch.empty(0, device=self.device)
-            except (RuntimeError, AssertionError) as e:
-                raise ValueError(f"device {self.device!r} cannot be used: {e}") from e
+                check_device(str(self.device))
+            except PredictorLoadError as e:
+                raise ValueError(str(e)) from e
 
 
 def _rows(cfg: TrainConfig):
