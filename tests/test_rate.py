@@ -12,7 +12,7 @@ from conftest import natural_image, require_shared
 from imutility.cli import EXIT_SKIPPED, main
 from imutility.curves import bd_rate, lowest_passing
 from imutility.distort import JPEG
-from imutility.rate import NetworkOracle, RateControlError, compress
+from imutility.rate import NetworkOracle, RateControlError, compress, compress_many
 
 
 def quality_scorer(images):
@@ -82,6 +82,44 @@ def test_unsatisfiable_and_bad_settings():
             compress(img, **{"min_utility": 0.5, **kw, "predictor": quality_scorer})
 
 
+def test_lockstep_search_equals_one_image_at_a_time_and_batches_across_images():
+    """compress_many gives each image compress's result (bytes, quality, score, encodes) while the scorer sees
+    several images per call, with and without encoding threads; images with their own scorers (an oracle) are
+    scored apart; a bad batch size is refused."""
+    images = [natural_image(160 + 16 * i, 120, seed=i) for i in range(7)]
+    calls: list[int] = []
+
+    def counting(ims):
+        calls.append(len(ims))
+        return quality_scorer(ims)
+
+    for search in ("bisect", "exhaustive"):
+        ref = {i: compress(im, 0.7, quality_scorer, search=search, max_quality=60) for i, im in enumerate(images)}
+        for workers in (0, 2):
+            calls.clear()
+            got = dict(compress_many(enumerate(images), 0.7, lambda _im: counting, search=search, max_quality=60,
+                                     batch_size=4, workers=workers))
+            assert got.keys() == ref.keys()
+            for i, r in ref.items():
+                assert (got[i].data, got[i].quality, got[i].encodes, got[i].satisfied) == \
+                    (r.data, r.quality, r.encodes, r.satisfied)
+                assert got[i].utility == pytest.approx(r.utility)
+            assert sum(calls) == sum(r.encodes for r in ref.values())  # no candidate scored twice
+            assert max(calls) > 1 and len(calls) < sum(calls) / 2  # batched across images
+    own = {}
+
+    def scorer_for(im):  # one scorer per image, like NetworkOracle.scorer(pristine)
+        own[id(im)] = []
+        return lambda ims: own[id(im)].append(len(ims)) or quality_scorer(ims)
+
+    got = dict(compress_many(enumerate(images), 0.7, scorer_for, max_quality=60, batch_size=4))
+    assert [got[i].quality for i in range(7)] == [compress(im, 0.7, quality_scorer, max_quality=60).quality
+                                                  for im in images]
+    assert all(n == 1 for c in own.values() for n in c)  # each image's scorer saw only its own candidates
+    with pytest.raises(RateControlError):
+        list(compress_many(enumerate(images), 0.7, scorer_for, batch_size=0))
+
+
 def test_network_oracle_is_one_on_the_pristine_image():
     from imutility import zoo
     from imutility.images import load_image
@@ -121,6 +159,12 @@ def test_compress_folder_cli(tmp_path, capsys):
     assert "4 already done" in capsys.readouterr().out
     assert main(["compress", str(src), str(out), "--min-utility", "0.6", "--no-progress"]) == 1
     assert not list(out.rglob("*.tmp"))
+    # searched two at a time with encoding threads: the same manifest and the same files
+    other = tmp_path / "other"
+    assert main(["compress", str(src), str(other), "--min-utility", "0.5", "--max-quality", "80", "--no-progress",
+                 "--batch-size", "2", "-j", "2"]) == EXIT_SKIPPED
+    assert (other / "manifest.csv").read_text() == (out / "manifest.csv").read_text()
+    assert all((other / r["path"]).read_bytes() == (out / r["path"]).read_bytes() for r in rows)
 
 
 def test_lowest_passing_and_bd_rate_by_hand():

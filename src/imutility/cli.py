@@ -553,10 +553,14 @@ def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size, 
                    "predictor.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where the predictor scores the candidate encodings (cpu: ONNX Runtime; cuda: PyTorch).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images searched in lockstep: each round's candidates go to the predictor in one batch.")
+@click.option("--workers", "-j", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Threads encoding and decoding the candidates (0: in the main thread).")
 @_models_option
 @click.option("--no-progress", is_flag=True)
-def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search, model, target, device, models,
-                 no_progress) -> int:
+def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search, model, target, device, batch_size,
+                 workers, models, no_progress) -> int:
     """Write every image of SRC into OUT at the lowest quality that still scores MIN_UTILITY, with OUT/manifest.csv
     (source, chosen quality, bytes, bpp, score, encodes tried). Resumable; unreadable files are reported (exit 3)."""
     from imutility.compress_folder import compress_folder
@@ -572,7 +576,7 @@ def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search,
         scorer_for, name = (lambda _img: pred), f"predictor:{model}:{pred.card['weights_sha256'][:16]}"
     rep = _library_call(compress_folder, src, out, min_utility, scorer_for, name, codec, min_quality, max_quality,
                         search, on_error=lambda p, r: click.echo(f"skipped {p}: {r}", err=True),
-                        progress=not no_progress)
+                        progress=not no_progress, batch_size=batch_size, workers=workers)
     click.echo(f"{rep.n_written} images -> {rep.out} ({rep.encodes / max(rep.n_written, 1):.1f} encodes per image"
                + (f", {rep.n_resumed} already done" if rep.n_resumed else "") + f"); manifest: {rep.manifest}")
     if rep.n_unsatisfied:

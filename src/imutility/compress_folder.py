@@ -24,7 +24,7 @@ from pathlib import Path
 from imutility import atomic
 from imutility.images import ImageLoadError, list_images, load_image
 from imutility.paths import check_unique_outputs, output_relpath
-from imutility.rate import compress
+from imutility.rate import compress_many
 
 MANIFEST_FIELDS = ("source", "path", "codec", "quality", "bytes", "bpp", "utility", "satisfied", "encodes")
 STATE_DIR = ".imutility"
@@ -48,9 +48,12 @@ class CompressReport:
 def compress_folder(src: str | os.PathLike, out: str | os.PathLike, min_utility: float,
                     scorer_for: Callable, scorer_name: str, codec: str = "jpeg", min_quality: int = 1,
                     max_quality: int = 95, search: str = "bisect",
-                    on_error: Callable[[str, str], None] | None = None, progress: bool = True) -> CompressReport:
+                    on_error: Callable[[str, str], None] | None = None, progress: bool = True,
+                    batch_size: int = 32, workers: int = 0) -> CompressReport:
     """Compress every image under ``src`` into ``out``; ``scorer_for(pristine image)`` gives the scorer of that
-    image's encodings (a predictor ignores its argument; an oracle needs it). See the module doc."""
+    image's encodings (a predictor ignores its argument; an oracle needs it). ``batch_size`` images are searched
+    in lockstep, their candidates encoded in ``workers`` threads (:func:`imutility.rate.compress_many`). See the
+    module doc."""
     from tqdm.auto import tqdm
 
     from imutility.rate import _check
@@ -84,29 +87,33 @@ def compress_folder(src: str | os.PathLike, out: str | os.PathLike, min_utility:
     rows: dict[str, dict] = dict(done)
     bar = tqdm(total=len(sources), initial=len(done), unit="img", desc="compress", disable=not progress,
                dynamic_ncols=True)
+    def pending():
+        for p in sources:
+            rel = rel_of[p]
+            if rel in done:
+                continue
+            try:
+                data = p.read_bytes()
+                img = load_image(data)
+            except OSError as e:
+                skip(str(p), f"cannot read: {e.strerror or e}")
+                bar.update(1)
+                continue
+            except ImageLoadError as e:
+                skip(str(p), e.reason)
+                bar.update(1)
+                continue
+            yield (rel, hashlib.sha256(data).hexdigest()), img
+
     try:
         with journal:
-            for p in sources:
-                rel = rel_of[p]
-                if rel in done:
-                    continue
-                try:
-                    data = p.read_bytes()
-                    img = load_image(data)
-                except OSError as e:
-                    skip(str(p), f"cannot read: {e.strerror or e}")
-                    bar.update(1)
-                    continue
-                except ImageLoadError as e:
-                    skip(str(p), e.reason)
-                    bar.update(1)
-                    continue
-                res = compress(img, min_utility, scorer_for(img), codec, min_quality, max_quality, search)
+            for (rel, sha), res in compress_many(pending(), min_utility, scorer_for, codec, min_quality, max_quality,
+                                                 search, batch_size, workers):
                 path = output_relpath(rel, res.suffix)
                 atomic.write_bytes(out / path, res.data, durable=False)
                 row = {"source": rel, "path": path, "codec": codec, "quality": res.quality, "bytes": len(res.data),
                        "bpp": round(res.bpp, 6), "utility": round(res.utility, 6), "satisfied": int(res.satisfied),
-                       "encodes": res.encodes, "sha256": hashlib.sha256(data).hexdigest()}
+                       "encodes": res.encodes, "sha256": sha}
                 journal.append(row)
                 rows[rel] = row
                 bar.update(1)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -68,39 +70,117 @@ def compress(image: Image.Image, min_utility: float = 0.5,
 
     ``predictor`` is anything that maps a list of decoded images to one score each: a
     :class:`~imutility.Predictor` (default: the shipped ``default``), or :meth:`NetworkOracle.scorer` of
-    the pristine image.
+    the pristine image. One image of :func:`compress_many`.
     """
-    _check(min_utility, codec, min_quality, max_quality, search)
     scorer = predictor if predictor is not None else _default_predictor()
+    ((_, res),) = compress_many([(None, image)], min_utility, lambda _img: scorer, codec, min_quality, max_quality,
+                                search)
+    return res
+
+
+def compress_many(items: Iterable[tuple[Any, Image.Image]], min_utility: float,
+                  scorer_for: Callable[[Image.Image], Callable[[list[Image.Image]], np.ndarray]],
+                  codec: str = "jpeg", min_quality: int = 1, max_quality: int = 95, search: str = "bisect",
+                  batch_size: int = 32, workers: int = 0) -> Iterator[tuple[Any, Compressed]]:
+    """:func:`compress` for a stream of ``(key, image)``, ``batch_size`` images searched in lockstep.
+
+    Each round encodes the quality every open search asks for (in ``workers`` threads: Pillow's codecs release
+    the GIL) and scores the round's encodings with one call per scorer: ``scorer_for(image)`` gives an image's
+    scorer, and images that share one (a predictor) share its batches, so the network sees ``batch_size``
+    images at a time instead of one. The result of each image equals :func:`compress`'s; results come as their
+    searches end (not in input order), at most ``batch_size`` images open at once."""
+    _check(min_utility, codec, min_quality, max_quality, search)
+    if batch_size < 1 or workers < 0:
+        raise RateControlError(f"batch_size must be >= 1 and workers >= 0, got {batch_size}, {workers}")
     cls = CODECS[codec][0]
-    cache: dict[int, tuple[object, float]] = {}
-
-    def score(q: int) -> float:
-        if q not in cache:
-            res = cls(q)(image)
-            cache[q] = (res, float(np.asarray(scorer([res.image]))[0]))
-        return cache[q][1]
-
-    if search == "exhaustive":
-        passing = [q for q in range(min_quality, max_quality + 1) if score(q) >= min_utility]
-        best = passing[0] if passing else None
-    else:
-        lo, hi, best = min_quality, max_quality, None
-        if score(hi) >= min_utility:
-            best = hi
-            while lo < best:  # invariant: best passes; every quality below lo that was tried failed
-                mid = (lo + best) // 2
-                if score(mid) >= min_utility:
-                    best = mid
+    source = iter(items)
+    open_: list[_Search] = []
+    pool = ThreadPoolExecutor(workers) if workers else None
+    encode = (lambda jobs: list(pool.map(_encode, jobs))) if pool else (lambda jobs: [_encode(j) for j in jobs])
+    try:
+        while True:
+            while len(open_) < batch_size and (nxt := next(source, None)) is not None:
+                key, img = nxt
+                open_.append(_Search(key, img, scorer_for(img), _qualities(min_utility, min_quality, max_quality,
+                                                                            search)))
+            if not open_:
+                return
+            jobs = [(s, q) for s in open_ for q in s.asked]
+            encoded = encode([(cls(q), s.image) for s, q in jobs])
+            by_scorer: dict[int, list[int]] = {}
+            for i, (s, _) in enumerate(jobs):
+                by_scorer.setdefault(id(s.scorer), []).append(i)
+            scores = np.empty(len(jobs))
+            for idx in by_scorer.values():
+                scorer = jobs[idx[0]][0].scorer
+                scores[idx] = np.asarray(scorer([encoded[i].image for i in idx]), dtype=np.float64)
+            for (s, q), res, value in zip(jobs, encoded, scores, strict=True):
+                s.found[q] = (res.data, res.bpp, res.suffix, float(value))
+            still = []
+            for s in open_:
+                if s.advance():
+                    still.append(s)
                 else:
-                    lo = mid + 1
-    satisfied = best is not None
-    q = best if satisfied else max_quality
-    res, value = cache[q] if q in cache else (cls(q)(image), float("nan"))
-    if q not in cache:
-        value = float(np.asarray(scorer([res.image]))[0])
-    return Compressed(data=res.data, quality=q, utility=value, satisfied=satisfied, encodes=len(cache),
-                      suffix=res.suffix, bpp=res.bpp)
+                    yield s.key, s.result(max_quality)
+            open_ = still
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _encode(job):
+    distortion, image = job
+    res = distortion(image)
+    res.image  # decode here (in the worker thread), not in the scorer's call  # noqa: B018
+    return res
+
+
+def _qualities(min_utility: float, lo: int, hi: int, search: str) -> Generator[list[int], dict, int | None]:
+    """The search as a generator: yields the qualities it needs scored next, is sent every score so far
+    (quality -> score), returns the lowest passing quality found (None: none passes)."""
+    if search == "exhaustive":
+        scores = yield list(range(lo, hi + 1))
+        return next((q for q in range(lo, hi + 1) if scores[q] >= min_utility), None)
+    scores = yield [hi]
+    if scores[hi] < min_utility:
+        return None
+    best = hi
+    while lo < best:  # invariant: best passes; every quality below lo that was tried failed
+        mid = (lo + best) // 2
+        scores = yield [mid]
+        if scores[mid] >= min_utility:
+            best = mid
+        else:
+            lo = mid + 1
+    return best
+
+
+class _Search:
+    """One image's search in :func:`compress_many`: what it asked for, what it was told."""
+
+    __slots__ = ("key", "image", "scorer", "steps", "asked", "found", "best")
+
+    def __init__(self, key, image: Image.Image, scorer, steps: Generator):
+        self.key, self.image, self.scorer, self.steps = key, image, scorer, steps
+        self.found: dict[int, tuple[bytes, float, str, float]] = {}  # quality -> (data, bpp, suffix, score)
+        self.asked: list[int] = next(steps)
+        self.best: int | None = None
+
+    def advance(self) -> bool:
+        """Tell the search its scores; False once it has its answer."""
+        try:
+            self.asked = [q for q in self.steps.send({q: v[3] for q, v in self.found.items()})
+                          if q not in self.found]
+        except StopIteration as done:
+            self.best = done.value
+            return False
+        return True
+
+    def result(self, fallback: int) -> Compressed:
+        q = self.best if self.best is not None else fallback  # both searches score the fallback (max_quality)
+        data, bpp, suffix, value = self.found[q]
+        return Compressed(data=data, quality=q, utility=value, satisfied=self.best is not None,
+                          encodes=len(self.found), suffix=suffix, bpp=bpp)
 
 
 @functools.lru_cache(maxsize=1)
