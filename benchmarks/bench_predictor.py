@@ -45,15 +45,16 @@ def main() -> None:
                     warm=lambda: [lab([load_image(files[0])]) for lab in paper])
     print(f"paper's ensemble (inception_v3, vgg19, densenet121; PyTorch, random weights, same cost): "
           f"{paper_s:.2f} s = {len(files) / paper_s:.1f} img/s")
-    print(f"{'predictor':48s} {'img/s':>8s} {'vs decode':>10s} {'cost vs ensemble':>17s} {'vs paper ensemble':>18s}")
+    print(f"{'predictor':64s} {'img/s':>8s} {'vs decode':>10s} {'cost vs ensemble':>17s} {'vs paper ensemble':>18s}")
     for name in sorted(set(BUILTIN.values())):
-        for runtime in ("torch", "onnx"):
-            pred = Predictor.load(name)
-            if runtime == "onnx":
-                pred.use_onnx_runtime()
+        for runtime, precision in (("torch", "fp32"), ("onnx", "fp32"), ("onnx", "int8")):
+            try:
+                pred = Predictor.load(name, runtime=runtime, precision=precision)
+            except ValueError:  # int8 is for content predictors
+                continue
             t = timed(lambda pred=pred: list(pred.predict_paths(files, 32)))
-            label = f"{name} ({pred.architecture}, {pred.card['backbone']}, {runtime})"
-            print(f"{label:48s} {len(files) / t:8.1f} {decode / t:9.2f}x {t / ensemble:16.3f}x {t / paper_s:17.3f}x")
+            label = f"{name} ({pred.architecture}, {pred.card['backbone']}, {runtime} {precision})"
+            print(f"{label:64s} {len(files) / t:8.1f} {decode / t:9.2f}x {t / ensemble:16.3f}x {t / paper_s:17.3f}x")
 
 
 if __name__ == "__main__":

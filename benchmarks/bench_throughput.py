@@ -4,7 +4,8 @@
 
 CPU: the ceiling is decoding the same files with the same decoder (``imutility.images.load_image``,
 Pillow) in one process per core; each predictor runs through ``Predictor.predict_paths`` with ONNX
-Runtime, with decoding in this process (``--workers 0``) and in worker processes beside the network.
+Runtime, with decoding in this process (``--workers 0``) and in worker processes beside the network, in
+float32 and, for content predictors, int8 (the quantized backbone, ``--precision int8``).
 "Network only" scores the already-prepared tiles (no file, no decode): the bound the network itself sets.
 
 GPU (``--device cuda``): the ceiling is ``torchvision.io.decode_jpeg(..., device="cuda")`` (nvJPEG) in
@@ -57,7 +58,8 @@ def timed_rate(fn, n: int, sync=lambda: None) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def cpu(files: list[Path], rows: list[dict], names: list[str], worker_counts: list[int]) -> None:
+def cpu(files: list[Path], rows: list[dict], names: list[str], worker_counts: list[int],
+        precisions: list[str]) -> None:
     from imutility.predictor import Predictor
 
     cores = os.cpu_count() or 1
@@ -66,21 +68,26 @@ def cpu(files: list[Path], rows: list[dict], names: list[str], worker_counts: li
     print(f"  decode only (Pillow, {cores} processes): {ceiling:.1f} img/s (the ceiling)")
     rows.append({"device": "cpu", "what": "decode only", "img_s": ceiling})
     for name in names:
-        p = Predictor.load(name).use_onnx_runtime()
-        list(p.predict_paths(files[:8], 8))  # warm-up (ONNX Runtime session, caches)
-        prep = p.engine.preparer()
-        prepared = [prep(load_image(f)) for f in files]
-        net = timed_rate(lambda p=p, prepared=prepared: [p.engine.scores_prepared(prepared[i:i + 32], p.device)
-                                                         for i in range(0, len(prepared), 32)], len(files))
-        print(f"  {name} ({p.architecture}): network only {net:.1f} img/s = {net / ceiling:.2f}x")
-        rows.append({"device": "cpu", "predictor": name, "what": "network only", "img_s": net,
-                     "vs_ceiling": net / ceiling})
-        for workers in worker_counts or sorted({0, 1, cores}):
-            rate = timed_rate(lambda p=p, w=workers: list(p.predict_paths(files, 32, workers=w)), len(files))
-            print(f"  {name}: files -> scores, --workers {workers}: {rate:.1f} img/s = {rate / ceiling:.2f}x "
-                  f"the decode ceiling (goal 0.7x)")
-            rows.append({"device": "cpu", "predictor": name, "what": "end to end", "workers": workers,
-                         "img_s": rate, "vs_ceiling": rate / ceiling})
+        for precision in precisions:
+            try:
+                p = Predictor.load(name, runtime="onnx", precision=precision)
+            except ValueError as e:  # int8 for a fine-tuned predictor
+                print(f"  {name} {precision}: not available ({e})")
+                continue
+            list(p.predict_paths(files[:8], 8))  # warm-up (ONNX Runtime session, caches)
+            prep = p.engine.preparer()
+            prepared = [prep(load_image(f)) for f in files]
+            net = timed_rate(lambda p=p, prepared=prepared: [p.engine.scores_prepared(prepared[i:i + 32], p.device)
+                                                             for i in range(0, len(prepared), 32)], len(files))
+            print(f"  {name} ({p.architecture}) {precision}: network only {net:.1f} img/s = {net / ceiling:.2f}x")
+            rows.append({"device": "cpu", "predictor": name, "precision": precision, "what": "network only",
+                         "img_s": net, "vs_ceiling": net / ceiling})
+            for workers in worker_counts or sorted({0, 1, cores}):
+                rate = timed_rate(lambda p=p, w=workers: list(p.predict_paths(files, 32, workers=w)), len(files))
+                print(f"  {name} {precision}: files -> scores, --workers {workers}: {rate:.1f} img/s = "
+                      f"{rate / ceiling:.2f}x the decode ceiling (goal 0.7x)")
+                rows.append({"device": "cpu", "predictor": name, "precision": precision, "what": "end to end",
+                             "workers": workers, "img_s": rate, "vs_ceiling": rate / ceiling})
 
 
 def gpu(files: list[Path], rows: list[dict], names: list[str], batch: int, precisions: list[str]) -> None:
@@ -143,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--batch", type=int, default=64, help="GPU batch size.")
     ap.add_argument("--workers", default=None, help="CPU: comma-separated worker counts [default: 0,1,all cores].")
-    ap.add_argument("--precision", default="fp32,bf16,fp16", help="GPU: comma-separated precisions (fp32 first).")
+    ap.add_argument("--precision", default=None, help="Comma-separated precisions, fp32 first [default: CPU "
+                                                      "fp32,int8; GPU fp32,bf16,fp16].")
     ap.add_argument("--predictors", default=None, help="Comma-separated predictors [default: every built-in one].")
     ap.add_argument("--json", default=None, help="Also write the figures here.")
     args = ap.parse_args(argv)
@@ -154,9 +162,10 @@ def main(argv: list[str] | None = None) -> None:
     names = args.predictors.split(",") if args.predictors else sorted(set(BUILTIN.values()))
     rows: list[dict] = []
     if args.device == "cuda":
-        gpu(files, rows, names, args.batch, args.precision.split(","))
+        gpu(files, rows, names, args.batch, (args.precision or "fp32,bf16,fp16").split(","))
     else:
-        cpu(files, rows, names, [int(w) for w in args.workers.split(",")] if args.workers else [])
+        cpu(files, rows, names, [int(w) for w in args.workers.split(",")] if args.workers else [],
+            (args.precision or "fp32,int8").split(","))
     if args.json:
         Path(args.json).write_text(json.dumps({"files": str(root), "n": len(files), "rows": rows}, indent=1))
 

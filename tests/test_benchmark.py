@@ -70,3 +70,20 @@ def test_benchmark_tables_match_direct_computation(held_out_labels, tmp_path, ca
                  "--bootstrap", "50"]) == 0
     assert "scoring" not in capsys.readouterr().err
     assert np.isfinite(scored).all()
+
+
+def test_one_predictor_in_two_precisions_side_by_side(held_out_labels, tmp_path, capsys):
+    """--precision NAME=int8 scores that contender with the int8 backbone (its own cache, its own scores);
+    a precision for a name that is not a contender is refused."""
+    out = tmp_path / "b"
+    args = ["benchmark", str(held_out_labels), "--out", str(out), "--predictor", "fp32=default",
+            "--predictor", "int8=default", "--bootstrap", "20"]
+    assert main([*args, "--precision", "nope=int8"]) == 1
+    assert "nope" in capsys.readouterr().err
+    assert main([*args, "--precision", "int8=int8"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["precisions"] == {"int8": "int8"}
+    fp32 = pd.read_parquet(next((out / "scores" / "labels").glob("fp32-*.parquet")))
+    int8 = pd.read_parquet(next((out / "scores" / "labels").glob("int8-*-int8.parquet")))
+    d = np.abs(fp32["score"].to_numpy() - int8["score"].to_numpy())
+    assert d.max() > 1e-5 and d.mean() < 0.1

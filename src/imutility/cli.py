@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 
 from imutility import __version__
+from imutility.predictor.common import PRECISION_NAMES
 from imutility.tasks import TASK_NAMES
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SKIPPED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -422,6 +423,11 @@ _workers_option = click.option(
     "--workers", "-j", type=click.IntRange(min=0), default=0, show_default=True,
     help="Processes decoding and preparing images beside the network (0: in this process). Worth it with spare "
          "cores: the network uses its own threads (IMUTILITY_THREADS).")
+_precision_option = click.option(
+    "--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
+    help="The network's arithmetic. GPU: bf16/fp16 autocast (scores within about 1e-2 of fp32). CPU: int8, a content "
+         "predictor's quantized backbone (1.6x faster network on a 2-core CPU with VNNI; the same AUROC, scores move: "
+         "docs/performance.md).")
 _model_option = click.option("--model", "model", default="default", show_default=True,
                              help="A predictor folder, its card.json, or a built-in name.")
 
@@ -460,8 +466,7 @@ def _expand(paths) -> list[Path]:
 @click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
               help="auto: ONNX Runtime on the CPU, PyTorch on a GPU.")
 @_device_option
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="On a GPU: autocast the network (faster; scores within about 1e-2 of fp32).")
+@_precision_option
 @_workers_option
 @_models_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
@@ -515,10 +520,11 @@ def predict(paths, model, fmt, output, batch_size, runtime, device, precision, w
 @_model_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @_device_option
+@_precision_option
 @_workers_option
 @_models_option
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size, device, workers, models,
+def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size, device, precision, workers, models,
                no_progress) -> int:
     """Copy the images of SRC predicted useful into OUT, which ends up holding exactly those (and OUT/filter.csv
     with every file's score and decision). A rerun into the same OUT replaces the earlier run's outputs."""
@@ -526,7 +532,7 @@ def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size, 
 
     if not math.isfinite(min_utility) or not 0 <= min_utility <= 1:
         raise click.BadParameter(f"{min_utility} is not in [0, 1]", param_hint="--min-utility")
-    pred = _load_predictor(model, device=device, models=models)
+    pred = _load_predictor(model, device=device, models=models, precision=precision)
     rep = _library_call(filter_folder, src, out, pred, min_utility, replace_with_pristine, batch_size,
                         on_error=lambda p, r: click.echo(f"skipped {p}: {r}", err=True), workers=workers,
                         progress=not no_progress)
@@ -553,14 +559,15 @@ def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size, 
                    "predictor.")
 @click.option("--device", default="cpu", show_default=True,
               help="Where the predictor scores the candidate encodings (cpu: ONNX Runtime; cuda: PyTorch).")
+@_precision_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images searched in lockstep: each round's candidates go to the predictor in one batch.")
 @click.option("--workers", "-j", type=click.IntRange(min=0), default=0, show_default=True,
               help="Threads encoding and decoding the candidates (0: in the main thread).")
 @_models_option
 @click.option("--no-progress", is_flag=True)
-def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search, model, target, device, batch_size,
-                 workers, models, no_progress) -> int:
+def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search, model, target, device, precision,
+                 batch_size, workers, models, no_progress) -> int:
     """Write every image of SRC into OUT at the lowest quality that still scores MIN_UTILITY, with OUT/manifest.csv
     (source, chosen quality, bytes, bpp, score, encodes tried). Resumable; unreadable files are reported (exit 3)."""
     from imutility.compress_folder import compress_folder
@@ -572,8 +579,8 @@ def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search,
         oracle = NetworkOracle([_library_call(zoo.get_labeler, n.strip(), models=models) for n in target.split(",")])
         scorer_for, name = oracle.scorer, f"oracle:{target}"
     else:
-        pred = _load_predictor(model, device=device, models=models)
-        scorer_for, name = (lambda _img: pred), f"predictor:{model}:{pred.card['weights_sha256'][:16]}"
+        pred = _load_predictor(model, device=device, models=models, precision=precision)
+        scorer_for, name = (lambda _img: pred), f"predictor:{model}:{pred.card['weights_sha256'][:16]}:{precision}"
     rep = _library_call(compress_folder, src, out, min_utility, scorer_for, name, codec, min_quality, max_quality,
                         search, on_error=lambda p, r: click.echo(f"skipped {p}: {r}", err=True),
                         progress=not no_progress, batch_size=batch_size, workers=workers)
@@ -593,14 +600,24 @@ def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search,
               help="Write the graphs the torch-free runtime reads (onnx.json + head/network) into the predictor's "
                    "own folder, so a lean install (pip install imutility) runs it.")
 @click.option("--features-dir", type=click.Path(file_okay=False), default=None,
-              help="--graphs: where a missing backbone features graph goes [default: the cache].")
-def export(model, onnx_path, graphs, features_dir) -> None:
-    """Export a predictor to ONNX: one deployable file (--onnx), or its lean-install graphs (--graphs)."""
+              help="--graphs, --int8: where a missing backbone features graph goes [default: the cache].")
+@click.option("--int8", is_flag=True,
+              help="Give a content predictor an int8 features graph for --precision int8 on the CPU (quantized after "
+                   "training, calibrated on --calibration photos; one per backbone, shared).")
+@click.option("--calibration", type=click.Path(exists=True), default=None,
+              help="--int8: a folder of photos (or one photo) to calibrate on, seen at several JPEG qualities.")
+@click.option("--calibration-n", type=click.IntRange(min=1), default=128, show_default=True,
+              help="--int8: at most this many of those photos (the first ones, sorted by path).")
+def export(model, onnx_path, graphs, features_dir, int8, calibration, calibration_n) -> None:
+    """Export a predictor to ONNX: one deployable file (--onnx), its lean-install graphs (--graphs), an int8
+    features graph (--int8)."""
     import numpy as np
     from PIL import Image
 
-    if (onnx_path is None) == (not graphs):
-        raise click.UsageError("give --onnx FILE or --graphs (one of them)")
+    if (onnx_path is None) == (not (graphs or int8)):
+        raise click.UsageError("give --onnx FILE, or --graphs and/or --int8")
+    if int8 and calibration is None:
+        raise click.UsageError("--int8 needs --calibration PHOTOS")
     pred = _load_predictor(model, "torch")
     rng = np.random.default_rng(0)
     probe = Image.fromarray(rng.integers(0, 256, (300, 451, 3), dtype=np.uint8))
@@ -612,6 +629,19 @@ def export(model, onnx_path, graphs, features_dir) -> None:
         lean = _load_predictor(str(pred.source), "onnx")
         click.echo(f"wrote {side} (ONNX Runtime vs PyTorch on a probe image: max |diff| "
                    f"{float(np.abs(lean(probe) - ref).max()):.1e})")
+    if int8:
+        from imutility.predictor.onnx_engine import fits, read_sidecar
+        from imutility.predictor.quantize import add_int8_features
+
+        folder = Path(pred.source)
+        if not fits(read_sidecar(folder), pred.card):
+            raise click.UsageError(f"--int8 needs the ONNX graphs in {folder}: add --graphs")
+        photos = _expand([calibration])[:calibration_n]
+        path = _library_call(add_int8_features, folder, photos, features_dir)
+        q = _load_predictor(str(folder), "onnx", precision="int8")
+        click.echo(f"wrote {path} for {folder} (int8 vs PyTorch fp32 on a probe image: |diff| "
+                   f"{float(np.abs(q(probe) - ref).max()):.1e})")
+    if graphs or int8:
         return
     path = pred.export_onnx(onnx_path)
     pred.use_onnx_runtime(path)
@@ -627,6 +657,7 @@ def export(model, onnx_path, graphs, features_dir) -> None:
 @click.option("--runtime", type=click.Choice(["auto", "torch", "onnx"]), default="auto", show_default=True,
               help="auto: ONNX Runtime on the CPU, PyTorch on a GPU.")
 @_device_option
+@_precision_option
 @click.option("--max-batch", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per network call, gathered across concurrent requests.")
 @click.option("--max-wait-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
@@ -636,12 +667,13 @@ def export(model, onnx_path, graphs, features_dir) -> None:
 @click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per request (multipart).")
 @_models_option
-def serve(model, host, port, runtime, device, max_batch, max_wait_ms, max_body_mb, max_images, models) -> None:
+def serve(model, host, port, runtime, device, precision, max_batch, max_wait_ms, max_body_mb, max_images,
+          models) -> None:
     """Serve the predictor over HTTP: POST /predict, POST /compress, GET /health, GET /model (docs/serve.md)."""
     from imutility.serve import ServeConfig
     from imutility.serve import serve as run_server
 
-    pred = _load_predictor(model, runtime, device, models)
+    pred = _load_predictor(model, runtime, device, models, precision)
     config = ServeConfig(max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_batch=max_batch,
                          max_wait_ms=max_wait_ms)
     _library_call(run_server, pred, host, port, config)
@@ -675,7 +707,10 @@ def _named(values: tuple[str, ...], what: str) -> dict[str, str]:
 @click.option("--bootstrap", "n_boot", type=click.IntRange(min=10), default=1000, show_default=True)
 @click.option("--seed", default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
-def benchmark_cmd(labels, out, test_sources, predictors, baselines, msp, n_boot, seed, device) -> None:
+@click.option("--precision", "precisions", multiple=True,
+              help="NAME=PRECISION: run predictor NAME in that precision (int8 on the CPU; bf16/fp16 on a GPU); "
+                   "repeatable. Give one predictor twice under two names to judge both precisions side by side.")
+def benchmark_cmd(labels, out, test_sources, predictors, baselines, msp, n_boot, seed, device, precisions) -> None:
     """Judge predictors against bits per pixel, the file's JPEG quality and networks' own confidence, within each
     level and pooled, with bootstrap intervals over photos (LABELS: `imutility label` folders with --held-out)."""
     from imutility.predictor.benchmark import BenchmarkSet, BenchmarkSpec, benchmark
@@ -688,7 +723,7 @@ def benchmark_cmd(labels, out, test_sources, predictors, baselines, msp, n_boot,
                          else Path(test_sources[i])) for i, d in enumerate(labels)]
     spec = BenchmarkSpec(sets=sets, predictors=_named(predictors, "--predictor"),
                          baselines=_named(baselines, "--baseline"), msp=msp.split(",") if msp else None,
-                         n_boot=n_boot, seed=seed, device=device)
+                         n_boot=n_boot, seed=seed, device=device, precisions=_named(precisions, "--precision"))
     results = _library_call(benchmark, spec, out, log=lambda m: click.echo(m, err=True))
     write_report(results, out)
     click.echo(f"report: {Path(out) / 'report.md'} (results: {Path(out) / 'results.json'})")

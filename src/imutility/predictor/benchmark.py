@@ -60,6 +60,7 @@ class BenchmarkSpec:
     seed: int = 0
     min_share: float = 0.1
     device: str = "cpu"
+    precisions: dict[str, str] = field(default_factory=dict)  # name -> precision of that predictor (default fp32)
 
 
 def load_set(s: BenchmarkSet):
@@ -77,14 +78,16 @@ def load_set(s: BenchmarkSet):
 
 
 def cached_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, device: str,
-            log: Callable[[str], None]) -> np.ndarray:
-    """A predictor's scores on a set's test images, cached in ``out/scores/<set>/<name>-<weights hash>.parquet``."""
+                  log: Callable[[str], None], precision: str = "fp32") -> np.ndarray:
+    """A predictor's scores on a set's test images, cached in
+    ``out/scores/<set>/<name>-<weights hash>[-<precision>].parquet``."""
     import pandas as pd
 
     from imutility.predictor.model import Predictor
 
-    pred = Predictor.load(where, device=device)
-    cache = out / "scores" / s.name / f"{_slug(name)}-{pred.card['weights_sha256'][:12]}.parquet"
+    pred = Predictor.load(where, device=device, precision=precision)
+    tag = "" if precision == "fp32" else f"-{precision}"
+    cache = out / "scores" / s.name / f"{_slug(name)}-{pred.card['weights_sha256'][:12]}{tag}.parquet"
     if cache.is_file():
         old = pd.read_parquet(cache)
         if set(table["path"]) <= set(old["path"]):
@@ -146,7 +149,11 @@ def _diff(scores: dict[str, np.ndarray], y: np.ndarray, levels: np.ndarray, weig
 def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], None] = print) -> dict:
     """Run the comparison; writes ``out/results.json`` and returns it (see the module doc)."""
     out = Path(out)
-    results: dict = {"predictors": dict(spec.predictors), "baselines": dict(spec.baselines), "sets": {},
+    unknown = sorted(set(spec.precisions) - set(spec.predictors) - set(spec.baselines))
+    if unknown:
+        raise ValueError(f"precision given for {', '.join(unknown)}, which is not a --predictor or --baseline name")
+    results: dict = {"predictors": dict(spec.predictors), "baselines": dict(spec.baselines),
+                     "precisions": dict(spec.precisions), "sets": {},
                      "n_boot": spec.n_boot, "threshold": THRESHOLD, "min_share": spec.min_share}
     for s in spec.sets:
         config, table = load_set(s)
@@ -159,7 +166,8 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
             raise ValueError(f"{s.labels} has no outputs of {missing} (networks there: {', '.join(networks)})")
         scores: dict[str, np.ndarray] = {}
         for name, where in {**spec.predictors, **spec.baselines}.items():
-            scores[name] = cached_scores(s, table, name, where, out, spec.device, log)
+            scores[name] = cached_scores(s, table, name, where, out, spec.device, log,
+                                         spec.precisions.get(name, "fp32"))
         scores["bits per pixel"] = table["bpp"].to_numpy(dtype=np.float64)
         scores["JPEG quality (file)"] = _jpeg_quality(s, table)
         for n in msp_nets:

@@ -26,8 +26,13 @@ class InsufficientLabelsError(ImutilityError, ValueError):
     """Too few labelled rows (or one class only) to train and test a predictor."""
 
 
-#: the network's precision at prediction, on a CUDA device (:data:`imutility.predictor.torch_engines.PRECISIONS`)
-PRECISION_NAMES = ("fp32", "bf16", "fp16")
+#: the network's precision at prediction on a CUDA device: autocast
+#: (:data:`imutility.predictor.torch_engines.PRECISIONS`)
+CUDA_PRECISIONS = ("fp32", "bf16", "fp16")
+#: ... and on the CPU, with ONNX Runtime: int8 runs a content predictor's quantized backbone
+#: (:mod:`imutility.predictor.quantize`)
+CPU_PRECISIONS = ("fp32", "int8")
+PRECISION_NAMES = tuple(dict.fromkeys(CUDA_PRECISIONS + CPU_PRECISIONS))
 
 #: training precisions (``fp32``: none; ``bf16``: autocast). fp16 is not offered: it needs loss scaling, and bf16
 #: trains these networks as well without it

@@ -6,7 +6,9 @@ SHA-256:
 - ``content`` predictors: the frozen backbone's per-tile features (``features``: one graph per backbone,
   shared by every predictor on it; the package ships EfficientNet-Lite1's in ``resources/backbones/``), the
   trained head on those features (``head``: per-tile logits), and the tile pooling's three numbers (``pool``);
-- ``finetune`` predictors: the whole network (``network``: per-image logits).
+- ``finetune`` predictors: the whole network (``network``: per-image logits);
+- optionally ``features_int8``: the features graph quantized to int8 (``precision="int8"``, made by
+  :mod:`imutility.predictor.quantize`).
 
 Everything else (tiling, input values, the score's link) is the card's. The graphs are written by
 :mod:`imutility.predictor.onnx_files` (``imutility train`` and ``imutility export --graphs`` call it; PyTorch is
@@ -40,7 +42,8 @@ def backbone_dirs(folder: Path) -> list[Path]:
     return [folder, Path(str(resources.files("imutility").joinpath("resources", "backbones"))), cache_dir() / "onnx"]
 
 
-def _verified(path: Path, sha256: str, what: str) -> Path:
+def verified_file(path: Path, sha256: str, what: str) -> Path:
+    """``path``, once its SHA-256 is the one ``onnx.json`` recorded for it (``what`` names it in the error)."""
     from imutility.zoo.weights import file_sha256
 
     digest = file_sha256(path)
@@ -58,17 +61,21 @@ def _cpu_only(device) -> None:
 class OnnxContentEngine:
     """Tiles -> backbone features (ONNX) -> head (ONNX) -> tile pooling (numpy) -> sigmoid or identity."""
 
-    def __init__(self, card: dict, folder: Path, side: dict):
+    def __init__(self, card: dict, folder: Path, side: dict, precision: str = "fp32"):
         from imutility.zoo.backends.ort import ort_session
 
         feats = side["features"]
-        where = next((d / feats["file"] for d in backbone_dirs(folder) if (d / feats["file"]).is_file()), None)
+        graph = feats if precision == "fp32" else side.get(f"features_{precision}")
+        if graph is None:
+            raise PredictorLoadError(f"{folder}: no {precision} features graph in its {SIDECAR}: make one with "
+                                   f"imutility export --model {folder} --int8 --calibration PHOTOS")
+        where = next((d / graph["file"] for d in backbone_dirs(folder) if (d / graph["file"]).is_file()), None)
         if where is None:
-            raise OnnxFilesMissing(f"{folder}: the features graph {feats['file']} of {feats['backbone']} is in none "
+            raise OnnxFilesMissing(f"{folder}: the features graph {graph['file']} of {feats['backbone']} is in none "
                                    f"of {', '.join(str(d) for d in backbone_dirs(folder))}")
-        self.features = ort_session(_verified(where, feats["sha256"], "features graph"))
+        self.features = ort_session(verified_file(where, graph["sha256"], f"{precision} features graph"))
         self.take = slice(*feats["columns"])
-        self.head = ort_session(_verified(folder / side["head"]["file"], side["head"]["sha256"], "head"))
+        self.head = ort_session(verified_file(folder / side["head"]["file"], side["head"]["sha256"], "head"))
         self.pool = (float(side["pool"]["mean"]), float(side["pool"]["min"]), float(side["pool"]["bias"]))
         i = card["input"]
         self.tiles = TileSpec(**i["tiles"])
@@ -96,11 +103,14 @@ class OnnxContentEngine:
 class OnnxFinetuneEngine:
     """One window (crop or resize) -> the fine-tuned network (ONNX) -> softmax column 1 or the raw output."""
 
-    def __init__(self, card: dict, folder: Path, side: dict):
+    def __init__(self, card: dict, folder: Path, side: dict, precision: str = "fp32"):
         from imutility.zoo.backends.ort import ort_session
 
+        if precision != "fp32":
+            raise ValueError(f"precision {precision} is for content predictors (their backbone's features graph); "
+                             "a fine-tuned predictor runs in fp32 on the CPU")
         self.input = InputSpec(**card["input"])
-        self.network = ort_session(_verified(folder / side["network"]["file"], side["network"]["sha256"],
+        self.network = ort_session(verified_file(folder / side["network"]["file"], side["network"]["sha256"],
                                              "network"))
         self.binary = card["target"]["mode"] == "binary"
         self.size = self.input.size
@@ -154,14 +164,15 @@ def read_sidecar(folder: Path) -> dict | None:
     return side
 
 
-def onnx_engine(card: dict, folder: Path, side: dict):
-    """The ONNX Runtime engine for a predictor whose ONNX graphs ``side`` describes."""
+def onnx_engine(card: dict, folder: Path, side: dict, precision: str = "fp32"):
+    """The ONNX Runtime engine for a predictor whose ONNX graphs ``side`` describes; ``precision`` ``int8``: its
+    quantized features graph (:mod:`imutility.predictor.quantize`)."""
 
     arch = card.get("architecture", "finetune")
     if not fits(side, card):
         raise PredictorLoadError(f"{folder / SIDECAR} was made for another card (other weights or input): make it "
                                  "again (imutility export --model FOLDER --graphs)")
     try:
-        return ENGINES[arch](card, folder, side)
+        return ENGINES[arch](card, folder, side, precision)
     except (KeyError, TypeError) as e:
         raise PredictorLoadError(f"{folder / SIDECAR}: incomplete ({type(e).__name__}: {e})") from e

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imutility.predictor.common import PRECISION_NAMES, PredictorLoadError
+from imutility.predictor.common import CUDA_PRECISIONS, PredictorLoadError
 from imutility.predictor.data import normalise_window
 from imutility.predictor.geometry import InputSpec, TileSpec, WindowPreparer
 
 #: ``precision`` names -> the autocast dtype on a CUDA device (``fp32``: none, the reference numbers)
-PRECISIONS = dict(zip(PRECISION_NAMES, (None, torch.bfloat16, torch.float16), strict=True))
+PRECISIONS = dict(zip(CUDA_PRECISIONS, (None, torch.bfloat16, torch.float16), strict=True))
 
 
 class _Network:
