@@ -69,6 +69,28 @@ def test_labels_file_with_header_indices_and_synsets(tmp_path):
         ClassificationDataset.from_folder(tmp_path, labels_file=gt)
 
 
+def test_a_labels_file_chooses_the_photos_with_either_reference(tmp_path):
+    """Ground truth or the pristine reference: only the listed files become sources (in a sub-folder too), the
+    rest is one 'left out' line; a list that names none of the folder's files is an error."""
+    from imutility.tasks import get_task
+
+    (tmp_path / "n01440764").mkdir()
+    for name in ("a.JPEG", "b.JPEG", "c.JPEG"):
+        natural_image().save(tmp_path / "n01440764" / name, "JPEG")
+    natural_image().save(tmp_path / "d.JPEG", "JPEG")
+    gt = tmp_path / "list.txt"
+    gt.write_text("a.JPEG n01440764\nn01440764/c.JPEG 0\n")
+    task = get_task("classification")
+    for reference in ("ground-truth", "pristine"):
+        logs: list[str] = []
+        sources, _ = task.sources([tmp_path], gt, reference=reference, log=logs.append)
+        assert sorted(s.key for s in sources) == ["n01440764/a.JPEG", "n01440764/c.JPEG"], reference
+        assert logs == [f"left out 2 images of {tmp_path} not listed in {gt}"], (reference, logs)
+    gt.write_text("zzz.JPEG 3\n")
+    with pytest.raises(ValueError, match="none of the 1 files"):
+        task.sources([tmp_path], gt, reference="pristine")
+
+
 def test_unlabelled_folder_is_a_clear_error(tmp_path):
     natural_image().save(tmp_path / "holiday.jpg")
     with pytest.raises(ValueError, match="no labelled images"):

@@ -183,7 +183,8 @@ def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit):
 @click.option("--data", "data", multiple=True, type=click.Path(exists=True),
               help="ImageNet-style folder, or COCO instances json (repeatable) [default: the shared sets].")
 @click.option("--labels-file", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Classification ground truth: 'file_name class' lines.")
+              help="Classification ground truth: 'file_name class' lines; also the photos to label (with "
+                   "--reference pristine too, which ignores the classes).")
 @click.option("--labelers", default=None, help="Comma-separated labelers [default: three offline ones].")
 @click.option("--held-out", "held_out", default=None,
               help="Comma-separated networks run on every image (same columns) that take no part in the label: "

@@ -157,6 +157,18 @@ def read_label_table(path: Path, index: dict[str, int]) -> dict[str, int]:
     return table
 
 
+def read_file_list(path: Path) -> set[str]:
+    """The file names (or relative paths) in the first column of a labels file, whatever its classes say."""
+    if not path.exists():
+        raise FileNotFoundError(f"labels file not found: {path}")
+    with open(path, newline="", encoding="utf-8") as f:
+        sample = f.read(4096)
+        f.seek(0)
+        delim = "," if "," in sample else ("\t" if "\t" in sample else None)
+        rows = csv.reader(f, delimiter=delim) if delim else (line.split() for line in f)
+        return {row[0].strip() for row in rows if row and row[0].strip()}
+
+
 # --------------------------------------------------------------------------------------------
 # detection
 # --------------------------------------------------------------------------------------------

@@ -47,15 +47,27 @@ class ClassificationTask(Task):
                 limit: int | None = None, reference: str = GROUND_TRUTH,
                 log: Callable[[str], None] | None = None) -> tuple[list[Source], str]:
         """One image folder: ImageNet-style labels (file names, class folders or ``labels_file``); with the
-        pristine reference, every image of the folder, unlabelled."""
-        from imutility.datasets import ClassificationDataset
+        pristine reference, every image of the folder, unlabelled. A ``labels_file`` also chooses the photos:
+        with either reference only the files it lists are labelled (the others are counted in one line)."""
+        from imutility.datasets import ClassificationDataset, read_file_list
 
         folder = Path(data[0])
         if reference != GROUND_TRUTH:
-            return sources_from_folder(folder, log)[:limit], str(folder)
+            sources = sources_from_folder(folder, log)
+            if labels_file is not None:
+                listed = read_file_list(Path(labels_file))
+                kept = [s for s in sources if s.key in listed or Path(s.key).name in listed]
+                if not kept:
+                    raise ValueError(f"none of the {len(listed)} files listed in {labels_file} is in {folder}")
+                if log is not None and len(kept) < len(sources):
+                    log(f"left out {len(sources) - len(kept)} images of {folder} not listed in {labels_file}")
+                sources = kept
+            return sources[:limit], str(folder)
         ds = ClassificationDataset.from_folder(folder, labels_file)
-        for p in ds.unlabelled:
-            if log is not None:
+        if log is not None and labels_file is not None and ds.unlabelled:
+            log(f"left out {len(ds.unlabelled)} images of {folder} not listed in {labels_file}")
+        elif log is not None:
+            for p in ds.unlabelled:
                 log(f"skipped {p}: no class label")
         return sources_from_dataset(ds)[:limit], str(folder)
 
