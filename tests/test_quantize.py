@@ -56,9 +56,9 @@ def test_wrong_combinations_are_refused(tmp_path):
 
     with pytest.raises(ValueError, match="ONNX Runtime"):
         Predictor.load("default", precision="int8", runtime="torch")
-    with pytest.raises(ValueError, match="not for device"):
+    with pytest.raises(ValueError, match="for the CPU"):
         Predictor.load("default", precision="int8", device="cuda")
-    with pytest.raises(ValueError, match="not for device"):
+    with pytest.raises(ValueError, match="for a CUDA device"):
         Predictor.load("default", precision="bf16")
     with pytest.raises(ValueError, match="content predictors"):
         Predictor.load("finetune-classification", precision="int8")

@@ -126,9 +126,12 @@ class Predictor:
         if precision not in PRECISION_NAMES:
             raise ValueError(f"precision must be one of {', '.join(PRECISION_NAMES)}, got {precision!r}")
         on_cuda = str(device).startswith("cuda")
-        if precision not in (CUDA_PRECISIONS if on_cuda else CPU_PRECISIONS):
-            raise ValueError(f"precision {precision} is not for device {device}: use one of "
-                             f"{', '.join(CUDA_PRECISIONS if on_cuda else CPU_PRECISIONS)}")
+        if on_cuda and precision not in CUDA_PRECISIONS:
+            raise ValueError(f"precision {precision} is for the CPU (ONNX Runtime), not {device}; on CUDA: "
+                             f"{', '.join(CUDA_PRECISIONS)}")
+        if not on_cuda and precision not in CPU_PRECISIONS:
+            raise ValueError(f"precision {precision} is for a CUDA device, not {device}; on the CPU: "
+                             f"{', '.join(CPU_PRECISIONS)}")
         if precision in CPU_PRECISIONS and precision != "fp32":
             if runtime == "torch":
                 raise ValueError(f"precision {precision} runs on ONNX Runtime: runtime='onnx' (or None)")
