@@ -1,6 +1,6 @@
 """Throughput from JPEG files on disk to scores, beside the decode ceiling measured in the same run.
 
-    python benchmarks/bench_throughput.py [--files DIR] [--n 256] [--device cpu|cuda] [--json OUT]
+    python benchmarks/bench_throughput.py [--files DIR] [--n 256] [--device cpu|cuda] [--rounds 1] [--json OUT]
 
 CPU: the ceiling is decoding the same files with the same decoder (``imutility.images.load_image``,
 Pillow) in one process per core; each predictor runs through ``Predictor.predict_paths`` with ONNX
@@ -39,16 +39,21 @@ def _decode_chunk(paths: list[Path]) -> int:
     return len(paths)
 
 
-def cpu_decode_ceiling(files: list[Path], procs: int) -> float:
-    """img/s decoding every file once with Pillow in ``procs`` processes (pool start excluded)."""
+def cpu_decode_ceiling(files: list[Path], procs: int, rounds: int = 1) -> float:
+    """img/s decoding every file once with Pillow in ``procs`` processes (pool start excluded; the median of
+    ``rounds`` passes)."""
     import multiprocessing
+    import statistics
 
     chunks = [files[i::procs * 4] for i in range(procs * 4)]
     with ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_decode_chunk, [files[:2]] * procs))  # start the workers
-        t0 = time.perf_counter()
-        n = sum(pool.map(_decode_chunk, chunks))
-        return n / (time.perf_counter() - t0)
+        rates = []
+        for _ in range(max(1, rounds)):
+            t0 = time.perf_counter()
+            n = sum(pool.map(_decode_chunk, chunks))
+            rates.append(n / (time.perf_counter() - t0))
+        return statistics.median(rates)
 
 
 def timed_rate(fn, n: int, sync=lambda: None) -> float:
@@ -58,12 +63,19 @@ def timed_rate(fn, n: int, sync=lambda: None) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def median_rate(fn, n: int, rounds: int) -> float:
+    """The median of ``rounds`` timings of ``fn`` (a shared 2-core machine varies by 10-20 % run to run)."""
+    import statistics
+
+    return statistics.median(timed_rate(fn, n) for _ in range(max(1, rounds)))
+
+
 def cpu(files: list[Path], rows: list[dict], names: list[str], worker_counts: list[int],
-        precisions: list[str]) -> None:
+        precisions: list[str], rounds: int = 1) -> None:
     from imutility.predictor import Predictor
 
     cores = os.cpu_count() or 1
-    ceiling = cpu_decode_ceiling(files, cores)
+    ceiling = cpu_decode_ceiling(files, cores, rounds)
     print(f"CPU: {platform.processor() or platform.machine()}, {cores} cores; {len(files)} JPEG files")
     print(f"  decode only (Pillow, {cores} processes): {ceiling:.1f} img/s (the ceiling)")
     rows.append({"device": "cpu", "what": "decode only", "img_s": ceiling})
@@ -77,13 +89,14 @@ def cpu(files: list[Path], rows: list[dict], names: list[str], worker_counts: li
             list(p.predict_paths(files[:8], 8))  # warm-up (ONNX Runtime session, caches)
             prep = p.engine.preparer()
             prepared = [prep(load_image(f)) for f in files]
-            net = timed_rate(lambda p=p, prepared=prepared: [p.engine.scores_prepared(prepared[i:i + 32], p.device)
-                                                             for i in range(0, len(prepared), 32)], len(files))
+            net = median_rate(lambda p=p, prepared=prepared: [p.engine.scores_prepared(prepared[i:i + 32], p.device)
+                                                              for i in range(0, len(prepared), 32)], len(files), rounds)
             print(f"  {name} ({p.architecture}) {precision}: network only {net:.1f} img/s = {net / ceiling:.2f}x")
             rows.append({"device": "cpu", "predictor": name, "precision": precision, "what": "network only",
                          "img_s": net, "vs_ceiling": net / ceiling})
             for workers in worker_counts or sorted({0, 1, cores}):
-                rate = timed_rate(lambda p=p, w=workers: list(p.predict_paths(files, 32, workers=w)), len(files))
+                rate = median_rate(lambda p=p, w=workers: list(p.predict_paths(files, 32, workers=w)), len(files),
+                                   rounds)
                 print(f"  {name} {precision}: files -> scores, --workers {workers}: {rate:.1f} img/s = "
                       f"{rate / ceiling:.2f}x the decode ceiling (goal 0.7x)")
                 rows.append({"device": "cpu", "predictor": name, "precision": precision, "what": "end to end",
@@ -152,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", default=None, help="CPU: comma-separated worker counts [default: 0,1,all cores].")
     ap.add_argument("--precision", default=None, help="Comma-separated precisions, fp32 first [default: CPU "
                                                       "fp32,int8; GPU fp32,bf16,fp16].")
+    ap.add_argument("--rounds", type=int, default=1, help="CPU: the median of this many timings of each figure.")
     ap.add_argument("--predictors", default=None, help="Comma-separated predictors [default: every built-in one].")
     ap.add_argument("--json", default=None, help="Also write the figures here.")
     args = ap.parse_args(argv)
@@ -165,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         gpu(files, rows, names, args.batch, (args.precision or "fp32,bf16,fp16").split(","))
     else:
         cpu(files, rows, names, [int(w) for w in args.workers.split(",")] if args.workers else [],
-            (args.precision or "fp32,int8").split(","))
+            (args.precision or "fp32,int8").split(","), args.rounds)
     if args.json:
         Path(args.json).write_text(json.dumps({"files": str(root), "n": len(files), "rows": rows}, indent=1))
 

@@ -427,7 +427,7 @@ _workers_option = click.option(
 _precision_option = click.option(
     "--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
     help="The network's arithmetic. GPU: bf16/fp16 autocast (scores within about 1e-2 of fp32). CPU: int8, a content "
-         "predictor's quantized backbone (1.6x faster network on a 2-core CPU with VNNI; the same AUROC, scores move: "
+         "predictor's quantized backbone (1.8x faster network on a 2-core CPU with VNNI; the same AUROC, scores move: "
          "docs/performance.md).")
 _model_option = click.option("--model", "model", default="default", show_default=True,
                              help="A predictor folder, its card.json, or a built-in name.")

@@ -120,7 +120,7 @@ class Predictor:
         installed, else ONNX Runtime. ``precision`` ``bf16`` or ``fp16`` (CUDA) runs the network under
         autocast: faster, and scores that differ from the fp32 ones by up to about 1e-2
         (``benchmarks/bench_throughput.py``); ``int8`` (CPU, ONNX Runtime, content predictors with an int8 features
-        graph: :mod:`imutility.predictor.quantize`) runs the quantized backbone: a 1.6x faster network on a 2-core
+        graph: :mod:`imutility.predictor.quantize`) runs the quantized backbone: a 1.8x faster network on a 2-core
         CPU with int8 dot products (VNNI), the same within-level AUROC, and single scores that move by 0.03 on
         average (docs/performance.md)."""
         if precision not in PRECISION_NAMES:
