@@ -106,6 +106,7 @@ def test_lockstep_search_equals_one_image_at_a_time_and_batches_across_images():
                 assert got[i].utility == pytest.approx(r.utility)
             assert sum(calls) == sum(r.encodes for r in ref.values())  # no candidate scored twice
             assert max(calls) > 1 and len(calls) < sum(calls) / 2  # batched across images
+            assert max(calls) <= 4  # never more than batch_size candidates at once (exhaustive rounds too)
     own = {}
 
     def scorer_for(im):  # one scorer per image, like NetworkOracle.scorer(pristine)

@@ -87,7 +87,8 @@ def compress_many(items: Iterable[tuple[Any, Image.Image]], min_utility: float,
     Each round encodes the quality every open search asks for (in ``workers`` threads: Pillow's codecs release
     the GIL) and scores the round's encodings with one call per scorer: ``scorer_for(image)`` gives an image's
     scorer, and images that share one (a predictor) share its batches, so the network sees ``batch_size``
-    images at a time instead of one. The result of each image equals :func:`compress`'s; results come as their
+    images at a time instead of one (never more: an exhaustive round is scored ``batch_size`` candidates at a
+    time, so memory stays bounded). The result of each image equals :func:`compress`'s; results come as their
     searches end (not in input order), at most ``batch_size`` images open at once."""
     _check(min_utility, codec, min_quality, max_quality, search)
     if batch_size < 1 or workers < 0:
@@ -105,17 +106,16 @@ def compress_many(items: Iterable[tuple[Any, Image.Image]], min_utility: float,
                                                                             search)))
             if not open_:
                 return
-            jobs = [(s, q) for s in open_ for q in s.asked]
-            encoded = encode([(cls(q), s.image) for s, q in jobs])
-            by_scorer: dict[int, list[int]] = {}
-            for i, (s, _) in enumerate(jobs):
-                by_scorer.setdefault(id(s.scorer), []).append(i)
-            scores = np.empty(len(jobs))
-            for idx in by_scorer.values():
-                scorer = jobs[idx[0]][0].scorer
-                scores[idx] = np.asarray(scorer([encoded[i].image for i in idx]), dtype=np.float64)
-            for (s, q), res, value in zip(jobs, encoded, scores, strict=True):
-                s.found[q] = (res.data, res.bpp, res.suffix, float(value))
+            by_scorer: dict[int, list[tuple[_Search, int]]] = {}
+            for s in open_:
+                by_scorer.setdefault(id(s.scorer), []).extend((s, q) for q in s.asked)
+            for group in by_scorer.values():  # at most batch_size decoded candidates alive at once
+                for i in range(0, len(group), batch_size):
+                    part = group[i:i + batch_size]
+                    encoded = encode([(cls(q), s.image) for s, q in part])
+                    values = np.asarray(part[0][0].scorer([e.image for e in encoded]), dtype=np.float64)
+                    for (s, q), res, value in zip(part, encoded, values, strict=True):
+                        s.found[q] = (res.data, res.bpp, res.suffix, float(value))
             still = []
             for s in open_:
                 if s.advance():
