@@ -111,6 +111,9 @@ def test_a_wheel_in_a_fresh_venv_predicts_without_torch(tmp_path, photos):
                           *map(str, photos)], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     assert len(res.stdout.splitlines()) == len(photos)
+    res = subprocess.run([str(tmp_path / "venv" / "bin" / "imutility"), "predict", "--no-progress", "--precision",
+                          "int8", *map(str, photos)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0 and len(res.stdout.splitlines()) == len(photos), res.stderr  # the shipped int8 graph
     size = sum(f.stat().st_size for f in (tmp_path / "venv").rglob("*") if f.is_file() and not f.is_symlink())
     print(f"lean install: wheel {wheel.stat().st_size / 1e6:.1f} MB, venv {size / 2**20:.0f} MiB")  # docs/deploy.md
     assert size < 400 * 2**20  # the full environment is ~7 GB
