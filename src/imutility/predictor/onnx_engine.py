@@ -42,6 +42,12 @@ def backbone_dirs(folder: Path) -> list[Path]:
     return [folder, Path(str(resources.files("imutility").joinpath("resources", "backbones"))), cache_dir() / "onnx"]
 
 
+def features_key(precision: str) -> str:
+    """The ``onnx.json`` entry of a content predictor's features graph in ``precision`` (``features``,
+    ``features_int8``)."""
+    return "features" if precision == "fp32" else f"features_{precision}"
+
+
 def verified_file(path: Path, sha256: str, what: str) -> Path:
     """``path``, once its SHA-256 is the one ``onnx.json`` recorded for it (``what`` names it in the error)."""
     from imutility.zoo.weights import file_sha256
@@ -65,10 +71,10 @@ class OnnxContentEngine:
         from imutility.zoo.backends.ort import ort_session
 
         feats = side["features"]
-        graph = feats if precision == "fp32" else side.get(f"features_{precision}")
+        graph = side.get(features_key(precision))
         if graph is None:
             raise PredictorLoadError(f"{folder}: no {precision} features graph in its {SIDECAR}: make one with "
-                                   f"imutility export --model {folder} --int8 --calibration PHOTOS")
+                                     f"imutility export --model {folder} --int8 --calibration PHOTOS")
         where = next((d / graph["file"] for d in backbone_dirs(folder) if (d / graph["file"]).is_file()), None)
         if where is None:
             raise OnnxFilesMissing(f"{folder}: the features graph {graph['file']} of {feats['backbone']} is in none "

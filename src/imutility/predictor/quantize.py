@@ -25,7 +25,7 @@ import numpy as np
 
 from imutility import atomic
 from imutility.errors import ImutilityError
-from imutility.predictor.onnx_engine import SIDECAR, backbone_dirs, read_sidecar
+from imutility.predictor.onnx_engine import SIDECAR, backbone_dirs, features_key, read_sidecar
 
 #: JPEG qualities the calibration photos are seen at (the range a predictor judges, from ruined to clean)
 CALIBRATION_QUALITIES = (3, 6, 10, 25, 75)
@@ -122,10 +122,10 @@ def add_int8_features(folder: str | os.PathLike, calibration: Sequence[str | os.
 
     folder = Path(folder)
     side = read_sidecar(folder)
-    if side is None or "features" not in side:
+    if side is None or features_key("fp32") not in side:
         raise QuantizationError(f"{folder}: int8 needs a content predictor with its ONNX graphs ({SIDECAR}); "
                                 "a fine-tuned predictor has no features graph to quantize")
-    feats = side["features"]
+    feats = side[features_key("fp32")]
     name = int8_file_name(feats["file"])
     found = next((d / name for d in backbone_dirs(folder) if (d / name).is_file()), None)
     if found is None:
@@ -140,6 +140,6 @@ def add_int8_features(folder: str | os.PathLike, calibration: Sequence[str | os.
                f"seed {seed}, min-max ranges, float32 after the last convolution")
         found = quantize_graph(verified_file(src, feats["sha256"], "features graph"),
                                normalise(tiles, *engine.values), Path(out_dir or cache_dir() / "onnx") / name, how)
-    side["features_int8"] = {"file": name, "sha256": file_sha256(found), "calibration": graph_calibration(found)}
+    side[features_key("int8")] = {"file": name, "sha256": file_sha256(found), "calibration": graph_calibration(found)}
     atomic.write_json(folder / SIDECAR, side)
     return found
