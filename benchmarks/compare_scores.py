@@ -16,12 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from imutility.predictor import Predictor
+from imutility.predictor.benchmark import score_cache
+
 
 def cached(out: Path, set_name: str, name: str) -> pd.Series:
-    slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-    tag = json.loads((out / "results.json").read_text()).get("precisions", {}).get(name, "fp32")
-    pattern = f"{slug}-" + "?" * 12 + ("" if tag == "fp32" else f"-{tag}") + ".parquet"
-    (path,) = sorted((out / "scores" / set_name).glob(pattern))
+    """The scores ``imutility benchmark`` cached for predictor ``name`` (its weights and precision as it ran)."""
+    results = json.loads((out / "results.json").read_text())
+    precision = results.get("precisions", {}).get(name, "fp32")
+    card = Predictor.load(results["predictors"][name], runtime="onnx", precision=precision).card
+    path = score_cache(out, set_name, name, card["weights_sha256"], precision)
     return pd.read_parquet(path).set_index("path")["score"]
 
 

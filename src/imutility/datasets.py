@@ -132,11 +132,10 @@ def _class_from_token(token: str, index: dict[str, int]) -> int | None:
     return None
 
 
-def read_label_table(path: Path, index: dict[str, int]) -> dict[str, int]:
-    """``file_name -> class index`` from CSV/TSV/whitespace lines; classes as indices or synset ids."""
+def _label_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, non-empty cells)`` of a CSV/TSV/whitespace labels file (the delimiter sniffed once)."""
     if not path.exists():
         raise FileNotFoundError(f"labels file not found: {path}")
-    table: dict[str, int] = {}
     with open(path, newline="", encoding="utf-8") as f:
         sample = f.read(4096)
         f.seek(0)
@@ -144,29 +143,28 @@ def read_label_table(path: Path, index: dict[str, int]) -> dict[str, int]:
         rows = csv.reader(f, delimiter=delim) if delim else (line.split() for line in f)
         for n, row in enumerate(rows, 1):
             row = [c.strip() for c in row if c.strip()]
-            if not row:
-                continue
-            if len(row) < 2:
-                raise ValueError(f"{path}:{n}: expected 'file_name class', got {row!r}")
-            cls = _class_from_token(row[1], index)
-            if cls is None:
-                if n == 1:
-                    continue  # header
-                raise ValueError(f"{path}:{n}: {row[1]!r} is neither a class index 0..999 nor a synset id")
-            table[row[0]] = cls
+            if row:
+                yield n, row
+
+
+def read_label_table(path: Path, index: dict[str, int]) -> dict[str, int]:
+    """``file_name -> class index`` from CSV/TSV/whitespace lines; classes as indices or synset ids."""
+    table: dict[str, int] = {}
+    for n, row in _label_rows(path):
+        if len(row) < 2:
+            raise ValueError(f"{path}:{n}: expected 'file_name class', got {row!r}")
+        cls = _class_from_token(row[1], index)
+        if cls is None:
+            if n == 1:
+                continue  # header
+            raise ValueError(f"{path}:{n}: {row[1]!r} is neither a class index 0..999 nor a synset id")
+        table[row[0]] = cls
     return table
 
 
 def read_file_list(path: Path) -> set[str]:
     """The file names (or relative paths) in the first column of a labels file, whatever its classes say."""
-    if not path.exists():
-        raise FileNotFoundError(f"labels file not found: {path}")
-    with open(path, newline="", encoding="utf-8") as f:
-        sample = f.read(4096)
-        f.seek(0)
-        delim = "," if "," in sample else ("\t" if "\t" in sample else None)
-        rows = csv.reader(f, delimiter=delim) if delim else (line.split() for line in f)
-        return {row[0].strip() for row in rows if row and row[0].strip()}
+    return {row[0] for _, row in _label_rows(path)}
 
 
 # --------------------------------------------------------------------------------------------

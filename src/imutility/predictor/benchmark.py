@@ -86,8 +86,7 @@ def cached_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, devi
     from imutility.predictor.model import Predictor
 
     pred = Predictor.load(where, device=device, precision=precision)
-    tag = "" if precision == "fp32" else f"-{precision}"
-    cache = out / "scores" / s.name / f"{_slug(name)}-{pred.card['weights_sha256'][:12]}{tag}.parquet"
+    cache = score_cache(out, s.name, name, pred.card["weights_sha256"], precision)
     if cache.is_file():
         old = pd.read_parquet(cache)
         if set(table["path"]) <= set(old["path"]):
@@ -99,6 +98,12 @@ def cached_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, devi
     scores = np.asarray([np.nan if v is None else v for _, v, _ in pred.predict_paths(paths, 64)], dtype=np.float64)
     atomic.write_parquet(cache, pd.DataFrame({"path": table["path"].to_numpy(), "score": scores}))
     return scores
+
+
+def score_cache(out: Path, set_name: str, name: str, weights_sha256: str, precision: str = "fp32") -> Path:
+    """Where :func:`cached_scores` keeps a predictor's scores on a set: one file per name, weights and precision."""
+    tag = "" if precision == "fp32" else f"-{precision}"
+    return Path(out) / "scores" / set_name / f"{_slug(name)}-{weights_sha256[:12]}{tag}.parquet"
 
 
 def _slug(name: str) -> str:
