@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from imutility.distort import get_preset
-from imutility.distort_folder import distort_folder
+from imutility.jobs.distort import distort_folder
 from imutility.images import list_images, load_image
 from imutility.paths import shared_data
 

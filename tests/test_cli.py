@@ -95,3 +95,37 @@ def test_library_errors_share_one_base_class():
                 PredictorLoadError, ConfigError, WeightsError):
         assert issubclass(cls, ImutilityError), cls
     assert issubclass(UnknownNameError, KeyError) and issubclass(ConfigError, ValueError)  # old bases kept
+
+
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    """predict -o and export --onnx into a place no file can go (a path below a file: refused even for root)."""
+    from conftest import natural_image
+
+    natural_image().save(tmp_path / "a.png")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a folder")
+    for args in (["predict", str(tmp_path / "a.png"), "-o", str(blocker / "scores.jsonl"), "--no-progress"],
+                 ["export", "--model", "default", "--onnx", str(blocker / "default.onnx")]):
+        assert main(args) == 1, args
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and str(blocker) in err and len(err.strip().splitlines()) == 1
+
+
+def test_training_settings_that_cannot_train_are_refused(tmp_path, capsys):
+    from imutility.predictor import TrainConfig
+    from imutility.reproduce.config import ConfigError, parse_config
+
+    for kwargs, message in (({"size": 7}, "at least 32"), ({"dropout": 2.0}, "dropout"),
+                            ({"weight_decay": "x"}, "weight_decay")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(labels=str(tmp_path), **kwargs).validate()
+    assert main(["train", str(tmp_path), str(tmp_path / "p"), "--size", "7"]) == 1
+    assert "at least 32" in capsys.readouterr().err
+    import tomllib
+    from importlib import resources
+
+    raw = tomllib.loads(resources.files("imutility").joinpath("resources", "configs", "quick.toml").read_text())
+    for key, value in (("size", 7), ("dropout", 2.0), ("weight_decay", "x")):
+        bad = {**raw, "predictor": {**raw.get("predictor", {}), key: value}}
+        with pytest.raises(ConfigError, match=key):
+            parse_config(bad)

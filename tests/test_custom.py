@@ -108,8 +108,24 @@ def test_torchvision_state_dict_and_torchscript_formats(tmp_path):
 
     scripted = torch.jit.script(Tiny().eval())
     scripted.save(str(tmp_path / "tiny.ts"))
-    spec = zoo.register(write_spec(tmp_path, "my-ts", "torchscript", "tiny.ts"))
+    with pytest.raises(CustomSpecError, match="runs its author's code.*trust_code = true"):
+        zoo.register(write_spec(tmp_path, "my-ts", "torchscript", "tiny.ts"))  # a program: not without consent
+    spec = zoo.register(write_spec(tmp_path, "my-ts", "torchscript", "tiny.ts", extra="trust_code = true"))
     np.testing.assert_allclose(zoo.get_labeler(spec.name)(images), reference_probs(Tiny().eval(), images), atol=1e-5)
+
+
+def test_a_network_that_does_not_match_its_spec_is_one_error(tiny_onnx, capsys):
+    """The class list says 4 classes, the network gives 3: refused when the labeler is built, in one line, before
+    any labelling; so is a declared input size no network should get."""
+    spec_path, _ = tiny_onnx
+    (spec_path.parent / "classes.txt").write_text("cat\ndog\nbird\nfish\n")
+    spec_path.write_text(spec_path.read_text())
+    zoo.register(spec_path)
+    with pytest.raises(CustomSpecError, match="does not run as the spec declares.*3 classes, expected 4"):
+        zoo.get_labeler("tiny-onnx")
+    assert main(["--labeler-spec", str(spec_path), "zoo", "eval", "tiny-onnx", "--data", str(spec_path.parent)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not run as the spec declares" in err[0]
 
 
 def test_a_changed_file_fails_the_hash_check(tiny_onnx):
@@ -131,6 +147,8 @@ def test_a_changed_file_fails_the_hash_check(tiny_onnx):
     (lambda s: s + "\ncolour = 1\n", "unknown output field"),  # appended inside [output]
     (lambda s: s.replace('resize = "stretch"', 'resize = "squash"'), "preprocess.resize must be"),
     (lambda s: s.replace("size = [32, 32]", "size = [32]"), "preprocess.size"),
+    (lambda s: s.replace("size = [32, 32]", "size = [100000, 100000]"), "preprocess.size"),
+    (lambda s: s.replace('format = "onnx"', 'format = "onnx"\ntrust_code = "yes"'), "trust_code must be"),
     (lambda s: s.replace('classes = "classes.txt"', 'classes = "missing.txt"'), "cannot read"),
     (lambda s: s.replace('kind = "logits"', 'kind = "scores"'), "output.kind"),
     (lambda s: s.replace("[preprocess]", "[preprocess]\nshape = 3"), "unknown preprocess field"),

@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import natural_image
 from imutility.cli import EXIT_SKIPPED, main
 from imutility.distort import get_preset, parse_distortion
-from imutility.distort_folder import RunMismatchError, distort_folder
+from imutility.jobs.distort import RunMismatchError, distort_folder
 from imutility.paths import output_relpath
 
 

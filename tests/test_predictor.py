@@ -230,7 +230,7 @@ def test_predict_works_right_after_install(tmp_path, capsys):
 
 
 def test_filter_output_is_exactly_the_kept_set(tiny_predictor, tmp_path, capsys):
-    from imutility.predictor.filter_folder import filter_folder
+    from imutility.jobs.filter import filter_folder
 
     src = tmp_path / "in"
     src.mkdir()

@@ -36,7 +36,9 @@ def test_int8_runs_the_quantized_backbone_close_to_fp32(name, images):
     int8 = Predictor.load(name, precision="int8")(images)
     d = np.abs(int8 - fp32)
     assert d.max() > 1e-5  # not the float32 graph
-    assert d.mean() < 0.06 and np.corrcoef(int8, fp32)[0, 1] > 0.95, (d.mean(), np.corrcoef(int8, fp32)[0, 1])
+    # 7-bit weights (quantize.REDUCE_RANGE, exact on CPUs without VNNI too): mean |d| 0.059-0.063 on these 24
+    # images on an AVX2-only EPYC; the 8-bit graph it replaced gave 0.09-0.15 there (correlation 0.77-0.88)
+    assert d.mean() < 0.075 and np.corrcoef(int8, fp32)[0, 1] > 0.95, (d.mean(), np.corrcoef(int8, fp32)[0, 1])
 
 
 def test_the_lean_install_runs_int8(tmp_path):

@@ -77,6 +77,29 @@ def test_an_unreachable_cluster_is_one_clear_error(labelers, photos, tmp_path):
         run(photos, tmp_path / "out", labelers, RayEngine(address="127.0.0.1:1"))
 
 
+def test_another_kind_of_server_at_the_address_is_refused_in_seconds(labelers, photos, tmp_path):
+    """An HTTP/1 server answers at the address: the probe says so at once (Ray would retry for minutes)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Quiet) as http:
+        threading.Thread(target=http.serve_forever, daemon=True).start()
+        t0 = time.monotonic()
+        with pytest.raises(RayEngineError, match="not as a Ray cluster"):
+            run(photos, tmp_path / "out", labelers, RayEngine(address=f"127.0.0.1:{http.server_address[1]}"))
+        assert time.monotonic() - t0 < 15
+        http.shutdown()
+
+
+def test_the_probe_accepts_a_real_ray_cluster(ray_local):
+    from imutility.labelling.ray_engine import _check_reachable
+
+    _check_reachable(ray.get_runtime_context().gcs_address)  # the GCS speaks gRPC: no error
+
+
 def test_the_ray_engine_gives_the_local_engines_table(ray_local, labelers, photos, tmp_path):
     local, local_errors = run(photos, tmp_path / "local", labelers)
     remote, remote_errors = run(photos, tmp_path / "ray", labelers, RayEngine(actors=1))

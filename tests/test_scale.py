@@ -16,23 +16,7 @@ from imutility.images import load_image
 from imutility.predictor import Predictor
 from imutility.predictor.geometry import InputSpec, WindowPreparer
 from imutility.predictor.prepare import PreparationError, prepared_stream
-
-
-class DieOn:
-    """A preparer that kills its process on images of one size (a decoder crash), else delegates."""
-
-    def __init__(self, inner, size: tuple[int, int]):
-        self.inner, self.size = inner, size
-
-    def __call__(self, img):
-        if img.size == self.size:
-            os._exit(13)
-        return self.inner(img)
-
-
-class AlwaysDies:
-    def __call__(self, img):
-        os._exit(13)
+from worker_killers import AlwaysDies, DieOn
 
 
 @pytest.fixture
@@ -64,17 +48,28 @@ def test_workers_give_the_same_scores_in_the_same_order(tiny_predictor, mixed_fo
     assert np.allclose(a, p([load_image(f) for f in files if f.name[2:3] == "."]), atol=1e-6)
 
 
-def test_a_worker_that_dies_costs_only_its_own_chunk(mixed_folder):
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_a_worker_that_dies_costs_only_its_own_file(mixed_folder, chunk):
+    """Whichever chunks are in flight when the pool breaks, only the file that killed it is reported (and with
+    chunk 3 its chunk-mates are still prepared); the run goes on to the end. Deterministic: the orphans of a broken
+    pool are always prepared again one file at a time, so the culprit is named whatever the timing."""
+    second = mixed_folder / "03b_killer.png"  # two killers, in different chunks
+    natural_image(77, 55, seed=98).save(second)
     files = sorted(mixed_folder.iterdir())
     preparer = DieOn(WindowPreparer(InputSpec(size=32)), (77, 55))
-    out = list(prepared_stream([(f.name, f) for f in files], preparer, workers=2, chunk=1))
+    out = list(prepared_stream([(f.name, f) for f in files], preparer, workers=2, chunk=chunk))
     assert [k for k, _, _ in out] == [f.name for f in files]
-    died = [k for k, _, e in out if e is not None and "worker died" in e]
-    assert died == ["09b_killer.png"]
+    died = [k for k, _, e in out if e is not None and "worker died on this file" in e]
+    assert died == ["03b_killer.png", "09b_killer.png"]
     assert sum(t is not None for _, t, _ in out) == 12 and all(t.shape == (1, 32, 32, 3) for _, t, _ in out
                                                                 if t is not None)
+    other = {k: e for k, _, e in out if e is not None and k not in died}
+    assert set(other) == {"05b_truncated.jpg", "07b_text.jpg"}
+
+
+def test_workers_that_cannot_run_at_all_stop_the_run(mixed_folder):
     with pytest.raises(PreparationError, match="cannot run"):
-        list(prepared_stream([(f.name, f) for f in files], AlwaysDies(), workers=1, chunk=1))
+        list(prepared_stream([(f.name, f) for f in sorted(mixed_folder.iterdir())], AlwaysDies(), workers=1, chunk=1))
 
 
 def test_ten_thousand_files_with_bad_ones_in_worker_processes(tmp_path):

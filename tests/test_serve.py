@@ -27,17 +27,19 @@ from imutility.cli import main  # noqa: E402
 from imutility.distort import JPEG  # noqa: E402
 from imutility.predictor import Predictor  # noqa: E402
 from imutility.rate import compress  # noqa: E402
-from imutility.serve import ServeConfig, create_app  # noqa: E402
+from imutility.serve import ServeConfig, create_app, public_card, server_config  # noqa: E402
 
 
 class Server:
-    """uvicorn serving ``app`` in a thread, on 127.0.0.1 and a free port."""
+    """uvicorn serving ``app`` in a thread, on 127.0.0.1 and a free port, configured as ``imutility serve``
+    runs it (:func:`imutility.serve.server_config`: the request deadline, the connection cap)."""
 
-    def __init__(self, app):
+    def __init__(self, app, config: ServeConfig | None = None):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(server_config(app, config, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self):
@@ -83,7 +85,8 @@ def expected(jpegs):
 
 @pytest.fixture(scope="module")
 def server(predictor):
-    with Server(create_app(predictor, ServeConfig(max_body_bytes=2_000_000, max_images=8, max_pixels=4_000_000))) as s:
+    config = ServeConfig(max_body_bytes=2_000_000, max_images=8, max_pixels=4_000_000)
+    with Server(create_app(predictor, config), config) as s:
         yield s
 
 
@@ -197,7 +200,79 @@ def test_compress_matches_the_library_and_model_is_the_card(server, predictor, j
             assert r.status_code == 422, params
         assert client.post("/compress", content=b"junk").status_code == 422
         card = client.get("/model").json()
-        assert card == json.loads(json.dumps(predictor.card))
+        assert card["weights_sha256"] == predictor.card["weights_sha256"]
+        assert card == json.loads(json.dumps(public_card(predictor.card)))
+
+
+def test_model_publishes_no_absolute_paths(server):
+    card = {"data": {"labels": "/home/me/runs/labels", "rel": "runs/x"}, "paths": ["/srv/a/b.parquet", "c"],
+            "n": 3}
+    assert public_card(card) == {"data": {"labels": "labels", "rel": "runs/x"}, "paths": ["b.parquet", "c"], "n": 3}
+    text = httpx.get(f"{server.url}/model").text
+    assert '"/' not in text.replace('": "/', "")  # no value that is an absolute path
+
+
+def _png_of(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (w, h), 128).save(buf, "PNG")  # small file, many pixels: what a decompression bomb looks like
+    return buf.getvalue()
+
+
+def test_compress_searches_share_a_pixel_budget(predictor):
+    """Concurrent /compress requests never hold more decoded pixels than the budget (each waits for its share);
+    an image over the whole budget is a 413, one over max_pixels a 422; nothing is a 500."""
+    config = ServeConfig(max_pixels=3_000_000, compress_pixels=1_000_000)
+    app = create_app(predictor, config)
+    big = _png_of(900, 700)  # 0.63 MP: two of them do not fit in 1 MP at once
+    with Server(app, config) as srv, ThreadPoolExecutor(4) as pool:
+        def post(body):
+            return httpx.post(f"{srv.url}/compress", content=body, params={"min_utility": 0.9}, timeout=300)
+
+        codes = [r.status_code for r in pool.map(post, [big] * 4)]
+        assert codes == [200] * 4
+        budget = app.state.compress_budget
+        assert budget.held == 0 and 630_000 <= budget.peak <= 1_000_000
+        r = post(_png_of(1500, 1000))  # 1.5 MP: within max_pixels, over the whole budget
+        assert r.status_code == 413 and "at most 1000000 decoded pixels" in r.json()["detail"]
+        r = post(_png_of(2000, 2000))  # 4 MP: over max_pixels, refused before decoding
+        assert r.status_code == 422 and "exceeds the limit" in r.json()["detail"]
+
+
+def _raw(port: int, data: bytes, wait: float = 10.0) -> bytes:
+    """Send ``data`` on a fresh connection and read until the server closes it (or ``wait`` passes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+        s.sendall(data)
+        got = b""
+        try:
+            while chunk := s.recv(65536):
+                got += chunk
+        except TimeoutError:
+            pass
+        return got
+
+
+def test_half_sent_requests_time_out_and_connections_are_capped(predictor):
+    """A request that never arrives whole is answered 408 and closed after the deadline (headers or body); beyond
+    the connection cap a new connection is answered 503 at once; /health answers throughout."""
+    config = ServeConfig(request_timeout_s=1.0, max_connections=6)
+    with Server(create_app(predictor, config), config) as srv:
+        t0 = time.monotonic()
+        got = _raw(srv.port, b"POST /predict HTTP/1.1\r\nHost: x\r\n")  # headers never end
+        assert got.startswith(b"HTTP/1.1 408") and time.monotonic() - t0 < 5
+        got = _raw(srv.port, b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        assert got.startswith(b"HTTP/1.1 408")  # the body never ends
+        idle = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(6)]
+        try:
+            time.sleep(0.2)
+            got = _raw(srv.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", wait=3)
+            assert got.startswith(b"HTTP/1.1 503")
+            time.sleep(1.5)  # the idle ones have had their deadline: closed
+            assert all(s.recv(100).startswith(b"HTTP/1.1 408") for s in idle)
+        finally:
+            for s in idle:
+                s.close()
+        time.sleep(0.2)
+        assert httpx.get(f"{srv.url}/health", timeout=10).status_code == 200
 
 
 def test_serve_command_answers_on_loopback(tmp_path, jpegs, expected):
@@ -205,12 +280,19 @@ def test_serve_command_answers_on_loopback(tmp_path, jpegs, expected):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "imutility", "serve", "--port", str(port), "--max-batch", "8"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "imutility", "serve", "--port", str(port), "--max-batch", "8",
+                             "--max-pixels", "1000000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_until_serving(proc, f"http://127.0.0.1:{port}/health")
         r = httpx.post(f"http://127.0.0.1:{port}/predict", content=data["20.jpg"], timeout=60)
         assert r.json()["p_useful"] == pytest.approx(expected["20.jpg"], abs=1.5e-6)
+        big = httpx.post(f"http://127.0.0.1:{port}/compress", content=_png_of(1100, 1000), timeout=60)
+        assert big.status_code == 422 and "exceeds the limit of 1000000" in big.json()["detail"]
+        # a second server on the same port: one line, exit 1
+        busy = subprocess.run([sys.executable, "-m", "imutility", "serve", "--port", str(port)],
+                              capture_output=True, text=True, timeout=120)
+        assert busy.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in busy.stderr
+        assert "Traceback" not in busy.stderr
     finally:
         proc.terminate()
         proc.wait(30)

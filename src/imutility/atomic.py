@@ -33,7 +33,9 @@ def write_bytes(path: str | os.PathLike, data: bytes, durable: bool = True) -> N
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the temporary name starts with at most 64 characters of the final one: a name the file system takes must
+    # not become one it refuses once ".", the random part and ".tmp" are added
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:64]}.", suffix=".tmp")
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:

@@ -55,8 +55,8 @@ def distort(src: str, out: str, preset: str | None, specs: tuple[str, ...], seed
     Reruns into the same OUT resume: finished images are skipped. Unreadable files are reported
     and skipped (exit status 3); everything readable is still written.
     """
-    from imutility.distort_folder import distort_folder
     from imutility.images import DEFAULT_MAX_PIXELS
+    from imutility.jobs.distort import distort_folder
 
     if preset is None and not specs:
         preset = "paper-jpeg9"
@@ -506,7 +506,7 @@ def predict(paths, model, fmt, output, batch_size, runtime, device, precision, w
     if output:
         from imutility import atomic
 
-        atomic.write_text(output, buf.getvalue())
+        _library_call(atomic.write_text, output, buf.getvalue())
     else:
         click.echo(buf.getvalue(), nl=False)
     return EXIT_SKIPPED if skipped else EXIT_OK
@@ -529,7 +529,7 @@ def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size, 
                no_progress) -> int:
     """Copy the images of SRC predicted useful into OUT, which ends up holding exactly those (and OUT/filter.csv
     with every file's score and decision). A rerun into the same OUT replaces the earlier run's outputs."""
-    from imutility.predictor.filter_folder import filter_folder
+    from imutility.jobs.filter import filter_folder
 
     if not math.isfinite(min_utility) or not 0 <= min_utility <= 1:
         raise click.BadParameter(f"{min_utility} is not in [0, 1]", param_hint="--min-utility")
@@ -565,13 +565,24 @@ def filter_cmd(src, out, min_utility, replace_with_pristine, model, batch_size, 
               help="Images searched in lockstep: each round's candidates go to the predictor in one batch.")
 @click.option("--workers", "-j", type=click.IntRange(min=0), default=0, show_default=True,
               help="Threads encoding and decoding the candidates (0: in the main thread).")
+@click.option("--memory-mb", type=click.FloatRange(min=1), default=2048, show_default=True,
+              help="Memory the images searched at once may take (about 13 bytes per pixel each): fewer than "
+                   "--batch-size large photos are searched together; one image always is.")
 @_models_option
 @click.option("--no-progress", is_flag=True)
 def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search, model, target, device, precision,
-                 batch_size, workers, models, no_progress) -> int:
+                 batch_size, workers, memory_mb, models, no_progress) -> int:
     """Write every image of SRC into OUT at the lowest quality that still scores MIN_UTILITY, with OUT/manifest.csv
     (source, chosen quality, bytes, bpp, score, encodes tried). Resumable; unreadable files are reported (exit 3)."""
-    from imutility.compress_folder import compress_folder
+    from imutility.jobs.compress import compress_folder
+    from imutility.rate import CODECS
+
+    if not math.isfinite(min_utility):
+        raise click.BadParameter(f"{min_utility} is not a number in [0, 1]", param_hint="--min-utility")
+    lo, hi = CODECS[codec][1]
+    if not lo <= min_quality <= max_quality <= hi:
+        raise click.BadParameter(f"{codec} needs {lo} <= --min-quality <= --max-quality <= {hi}, got "
+                                 f"{min_quality}..{max_quality}", param_hint="--min-quality/--max-quality")
 
     if target:
         from imutility import zoo
@@ -584,7 +595,7 @@ def compress_cmd(src, out, min_utility, codec, min_quality, max_quality, search,
         scorer_for, name = (lambda _img: pred), f"predictor:{model}:{pred.card['weights_sha256'][:16]}:{precision}"
     rep = _library_call(compress_folder, src, out, min_utility, scorer_for, name, codec, min_quality, max_quality,
                         search, on_error=lambda p, r: click.echo(f"skipped {p}: {r}", err=True),
-                        progress=not no_progress, batch_size=batch_size, workers=workers)
+                        progress=not no_progress, batch_size=batch_size, workers=workers, memory_mb=memory_mb)
     click.echo(f"{rep.n_written} images -> {rep.out} ({rep.encodes / max(rep.n_written, 1):.1f} encodes per image"
                + (f", {rep.n_resumed} already done" if rep.n_resumed else "") + f"); manifest: {rep.manifest}")
     if rep.n_unsatisfied:
@@ -644,7 +655,7 @@ def export(model, onnx_path, graphs, features_dir, int8, calibration, calibratio
                    f"{float(np.abs(q(probe) - ref).max()):.1e})")
     if graphs or int8:
         return
-    path = pred.export_onnx(onnx_path)
+    path = _library_call(pred.export_onnx, onnx_path)
     pred.use_onnx_runtime(path)
     diff = float(np.abs(pred(probe) - ref).max())
     click.echo(f"wrote {path} (ONNX Runtime vs PyTorch on a probe image: max |diff| {diff:.1e})")
@@ -667,16 +678,30 @@ def export(model, onnx_path, graphs, features_dir, int8, calibration, calibratio
               help="Requests with a larger body are answered 413.")
 @click.option("--max-images", type=click.IntRange(min=1), default=64, show_default=True,
               help="Images per request (multipart).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+              help="Refuse (422) images with more pixels, before decoding [default: 178956970, Pillow's].")
+@click.option("--compress-pixels", type=click.IntRange(min=1), default=None,
+              help="Decoded pixels all /compress searches may hold at once (about 17 bytes each); a request waits "
+                   "for its share, a larger image is 413 [default: --max-pixels].")
+@click.option("--request-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              help="Seconds a request may take to arrive whole (headers and body); then 408 and closed.")
+@click.option("--keep-alive", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="Seconds an idle keep-alive connection stays open.")
+@click.option("--max-connections", type=click.IntRange(min=1), default=256, show_default=True,
+              help="Open connections at most; more are answered 503 and closed at once.")
 @_models_option
-def serve(model, host, port, runtime, device, precision, max_batch, max_wait_ms, max_body_mb, max_images,
-          models) -> None:
+def serve(model, host, port, runtime, device, precision, max_batch, max_wait_ms, max_body_mb, max_images, max_pixels,
+          compress_pixels, request_timeout, keep_alive, max_connections, models) -> None:
     """Serve the predictor over HTTP: POST /predict, POST /compress, GET /health, GET /model (docs/serve.md)."""
+    from imutility.images import DEFAULT_MAX_PIXELS
     from imutility.serve import ServeConfig
     from imutility.serve import serve as run_server
 
     pred = _load_predictor(model, runtime, device, models, precision)
     config = ServeConfig(max_body_bytes=int(max_body_mb * 2**20), max_images=max_images, max_batch=max_batch,
-                         max_wait_ms=max_wait_ms)
+                         max_wait_ms=max_wait_ms, max_pixels=max_pixels or DEFAULT_MAX_PIXELS,
+                         compress_pixels=compress_pixels, request_timeout_s=request_timeout, keep_alive_s=keep_alive,
+                         max_connections=max_connections)
     _library_call(run_server, pred, host, port, config)
 
 

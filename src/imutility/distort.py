@@ -47,7 +47,11 @@ class DistortedImage:
 
     @property
     def suffix(self) -> str:
-        return {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}[self.format]
+        return SUFFIXES[self.format]
+
+
+#: the file suffix of each format a distortion writes
+SUFFIXES = {"jpeg": ".jpg", "webp": ".webp", "png": ".png"}
 
 
 def _bpp(data: bytes, img: Image.Image) -> float:

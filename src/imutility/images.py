@@ -7,8 +7,10 @@ report and skip it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import stat
 import threading
 import warnings
 from collections.abc import Callable
@@ -44,10 +46,30 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
     EXIF orientation is applied; grayscale, palette, CMYK, 16-bit and float images are converted
     to RGB (16-bit by keeping the high byte, so a 16-bit photo looks like its 8-bit version);
     transparent images are composited over white, as a viewer shows them. Truncated, empty,
-    non-image and oversized (``> max_pixels``) files raise :class:`ImageLoadError`.
+    non-image and oversized (``> max_pixels``) files raise :class:`ImageLoadError`, and so does anything
+    that is not a regular file (a FIFO, a device such as ``/dev/zero``), before a byte of it is read.
     """
+    with _opened(source, max_pixels) as img:
+        _strict_load(img)
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+
+
+def image_size(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """``(width, height)`` of an image from its header alone (nothing decoded), with :func:`load_image`'s checks
+    and errors: what a caller that must budget memory before decoding asks first."""
+    with _opened(source, max_pixels) as img:
+        return img.size
+
+
+@contextlib.contextmanager
+def _opened(source: str | os.PathLike | bytes, max_pixels: int | None):
+    """The image opened lazily (header read, size checked against ``max_pixels``), every failure, here or in the
+    caller's block, one :class:`ImageLoadError`."""
     path = None if isinstance(source, bytes | bytearray) else source
     try:
+        if path is not None:
+            check_regular_file(path)
         if (os.path.getsize(path) if path is not None else len(source)) == 0:
             raise ImageLoadError(path, "empty file (0 bytes)")
         fp = io.BytesIO(source) if path is None else open(path, "rb")  # noqa: SIM115
@@ -65,9 +87,7 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
             if max_pixels is not None and w * h > max_pixels:
                 raise ImageLoadError(path, f"{w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}"
                                            " (possible decompression bomb)")
-            _strict_load(img)
-            img = ImageOps.exif_transpose(img)
-            return to_rgb(img)
+            yield img
     except ImageLoadError:
         raise
     except FileNotFoundError as e:
@@ -82,6 +102,52 @@ def load_image(source: str | os.PathLike | bytes, max_pixels: int | None = DEFAU
         raise ImageLoadError(path, f"decompression bomb: {e}") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageLoadError(path, f"corrupt or truncated image: {e}") from e
+
+
+def file_kind(st: os.stat_result) -> str | None:
+    """What a non-regular file is (``"a FIFO"``, ``"a character device"``, ...), None for a regular file."""
+    mode = st.st_mode
+    for test, name in ((stat.S_ISREG, None), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """Refuse (:class:`ImageLoadError`) a path that is not a regular file, following links, without opening it:
+    reading a FIFO blocks forever and a device such as ``/dev/zero`` never ends."""
+    kind = file_kind(os.stat(path))
+    if kind == "a directory":
+        raise ImageLoadError(path, "is a directory")
+    if kind is not None:
+        raise ImageLoadError(path, f"not a regular file: {kind}" + (" (through a symbolic link)"
+                                                                    if os.path.islink(path) else ""))
+
+
+def read_file(path: str | os.PathLike, max_bytes: int | None = None) -> bytes:
+    """The bytes of a regular file, read without blocking on a FIFO or running on forever on a device: the file
+    is opened non-blocking and checked (``fstat``) before it is read, so one swapped in after a scan is refused
+    too. ``max_bytes``: refuse a larger file. Raises :class:`ImageLoadError` (FileNotFoundError and other OS
+    refusals as the same, with the reason)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError as e:
+        raise ImageLoadError(path, "no such file") from e
+    except OSError as e:
+        raise ImageLoadError(path, f"cannot read: {e.strerror or e}") from e
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        kind = file_kind(st)
+        if kind is not None:
+            raise ImageLoadError(path, f"not a regular file: {kind}")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ImageLoadError(path, f"{st.st_size} bytes exceeds the limit of {max_bytes}")
+        try:
+            return f.read()
+        except OSError as e:
+            raise ImageLoadError(path, f"cannot read: {e.strerror or e}") from e
 
 
 def _strict_load(img: Image.Image) -> None:
@@ -137,7 +203,8 @@ def list_images(root: str | os.PathLike, recursive: bool = True,
     corrupt ``.jpg`` is listed here and reported later rather than silently dropped. What is NOT
     listed and might have been meant is reported through ``on_skip(path, reason)``: image formats
     this installation cannot read (``.avif``, ``.heic``, ...), symbolic links to folders (not followed,
-    so a link loop cannot run forever) and broken links.
+    so a link loop cannot run forever), broken links, and image names that are not regular files (a FIFO
+    named ``b.jpg`` would block a reader forever, a link to ``/dev/zero`` would never end).
     """
     root = Path(root)
     if root.is_file():
@@ -171,7 +238,15 @@ def list_images(root: str | os.PathLike, recursive: bool = True,
                 continue
             suffix = p.suffix.lower()
             if suffix in IMAGE_EXTENSIONS:
-                out.append(p)
+                try:
+                    kind = file_kind(p.stat())
+                except OSError as e:
+                    kind = f"cannot stat: {e.strerror or e}"
+                if kind is None:
+                    out.append(p)
+                elif on_skip is not None:
+                    on_skip(str(p), f"not a regular file: {kind}" + (" (through a symbolic link)"
+                                                                     if p.is_symlink() else ""))
             elif suffix in UNSUPPORTED_EXTENSIONS and on_skip is not None:
                 on_skip(str(p), f"{suffix} images are not supported (convert to PNG or JPEG)")
     return sorted(out)

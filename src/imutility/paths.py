@@ -65,3 +65,17 @@ def check_unique_outputs(keys: Iterable[str]) -> None:
         if p in seen and seen[p] != k:
             raise ValueError(f"sources {seen[p]!r} and {k!r} would write the same output file {p!r}")
         seen[p] = k
+
+
+#: the longest file name (bytes) most file systems take (ext4, XFS, APFS, NTFS in UTF-16 units)
+NAME_MAX = 255
+
+
+def name_too_long(relpath: str) -> str | None:
+    """Why the output path ``relpath`` cannot be created (a part of it over :data:`NAME_MAX` bytes), or None:
+    a legal 250-byte source name plus the suffix an output appends is a name no file system takes."""
+    for part in relpath.split("/"):
+        n = len(os.fsencode(part))
+        if n > NAME_MAX:
+            return f"its output name would be {n} bytes long, over the file system's {NAME_MAX} (rename the file)"
+    return None

@@ -22,12 +22,25 @@ Endpoints (all answers JSON unless said otherwise):
 Limits, each a 4xx naming itself, never a 500: a body over ``max_body_bytes`` (413, checked on the
 declared length and while reading), more than ``max_images`` images in one request (413), an image over
 ``max_pixels`` or unreadable (422), bad ``/compress`` parameters (422).
+
+Memory and connections, bounded whatever clients do (``imutility serve`` runs with them; tests too):
+
+- ``/compress`` holds its decoded image (and a decoded candidate or two) for the whole search, so searches
+  share a budget of ``compress_pixels`` decoded pixels: a request waits for its share before decoding; an image
+  larger than the whole budget is a 413. ``/predict`` never holds more than ``prepare_threads`` decoded images.
+- A request must arrive whole (headers and body) within ``request_timeout_s`` of its first byte, else 408 and
+  the connection is closed; an idle keep-alive connection is closed after ``keep_alive_s``; beyond
+  ``max_connections`` open connections a new one is answered 503 and closed at once, before it can hold a file
+  descriptor. The server's own resource faults (no file descriptors left, ...) are 503, never the client's 4xx.
 """
 
 # no ``from __future__ import annotations``: FastAPI reads the endpoints' annotations (Request, Query) as objects,
 # and they are imported inside create_app, so that this module loads without the ``serve`` extra
 import asyncio
+import contextlib
+import logging
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from imutility.errors import ImutilityError
-from imutility.images import DEFAULT_MAX_PIXELS, load_image
+from imutility.images import DEFAULT_MAX_PIXELS, image_size, load_image
 from imutility.predictor.prepare import prepare_one
 
 #: media types of the codecs ``/compress`` offers
@@ -54,13 +67,76 @@ class ServeConfig:
     max_batch: int = 64  # images per network call
     max_wait_ms: float = 0.0  # extra wait for a fuller batch once one image is queued
     prepare_threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
+    compress_pixels: int | None = None  # decoded pixels all /compress searches hold at once [default: max_pixels]
+    request_timeout_s: float = 30.0  # a request's headers and body must arrive within this of its first byte
+    keep_alive_s: float = 5.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 256  # open connections; more are answered 503 and closed
 
     def __post_init__(self):
-        for name in ("max_body_bytes", "max_images", "max_pixels", "max_batch", "prepare_threads"):
+        for name in ("max_body_bytes", "max_images", "max_pixels", "max_batch", "prepare_threads",
+                     "max_connections"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.compress_pixels is not None and self.compress_pixels < 1:
+            raise ValueError(f"compress_pixels must be at least 1, got {self.compress_pixels}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        for name in ("request_timeout_s", "keep_alive_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    @property
+    def compress_budget(self) -> int:
+        return self.compress_pixels if self.compress_pixels is not None else self.max_pixels
+
+
+class PixelBudget:
+    """Decoded pixels shared by concurrent requests: :meth:`hold` waits (first come, first served) until ``n`` of
+    them are free, and gives them back when the request is done. ``held`` and ``peak`` say what is in use."""
+
+    def __init__(self, total: int):
+        self.total, self.held, self.peak = total, 0, 0
+        self._waiters: list[tuple[int, asyncio.Future]] = []
+
+    def fits(self, n: int) -> bool:
+        return n <= self.total
+
+    @contextlib.asynccontextmanager
+    async def hold(self, n: int):
+        if not self.fits(n):
+            raise ValueError(f"{n} pixels exceed the whole budget of {self.total}")
+        if self._waiters or self.held + n > self.total:
+            fut = asyncio.get_running_loop().create_future()
+            self._waiters.append((n, fut))
+            try:
+                await fut
+            except BaseException:
+                if fut.done() and not fut.cancelled():  # granted just as we were cancelled: give it back
+                    self._release(n)
+                else:
+                    self._waiters.remove((n, fut))
+                    self._wake()
+                raise
+        else:
+            self._take(n)
+        try:
+            yield
+        finally:
+            self._release(n)
+
+    def _take(self, n: int) -> None:
+        self.held += n
+        self.peak = max(self.peak, self.held)
+
+    def _release(self, n: int) -> None:
+        self.held -= n
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.held + self._waiters[0][0] <= self.total:
+            n, fut = self._waiters.pop(0)
+            self._take(n)
+            fut.set_result(None)
 
 
 class Batcher:
@@ -169,11 +245,15 @@ class BodyLimit:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        from starlette.requests import ClientDisconnect
+
         try:
             await self.app(scope, counted, tracked)
         except _TooLarge:
             if not started:
                 await self._refuse(send)
+        except ClientDisconnect:  # the client went away (or was timed out): nobody to answer, nothing to log
+            pass
 
     async def _refuse(self, send):
         import json
@@ -214,6 +294,7 @@ def create_app(predictor, config: ServeConfig | None = None):
 
     config = config or ServeConfig()
     batcher = Batcher(predictor, config.max_batch, config.max_wait_ms)
+    budget = PixelBudget(config.compress_budget)
     preparer = predictor.engine.preparer()
     prepare_pool = ThreadPoolExecutor(config.prepare_threads, thread_name_prefix="imutility-prepare")
     name = predictor.score_name
@@ -246,6 +327,8 @@ def create_app(predictor, config: ServeConfig | None = None):
             form = await request.form(max_files=config.max_images, max_fields=config.max_images)
         except _TooLarge:
             raise
+        except OSError as e:  # spooling the parts to disk failed (no file descriptors, disk full): the server's
+            raise HTTPException(503, f"the server cannot take this request now: {e.strerror or e}") from e
         except Exception as e:  # noqa: BLE001 - a malformed multipart body is the client's
             detail = str(getattr(e, "detail", None) or getattr(e, "message", None) or e)
             if "too many" in detail.lower():  # the parser's own refusal of too many parts
@@ -275,15 +358,26 @@ def create_app(predictor, config: ServeConfig | None = None):
 
     @app.post("/compress")
     async def compress_endpoint(request: Request, min_utility: float = Query(0.5), codec: str = Query("jpeg"),
-                                search: str = Query("bisect"), min_quality: int | None = Query(None),
-                                max_quality: int | None = Query(None)):
+                                search_name: str = Query("bisect", alias="search"),
+                                min_quality: int | None = Query(None), max_quality: int | None = Query(None)):
         if codec not in CODECS:
             raise HTTPException(422, f"codec must be one of {', '.join(CODECS)}, got {codec!r}")
-        if search not in SEARCHES:
-            raise HTTPException(422, f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+        if search_name not in SEARCHES:
+            raise HTTPException(422, f"search must be one of {', '.join(SEARCHES)}, got {search_name!r}")
         lo, hi = CODECS[codec][1]
         data = await request.body()
         loop = asyncio.get_running_loop()
+        try:
+            w, h = image_size(data, config.max_pixels)
+        except ImageLoadError as e:
+            raise HTTPException(422, f"unreadable image: {e.reason}") from e
+        if not budget.fits(w * h):
+            raise HTTPException(413, f"{w}x{h} = {w * h} pixels: /compress searches hold at most "
+                                     f"{budget.total} decoded pixels at once")
+        async with budget.hold(w * h):
+            return await search(data, loop, min_utility, codec, search_name, lo, hi, min_quality, max_quality)
+
+    async def search(data, loop, min_utility, codec, search_name, lo, hi, min_quality, max_quality):
         try:
             image = await loop.run_in_executor(prepare_pool, load_image, data, config.max_pixels)
         except ImageLoadError as e:
@@ -297,7 +391,7 @@ def create_app(predictor, config: ServeConfig | None = None):
             res = await loop.run_in_executor(
                 prepare_pool, lambda: compress(image, min_utility, scorer, codec,
                                                lo if min_quality is None else min_quality,
-                                               min(hi, 95) if max_quality is None else max_quality, search))
+                                               min(hi, 95) if max_quality is None else max_quality, search_name))
         except RateControlError as e:
             raise HTTPException(422, str(e)) from e
         headers = {"X-Imutility-Quality": str(res.quality), f"X-Imutility-{name}": f"{res.utility:.{DECIMALS}f}",
@@ -311,14 +405,159 @@ def create_app(predictor, config: ServeConfig | None = None):
 
     @app.get("/model")
     async def model():
-        return predictor.card
+        return public_card(predictor.card)
 
     app.state.batcher = batcher
+    app.state.compress_budget = budget
     return app
+
+
+def public_card(card: dict) -> dict:
+    """The card as ``/model`` shows it: every absolute path (where the predictor was trained, its label folders)
+    cut to its last part, so that the service does not publish the layout of the machine that made it."""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    def clean(x):
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        if isinstance(x, str) and (x.startswith("/") or PureWindowsPath(x).drive):
+            return (PureWindowsPath(x) if PureWindowsPath(x).drive else PurePosixPath(x)).name
+        return x
+
+    return clean(card)
+
+
+class ServeBindError(ImutilityError, OSError):
+    """The address cannot be listened on (the port is taken, the host is not this machine's)."""
+
+
+def bind(host: str, port: int):
+    """A listening TCP socket on ``host:port``, or one clear error."""
+    import socket
+
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ServeBindError(f"cannot listen on {host}:{port}: {e.strerror or e}"
+                             + (" (another server holds that port? choose another with --port)"
+                                if e.errno == 98 else "")) from e
+    return sock
+
+
+def server_config(app, config: ServeConfig | None = None, log_level: str = "info"):
+    """The uvicorn configuration the service runs under: its HTTP protocol enforces ``config``'s request
+    timeout and connection limit (:func:`guarded_protocol`), its keep-alive timeout is ``config``'s."""
+    config = config or ServeConfig()
+    uvicorn = _web()[2]
+    return uvicorn.Config(app, http=guarded_protocol(config), timeout_keep_alive=config.keep_alive_s,
+                          log_level=log_level, lifespan="on")
 
 
 def serve(predictor, host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
           log_level: str = "info") -> None:
-    """Run the service with uvicorn until interrupted."""
-    app = create_app(predictor, config)
-    _web()[2].run(app, host=host, port=port, log_level=log_level)
+    """Run the service with uvicorn until interrupted (the address is bound first: a taken port is one error)."""
+    config = config or ServeConfig()
+    sock = bind(host, port)
+    server = _web()[2].Server(server_config(create_app(predictor, config), config, log_level))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+_RAW_408 = b"request not received in time"
+_LOG = logging.getLogger("imutility.serve")
+
+
+def _raw_response(status: int, reason: str, detail: str) -> bytes:
+    import json
+
+    body = json.dumps({"detail": detail}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n").encode() + body
+
+
+def guarded_protocol(config: ServeConfig):
+    """uvicorn's h11 protocol with two guards uvicorn lacks: a deadline for a request to arrive whole (a client
+    that sends half a request and waits holds a connection forever otherwise: 408 and closed), and a cap on open
+    connections (503 and closed at once: the file descriptors run out otherwise, and every client suffers)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    timeout, cap = config.request_timeout_s, config.max_connections
+    last_warning = [0.0]
+
+    class GuardedH11Protocol(H11Protocol):
+        _deadline: asyncio.TimerHandle | None = None
+        _refused = False
+
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            if len(self.connections) > cap:
+                if time.monotonic() - last_warning[0] > 10:  # one line per 10 s, not one per refusal
+                    last_warning[0] = time.monotonic()
+                    _LOG.warning("more than %d open connections: refusing new ones with 503", cap)
+                self._refuse(503, "Service Unavailable", f"over {cap} open connections; try again")
+                return
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            if self._refused:  # answered already: what the client still sends is read and dropped
+                return
+            if self._deadline is None and (self.cycle is None or self.cycle.response_complete):
+                self._arm()  # the first bytes of a request on a kept-alive connection
+            super().data_received(data)
+            if self.cycle is not None and not self.cycle.more_body:  # the request is all here
+                self._disarm()
+
+        def eof_received(self):
+            if self._refused:
+                self.transport.close()
+                return None
+            return super().eof_received()
+
+        def connection_lost(self, exc):
+            self._disarm()
+            self.connections.discard(self)
+            if not self._refused:
+                super().connection_lost(exc)
+
+        def _refuse(self, status: int, reason: str, detail: str) -> None:
+            """Answer now, send our end's FIN, drop what the client still sends, close when it closes (or within
+            a second): closing at once with its request unread would reset the connection, and the client could
+            lose the answer."""
+            self._disarm()
+            self._refused = True
+            self.transport.write(_raw_response(status, reason, detail))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self.loop.call_later(1.0, self.transport.close)
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(timeout, self._expired)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self) -> None:
+            self._deadline = None
+            if self.transport.is_closing() or (self.cycle is not None and not self.cycle.more_body
+                                               and not self.cycle.response_complete):
+                return
+            if self.cycle is None or self.cycle.response_complete or not self.cycle.response_started:
+                if self.cycle is not None and not self.cycle.response_complete:
+                    self.cycle.disconnected = True  # the application's receive() now says so
+                    self.cycle.message_event.set()
+                self._refuse(408, "Request Timeout", f"{_RAW_408.decode()} ({timeout:g} s)")
+            else:
+                self.transport.close()
+
+    return GuardedH11Protocol

@@ -18,10 +18,10 @@ from pathlib import Path
 from PIL import Image
 
 from imutility import atomic
-from imutility.distort import Distortion, seeded_rng
+from imutility.distort import SUFFIXES, Distortion, seeded_rng
 from imutility.images import ImageLoadError, load_image
 from imutility.labelling.augment import apply_augment
-from imutility.paths import output_relpath
+from imutility.paths import name_too_long, output_relpath
 from imutility.tasks import PRISTINE, Source, get_task
 
 
@@ -56,7 +56,13 @@ class ChunkResult:
 def prepare_chunk(sources: Sequence[Source], distortions: dict[str, Distortion], seed: int) -> Chunk:
     """Decode, augment and distort each source; an unreadable one becomes an ``errors`` entry."""
     images, items, files, meta, errors, ok = [], [], [], [], [], []
+    longest = max(SUFFIXES.values(), key=len)
     for src in sources:
+        too_long = next(filter(None, (name_too_long(f"{distortions[spec].slug}/{output_relpath(src.key, longest)}")
+                                      for spec in src.distortions or distortions)), None)
+        if too_long is not None:
+            errors.append({"k": src.key, "error": too_long})
+            continue
         try:
             img = load_image(src.path)
         except ImageLoadError as e:

@@ -139,8 +139,11 @@ class RayEngine:
 
 
 def _check_reachable(address: str, timeout: float = 10.0) -> None:
-    """A ``HOST:PORT`` or ``ray://HOST:PORT`` address must accept a connection: Ray itself would keep retrying for
-    minutes before saying it cannot (``auto`` is Ray's to resolve)."""
+    """A ``HOST:PORT`` or ``ray://HOST:PORT`` address must answer as Ray does: Ray itself would keep retrying for
+    minutes before saying it cannot, whether nothing listens there or another kind of server does (``auto`` is
+    Ray's to resolve). Both Ray's GCS and its client server speak gRPC, so the probe opens an HTTP/2 connection
+    (the client preface and an empty SETTINGS frame) and wants the server's SETTINGS frame back within
+    ``timeout``: an HTTP/1 server, a database or a silent port fail it in seconds."""
     import socket
 
     hostport = address.removeprefix("ray://")
@@ -148,9 +151,31 @@ def _check_reachable(address: str, timeout: float = 10.0) -> None:
     if not sep or not port.isdigit():
         return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout)
     except OSError as e:
         raise ConnectionError(f"nothing answers at {hostport} ({e.strerror or e})") from e
+    with conn:
+        try:
+            conn.sendall(_H2_PREFACE + _H2_EMPTY_SETTINGS)
+            head = b""
+            while len(head) < 9:
+                chunk = conn.recv(9 - len(head))
+                if not chunk:
+                    break
+                head += chunk
+        except OSError as e:
+            head = b""
+            if not isinstance(e, TimeoutError):
+                raise ConnectionError(f"{hostport} does not answer as a Ray cluster ({e.strerror or e})") from e
+    if len(head) < 9 or head[3] != 0x4:  # frame type 4: SETTINGS
+        raise ConnectionError(f"{hostport} answers, but not as a Ray cluster (no gRPC/HTTP2 reply): is that the "
+                              "head's GCS port (6379) or its client port (ray://HOST:10001)?")
+
+
+#: what an HTTP/2 client sends first (RFC 9113, 3.4), then an empty SETTINGS frame (length 0, type 4, no flags,
+#: stream 0)
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
 
 
 def _import_ray():

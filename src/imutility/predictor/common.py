@@ -110,3 +110,7 @@ def select_split(cfg, table, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray
         train &= table["distortion"].isin(cfg.train_distortions).to_numpy()
         how += f"; trained on {len(cfg.train_distortions)} of the {table['distortion'].nunique()} levels"
     return np.flatnonzero(train), np.flatnonzero(test), how
+
+
+#: the smallest input a predictor trains on: every backbone here shrinks its input 32-fold
+MIN_SIZE = 32

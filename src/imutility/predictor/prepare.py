@@ -62,12 +62,66 @@ def _chunks(items: Iterable[Item], size: int) -> Iterator[list[Item]]:
         yield chunk
 
 
+def _isolated(ctx, preparer: Callable, chunks: list[list[Item]], max_pixels: int | None) -> Iterator[Prepared]:
+    """Prepare the items of ``chunks`` one at a time in one worker process, restarted after each death: with a
+    single item in flight, a worker that dies names its file for certain. The orphans of a broken pool go
+    through here, so the file that killed it is found and every other file is still prepared."""
+    pool = ProcessPoolExecutor(1, mp_context=ctx)
+    try:
+        for work in chunks:
+            for item in work:
+                try:
+                    yield pool.submit(_prepare_chunk, preparer, [item], max_pixels).result()[0]
+                except BrokenProcessPool:
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    pool = ProcessPoolExecutor(1, mp_context=ctx)
+                    yield item[0], None, "the decoding worker died on this file (a decoder crash?)"
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _submit(pool: ProcessPoolExecutor, preparer: Callable, chunk: list[Item], max_pixels: int | None) -> Future:
+    """The chunk's future; a pool that broke before it could be submitted gives an already failed one (the chunk
+    is then an orphan like those in flight)."""
+    try:
+        return pool.submit(_prepare_chunk, preparer, chunk, max_pixels)
+    except BrokenProcessPool as e:
+        failed: Future = Future()
+        failed.set_exception(e)
+        return failed
+
+
+#: a plain image every preparer must get through: the probe that tells "workers cannot run" from "a file kills"
+_CANARY_SIZE = (16, 16)
+
+
+def _probe(preparer: Callable) -> None:
+    from PIL import Image
+
+    preparer(Image.new("RGB", _CANARY_SIZE, (128, 128, 128)))
+
+
+def _workers_can_run(ctx, preparer: Callable) -> bool:
+    with ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        try:
+            pool.submit(_probe, preparer).result()
+            return True
+        except BrokenProcessPool:
+            return False
+
+
 def prepared_stream(items: Iterable[Item], preparer: Callable, workers: int = 0, chunk: int = 8,
                     max_pixels: int | None = None) -> Iterator[Prepared]:
     """Prepare ``items`` in order: here (``workers=0``, one item at a time, lazily) or in ``workers``
     processes, ``chunk`` items per task and at most ``4 * workers`` tasks in flight (memory stays bounded
-    however many files there are). A worker that dies (a decoder crash) fails its chunk's items with that
-    reason; the pool is restarted and the run goes on."""
+    however many files there are).
+
+    A worker that dies (a decoder crash) breaks the whole pool, and every chunk in flight loses its answer:
+    which one held the culprit is unknowable from outside. So all of them (the orphans) are prepared again one
+    file at a time in a single worker (:func:`_isolated`): the file that kills it is reported with that reason,
+    every other file is prepared as usual, and a fresh pool takes the rest of the run. Before the first
+    recovery, one plain grey image is prepared in a fresh worker: if even that dies, the workers cannot run at
+    all and :class:`PreparationError` says so (no file is to blame)."""
     if workers <= 0:
         for key, source in items:
             yield prepare_one(preparer, key, source, max_pixels)
@@ -76,7 +130,7 @@ def prepared_stream(items: Iterable[Item], preparer: Callable, workers: int = 0,
     ctx = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=ctx)
     flight: deque[tuple[list[Item], Future]] = deque()
-    delivered = False
+    probed = False
     source = _chunks(items, max(1, chunk))
     try:
         while True:
@@ -84,27 +138,24 @@ def prepared_stream(items: Iterable[Item], preparer: Callable, workers: int = 0,
                 nxt = next(source, None)
                 if nxt is None:
                     break
-                flight.append((nxt, pool.submit(_prepare_chunk, preparer, nxt, max_pixels)))
+                flight.append((nxt, _submit(pool, preparer, nxt, max_pixels)))
             if not flight:
                 return
             work, fut = flight.popleft()
             try:
                 done = fut.result()
             except BrokenProcessPool as e:
-                if not delivered:  # a pool that never delivered anything: the workers cannot run at all
-                    raise PreparationError(f"the decoding worker processes cannot run ({e}); "
-                                           "try without workers") from e
-                delivered = False
-                pool.shutdown(wait=False, cancel_futures=True)
-                redo = [w for w, _ in flight]
+                orphans = [work, *(w for w, _ in flight)]
                 flight.clear()
+                pool.shutdown(wait=True, cancel_futures=True)
+                if not probed:
+                    if not _workers_can_run(ctx, preparer):
+                        raise PreparationError(f"the decoding worker processes cannot run ({e}); "
+                                               "try without workers") from e
+                    probed = True
+                yield from _isolated(ctx, preparer, orphans, max_pixels)
                 pool = ProcessPoolExecutor(workers, mp_context=ctx)
-                for key, _ in work:
-                    yield key, None, "the decoding worker died on this chunk (a decoder crash?)"
-                for w in redo:  # the chunks queued behind it were not at fault: run them again
-                    flight.append((w, pool.submit(_prepare_chunk, preparer, w, max_pixels)))
                 continue
-            delivered = True
             yield from done
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

@@ -21,6 +21,7 @@ from imutility import __version__, atomic
 from imutility.predictor.backbones import create_backbone, get_backbone_spec
 from imutility.predictor.common import (  # noqa: F401 - re-exported: the training API
     CARD_FORMAT,
+    MIN_SIZE,
     TRAIN_PRECISIONS,
     InsufficientLabelsError,
     PredictorLoadError,
@@ -83,11 +84,17 @@ class TrainConfig:
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"{k} must be a positive integer, got {v!r}")
+        if self.size < MIN_SIZE:
+            raise ValueError(f"size must be at least {MIN_SIZE} pixels (the backbones shrink their input 32-fold), "
+                             f"got {self.size}")
+        if not isinstance(self.weight_decay, int | float) or isinstance(self.weight_decay, bool) \
+                or not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if self.lr is not None and not (isinstance(self.lr, int | float) and self.lr > 0):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples < 1):
             raise ValueError(f"max_samples must be a positive integer, got {self.max_samples!r}")
-        if not 0 <= self.dropout < 1:
+        if not isinstance(self.dropout, int | float) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
         if self.precision not in TRAIN_PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r}")

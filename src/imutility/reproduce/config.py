@@ -19,6 +19,7 @@ from typing import Any
 
 from imutility.errors import ImutilityError
 from imutility.names import UnknownNameError, unknown_name_message
+from imutility.predictor.common import MIN_SIZE
 from imutility.tasks import TASK_NAMES, get_task
 
 TASKS = TASK_NAMES  # a study runs every task, in this order
@@ -165,6 +166,12 @@ def _check_value(key: str, value: Any, where: str) -> None:
         bad("a non-negative integer")
     if key == "lr" and (not isinstance(value, int | float) or isinstance(value, bool) or value <= 0):
         bad("a positive number")
+    if key == "size" and value < MIN_SIZE:
+        bad(f"at least {MIN_SIZE} (pixels)")
+    if key == "weight_decay" and (not isinstance(value, int | float) or isinstance(value, bool) or value < 0):
+        bad("a number >= 0")
+    if key == "dropout" and (not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1):
+        bad("a number in [0, 1)")
     if key == "pretrained" and not isinstance(value, bool):
         bad("true or false")
     if key == "test_fraction" and (not isinstance(value, int | float) or isinstance(value, bool)

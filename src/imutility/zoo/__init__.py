@@ -101,6 +101,10 @@ def get_labeler(name: str, *, pretrained: bool = True, weights_path: str | os.Pa
     labeler = spec.builder(spec, path, device=device, **options)
     labeler.recipe = LabelerRecipe(spec, None if path is None else str(path), device, verify,
                                    tuple(sorted(options.items())))
+    if spec.custom and path is not None:
+        from imutility.zoo.custom import probe
+
+        probe(labeler)
     return labeler
 
 

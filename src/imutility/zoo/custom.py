@@ -27,6 +27,16 @@ entries (:mod:`imutility.zoo.entries`): the file and its SHA-256, the preprocess
 
     [options]                       # optional: batch_size, arch, num_classes (torchvision), score_threshold, nms_iou
 
+**Which formats run code.** An ONNX file and a torchvision state dict are data: loading them runs nothing of
+the file's author. A TorchScript file is a program: its ``forward()`` runs whatever its author wrote, file
+reads and writes included, in every process that labels with it (Ray actors too). The SHA-256 proves which
+file it is, not that it is safe. So a TorchScript spec must say ``trust_code = true``; for a file of unknown
+origin, ask for ONNX or a state dict instead.
+
+A spec is also tried once when its labeler is built: one grey image through the network, whose output must be
+what the spec declares (as many classes as the class list, a decodable detection output); a mismatch is one
+error naming the spec, not a traceback in the middle of a labelling run.
+
 A classifier with its own classes labels photos against its agreed pristine prediction
 (``--reference pristine``); one over the ImageNet-1k classes can also use the ground truth. Detectors
 report official COCO ids, like the zoo's.
@@ -52,7 +62,12 @@ FORMATS = ("onnx", "torchvision", "torchscript")
 DETECTION_DECODERS = ("xyxy_score_class", "yolox", "nanodet", "fastestdet")
 IMAGENET = "imagenet-1k"
 DETECTION_CLASSES = ("coco80", "coco-ids")
-_TOP_KEYS = {"name", "task", "format", "file", "sha256", "description", "preprocess", "output", "options"}
+_TOP_KEYS = {"name", "task", "format", "file", "sha256", "description", "preprocess", "output", "options",
+             "trust_code"}
+#: formats whose files are programs (run their author's code when loaded or called)
+CODE_FORMATS = ("torchscript",)
+#: the largest input side a spec may declare (a typo such as 22400 would otherwise allocate gigabytes per image)
+MAX_INPUT_SIDE = 4096
 _OPTION_KEYS = {"batch_size", "arch", "num_classes", "score_threshold", "nms_iou", "max_detections"}
 
 
@@ -89,6 +104,13 @@ def load_spec(path: str | os.PathLike) -> LabelerSpec:
         raise CustomSpecError(f"{path}: task must be classification or detection, got {task!r}")
     if fmt not in FORMATS:
         raise CustomSpecError(f"{path}: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    trust = raw.get("trust_code", False)
+    if not isinstance(trust, bool):
+        raise CustomSpecError(f"{path}: trust_code must be true or false, got {trust!r}")
+    if fmt in CODE_FORMATS and not trust:
+        raise CustomSpecError(f"{path}: a {fmt} file is a program that runs its author's code (file access "
+                              "included) wherever it labels; set trust_code = true if you trust its origin, or "
+                              "export the network to ONNX or a torchvision state dict")
     sha = need(raw, "sha256", str).lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise CustomSpecError(f"{path}: sha256 must be the file's full 64-hex-digit SHA-256, got {sha!r}")
@@ -168,8 +190,13 @@ def load_spec(path: str | os.PathLike) -> LabelerSpec:
 
 
 def _check_preprocess(path: Path, pre: Preprocess) -> None:
-    if len(pre.size) != 2 or not all(isinstance(v, int) and v > 0 for v in pre.size):
-        raise CustomSpecError(f"{path}: preprocess.size must be [height, width], got {list(pre.size)}")
+    if len(pre.size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_INPUT_SIDE
+                                     for v in pre.size):
+        raise CustomSpecError(f"{path}: preprocess.size must be [height, width], each 1..{MAX_INPUT_SIDE}, "
+                              f"got {list(pre.size)}")
+    if pre.resize_size is not None and not (isinstance(pre.resize_size, int) and 0 < pre.resize_size
+                                            <= MAX_INPUT_SIDE):
+        raise CustomSpecError(f"{path}: preprocess.resize_size must be 1..{MAX_INPUT_SIDE}, got {pre.resize_size!r}")
     if len(pre.mean) != 3 or len(pre.std) != 3 or any(s == 0 for s in pre.std):
         raise CustomSpecError(f"{path}: preprocess.mean and .std must hold 3 numbers each, std non-zero")
     choices = {"resize": ("stretch", "letterbox", "center_crop"), "channels": ("RGB", "BGR"),
@@ -190,3 +217,17 @@ def _check_options(path: Path, opts: dict) -> None:
         if not ok:
             want = "a positive integer" if key in positive_ints else "a name" if key == "arch" else "a number in [0, 1]"
             raise CustomSpecError(f"{path}: options.{key} must be {want}, got {value!r}")
+
+
+def probe(labeler) -> None:
+    """Run a custom labeler once on a grey image and refuse (:class:`CustomSpecError`, one line naming the spec)
+    a network whose output is not what its spec declares: another number of classes, an output the declared
+    detection decoder cannot read, an input it refuses."""
+    from PIL import Image
+
+    try:
+        labeler([Image.new("RGB", (96, 72), (128, 128, 128))])
+    except Exception as e:  # noqa: BLE001 - whatever the user's file does wrong, it is the spec's one error
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CustomSpecError(f"{labeler.spec.weights.source}: the network does not run as the spec declares "
+                              f"({type(e).__name__}: {first[:300]})") from e

@@ -2,10 +2,12 @@
 
 ``OUT`` ends up holding exactly the kept images (and, with a pristine folder, the pristine versions of
 the filtered ones) at their relative paths, plus ``OUT/filter.csv`` with one row per source file (path,
-score, decision, output). The bytes written are the bytes that were scored: each file is read once. A
-rerun into the same ``OUT`` replaces the earlier run's outputs (files it wrote and no longer keeps are
-removed); any other non-empty ``OUT`` is refused, as is an ``OUT`` inside ``SRC`` (it would be read
-back as input).
+score, decision, output). A pristine version takes the filtered image's path with its own suffix (``a.jpg`` ->
+``a.png``), unless another source of SRC has that path (``a.png`` beside ``a.jpg``): then it is appended
+(``a.jpg.png``), so that nothing kept is ever overwritten. The bytes written are the bytes that were
+scored: each file is read once. A rerun into the same ``OUT`` replaces the earlier run's outputs (files it
+wrote and no longer keeps are removed); any other non-empty ``OUT`` is refused, as is an ``OUT`` inside
+``SRC`` (it would be read back as input).
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imutility import atomic
-from imutility.images import list_images
+from imutility.images import ImageLoadError, list_images, read_file
+from imutility.jobs.folder import FolderJob, refuse_out_inside_src
+from imutility.paths import name_too_long, output_relpath
 
 REPORT = "filter.csv"
 FIELDS = ("path", "score", "decision", "output")
@@ -35,9 +39,7 @@ class FilterReport:
 
 def _check_out(src: Path, out: Path) -> set[str]:
     """Refuse an OUT that would mix with other files; return the outputs of an earlier run in it."""
-    s, o = src.resolve(), out.resolve()
-    if o == s or o.is_relative_to(s):
-        raise ValueError(f"OUT {out} is inside SRC {src}: its files would be read back as input")
+    refuse_out_inside_src(src, out)
     if not out.exists():
         return set()
     if not out.is_dir():
@@ -58,6 +60,16 @@ def _pristine_index(root: Path) -> dict[str, list[Path]]:
     return index
 
 
+def replacement_path(key: str, suffix: str, taken: set[str]) -> str | None:
+    """Where the pristine version (``suffix``) of the filtered source ``key`` goes: ``key`` with that suffix, or,
+    when a source holds that path (``taken``), ``key`` with it appended; None when that is taken too, or too
+    long a name."""
+    for path in (Path(key).with_suffix(suffix).as_posix(), output_relpath(key, suffix)):
+        if (path == key or path not in taken) and name_too_long(path) is None:
+            return path
+    return None
+
+
 def filter_folder(src: str | os.PathLike, out: str | os.PathLike, predictor, min_utility: float = 0.5,
                   replace_with_pristine: str | os.PathLike | None = None, batch_size: int = 32,
                   on_error: Callable[[str, str], None] | None = None, workers: int = 0,
@@ -76,8 +88,6 @@ def filter_folder(src: str | os.PathLike, out: str | os.PathLike, predictor, min
     report = FilterReport(out=out)
     rows: list[dict] = []
     written: set[str] = set()
-    files = list_images(src)
-    pending: dict[str, bytes] = {}  # read here, scored (decoded in a worker or here), written from the same bytes
 
     def unreadable(rel: str, reason: str) -> None:
         report.unreadable.append((rel, reason))
@@ -85,18 +95,21 @@ def filter_folder(src: str | os.PathLike, out: str | os.PathLike, predictor, min
         if on_error is not None:
             on_error(rel, reason)
 
+    job = FolderJob(src, out, on_error=unreadable)
+    taken = set(job.sources)
+    pending: dict[str, bytes] = {}  # read here, scored (decoded in a worker or here), written from the same bytes
+
     def items():
-        for p in files:
-            rel = p.relative_to(src).as_posix()
+        for rel in job.sources:
             try:
-                pending[rel] = p.read_bytes()
-            except OSError as e:
-                unreadable(rel, f"cannot read: {e.strerror or e}")
+                pending[rel] = job.read(rel)
+            except ImageLoadError as e:
+                unreadable(rel, e.reason)
                 bar.update(1)
                 continue
             yield rel, pending[rel]
 
-    with tqdm(total=len(files), unit="img", desc="filter", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(job.sources), unit="img", desc="filter", disable=not progress, leave=False) as bar:
         for rel, score, err in predictor.predict_stream(items(), batch_size, workers, bar.update):
             data = pending.pop(rel)
             if err is None and not math.isfinite(score):
@@ -111,11 +124,18 @@ def filter_folder(src: str | os.PathLike, out: str | os.PathLike, predictor, min
                 report.kept += 1
             else:
                 twins = pristine.get(Path(rel).with_suffix("").as_posix(), [])
-                if len(twins) == 1:
-                    output = Path(rel).with_suffix(twins[0].suffix).as_posix()
-                    atomic.write_bytes(out / output, twins[0].read_bytes(), durable=False)
-                    decision = "replaced with pristine"
-                    report.replaced += 1
+                place = replacement_path(rel, twins[0].suffix, taken) if len(twins) == 1 else None
+                if len(twins) == 1 and place is None:
+                    decision = "filtered out (no free output name for its pristine version)"
+                    report.filtered += 1
+                elif len(twins) == 1:
+                    try:
+                        atomic.write_bytes(out / place, read_file(twins[0]), durable=False)
+                        decision, output = "replaced with pristine", place
+                        report.replaced += 1
+                    except ImageLoadError as e:
+                        decision = f"filtered out (its pristine version is unreadable: {e.reason})"
+                        report.filtered += 1
                 else:
                     if len(twins) > 1:
                         decision = "filtered out (several pristine counterparts: none used)"
