@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from imutility.distort import get_preset
-from imutility.jobs.distort import distort_folder
 from imutility.images import list_images, load_image
+from imutility.jobs.distort import distort_folder
 from imutility.paths import shared_data
 
 

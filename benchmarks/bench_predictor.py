@@ -17,7 +17,7 @@ from imutility import zoo
 from imutility.images import list_images, load_image
 from imutility.paths import shared_data
 from imutility.predictor import Predictor
-from imutility.predictor.model import BUILTIN
+from imutility.predictor.builtin import BUILTIN
 from imutility.tasks import get_task
 
 
@@ -53,7 +53,7 @@ def main() -> None:
             except ValueError:  # int8 is for content predictors
                 continue
             t = timed(lambda pred=pred: list(pred.predict_paths(files, 32)))
-            label = f"{name} ({pred.architecture}, {pred.card['backbone']}, {runtime} {precision})"
+            label = f"{name} ({pred.architecture}, {pred.card.backbone}, {runtime} {precision})"
             print(f"{label:64s} {len(files) / t:8.1f} {decode / t:9.2f}x {t / ensemble:16.3f}x {t / paper_s:17.3f}x")
 
 

@@ -13,6 +13,10 @@ batches over the files' bytes read into memory; each predictor runs through ``Pr
 (Pillow on the CPU, network on the GPU) and ``Predictor.predict_files`` (nvJPEG batches, resize and tiles
 on the GPU). Both include reading the files.
 
+Library against CLI (CPU, ``--library-vs-cli``): the same files scored by ``Predictor.load(name)`` with its
+default placement, as a script would, and by ``imutility predict`` (in this process, through ``main``); both
+resolve the same engine, so the two rates should agree within the machine's noise (the median of ``--rounds``).
+
 Goals (issue 13): CPU end-to-end >= 0.7x the decode ceiling; GPU end-to-end >= 0.8x the nvJPEG ceiling.
 """
 
@@ -83,13 +87,13 @@ def cpu(files: list[Path], rows: list[dict], names: list[str], worker_counts: li
         for precision in precisions:
             try:
                 p = Predictor.load(name, runtime="onnx", precision=precision)
-            except ValueError as e:  # int8 for a fine-tuned predictor
+            except ValueError as e:  # int8 for a fine-tuned predictor (a SettingError)
                 print(f"  {name} {precision}: not available ({e})")
                 continue
             list(p.predict_paths(files[:8], 8))  # warm-up (ONNX Runtime session, caches)
             prep = p.engine.preparer()
             prepared = [prep(load_image(f)) for f in files]
-            net = median_rate(lambda p=p, prepared=prepared: [p.engine.scores_prepared(prepared[i:i + 32], p.device)
+            net = median_rate(lambda p=p, prepared=prepared: [p.scores_prepared(prepared[i:i + 32])
                                                               for i in range(0, len(prepared), 32)], len(files), rounds)
             print(f"  {name} ({p.architecture}) {precision}: network only {net:.1f} img/s = {net / ceiling:.2f}x")
             rows.append({"device": "cpu", "predictor": name, "precision": precision, "what": "network only",
@@ -144,16 +148,40 @@ def gpu(files: list[Path], rows: list[dict], names: list[str], batch: int, preci
                       f"(goal 0.8x); max |score - fp32 predict_files| {diff:.1e}")
                 rows.append({"device": "cuda", "predictor": name, "what": how, "precision": precision, "img_s": rate,
                              "vs_ceiling": rate / ceiling, "max_abs_diff_vs_fp32": diff})
-            if hasattr(p.engine, "scores_from_tensors"):
+            if hasattr(p.engine, "outputs_from_tensors"):
                 def net(p=p):
                     for i in range(0, len(decoded), batch):
-                        p.engine.scores_from_tensors(decoded[i:i + batch], p.device)
+                        p.card.head(*p.engine.outputs_from_tensors(decoded[i:i + batch], p.device),
+                                    len(decoded[i:i + batch]))
                 net()
                 rate = timed_rate(net, len(files), sync)
                 print(f"  {name} {precision}: resize + tiles + network only (decoded images on the GPU): "
                       f"{rate:.0f} img/s = {rate / ceiling:.3f}x")
                 rows.append({"device": "cuda", "predictor": name, "what": "tiles + network only",
                              "precision": precision, "img_s": rate, "vs_ceiling": rate / ceiling})
+
+
+def library_vs_cli(files: list[Path], rows: list[dict], names: list[str], rounds: int) -> None:
+    import tempfile
+
+    from imutility.cli import main as cli_main
+    from imutility.predictor import Predictor
+
+    print(f"library default placement vs `imutility predict`, {len(files)} files, median of {rounds}:")
+    for name in names:
+        def library(name=name):
+            list(Predictor.load(name).predict_paths(files, 32))
+
+        def cli(name=name):
+            with tempfile.TemporaryDirectory() as d:
+                assert cli_main(["predict", *map(str, files), "--model", name, "--no-progress", "-o",
+                                 f"{d}/s.jsonl"]) == 0
+
+        lib, cmd = median_rate(library, len(files), rounds), median_rate(cli, len(files), rounds)
+        runtime = Predictor.load(name).runtime
+        print(f"  {name}: library {lib:.1f} img/s ({runtime}), CLI {cmd:.1f} img/s: library / CLI {lib / cmd:.2f}")
+        rows.append({"device": "cpu", "predictor": name, "what": "library vs cli", "library_img_s": lib,
+                     "cli_img_s": cmd, "ratio": lib / cmd, "runtime": runtime})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -168,14 +196,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=1, help="CPU: the median of this many timings of each figure.")
     ap.add_argument("--predictors", default=None, help="Comma-separated predictors [default: every built-in one].")
     ap.add_argument("--json", default=None, help="Also write the figures here.")
+    ap.add_argument("--library-vs-cli", action="store_true", help="Only the library-against-CLI comparison.")
     args = ap.parse_args(argv)
     root = Path(args.files) if args.files else shared_data("imagenet-sample")
     files = [p for p in list_images(root) if p.suffix.lower() in (".jpg", ".jpeg")][: args.n]
-    from imutility.predictor.model import BUILTIN
+    from imutility.predictor.builtin import BUILTIN
 
     names = args.predictors.split(",") if args.predictors else sorted(set(BUILTIN.values()))
     rows: list[dict] = []
-    if args.device == "cuda":
+    if args.library_vs_cli:
+        library_vs_cli(files, rows, names, args.rounds)
+    elif args.device == "cuda":
         gpu(files, rows, names, args.batch, (args.precision or "fp32,bf16,fp16").split(","))
     else:
         cpu(files, rows, names, [int(w) for w in args.workers.split(",")] if args.workers else [],

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from imutility.evaluation.benchmark import score_cache
 from imutility.predictor import Predictor
-from imutility.predictor.benchmark import score_cache
 
 
 def cached(out: Path, set_name: str, name: str) -> pd.Series:
@@ -25,7 +25,7 @@ def cached(out: Path, set_name: str, name: str) -> pd.Series:
     results = json.loads((out / "results.json").read_text())
     precision = results.get("precisions", {}).get(name, "fp32")
     card = Predictor.load(results["predictors"][name], runtime="onnx", precision=precision).card
-    path = score_cache(out, set_name, name, card["weights_sha256"], precision)
+    path = score_cache(out, set_name, name, card.weights_sha256, precision)
     return pd.read_parquet(path).set_index("path")["score"]
 
 

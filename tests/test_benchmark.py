@@ -78,7 +78,7 @@ def test_one_predictor_in_two_precisions_side_by_side(held_out_labels, tmp_path,
     out = tmp_path / "b"
     args = ["benchmark", str(held_out_labels), "--out", str(out), "--predictor", "fp32=default",
             "--predictor", "int8=default", "--bootstrap", "20"]
-    assert main([*args, "--precision", "nope=int8"]) == 1
+    assert main([*args, "--precision", "nope=int8"]) == 2  # a usage error
     assert "nope" in capsys.readouterr().err
     assert main([*args, "--precision", "int8=int8"]) == 0
     res = json.loads((out / "results.json").read_text())

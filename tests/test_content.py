@@ -14,8 +14,9 @@ from conftest import natural_image, require_shared
 from imutility.cli import main
 from imutility.distort import JPEG
 from imutility.predictor import Predictor, PredictorLoadError, TrainConfig, train_predictor
-from imutility.predictor.content import TilePool, confidence_features
+from imutility.predictor.artefacts.deploy import export_onnx
 from imutility.predictor.geometry import TileSpec
+from imutility.predictor.networks.content import TilePool, confidence_features
 
 
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (224, 224), (1352, 900), (100, 60), (3000, 200)])
@@ -102,13 +103,13 @@ def test_content_training_card_and_files(content_predictor, content_labels):
 
 
 def test_content_predictor_scores_onnx_and_errors(content_predictor, tmp_path):
-    p = Predictor.load(content_predictor)
+    p = Predictor.load(content_predictor, runtime="torch")
     assert p.architecture == "content"
     imgs = [natural_image(50, 700, seed=1), natural_image(640, 480, seed=2).convert("L"), natural_image(224, 224)]
     s = p(imgs)
     assert s.shape == (3,) and np.isfinite(s).all() and ((s >= 0) & (s <= 1)).all()
     assert p(imgs[0]).shape == (1,)  # a single image is accepted
-    p.use_onnx_runtime(p.export_onnx(tmp_path / "c.onnx"))
+    p.use_onnx_runtime(export_onnx(p, tmp_path / "c.onnx"))
     np.testing.assert_allclose(p(imgs), s, atol=1e-4)
     import onnx
 

@@ -16,7 +16,7 @@ from conftest import natural_image
 from imutility.cli import main
 from imutility.distort import JPEG
 from imutility.predictor import Predictor
-from imutility.predictor.model import DEPLOY_FORMAT
+from imutility.predictor.deployment import DEPLOY_FORMAT
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "deploy.md"
 # torch and imutility cannot be imported in the subprocess: the script must live on onnxruntime, numpy, Pillow
@@ -71,10 +71,10 @@ def test_doc_script_matches_predict_without_torch(name, photos, tmp_path, capsys
 
 
 def test_deploy_spec_states_the_pooling_the_predictor_uses():
-    p = Predictor.load("default")
+    p = Predictor.load("default", runtime="torch")
     spec = p.deploy_spec()
-    pool = p.engine.model.pool
+    pool = p.engine.model.pool  # the trained pooling in model.pt: what the card's head declares
     assert spec["output"]["per"] == "tile" and spec["score"]["link"] == "sigmoid"
     assert (spec["pool"]["mean"], spec["pool"]["min"], spec["pool"]["bias"]) == pytest.approx(
         (float(pool.weights[0]), float(pool.weights[1]), float(pool.bias)))
-    assert spec["prepare"]["size"] == p.engine.tiles.size and spec["prepare"]["max_tiles"] == p.engine.tiles.max_tiles
+    assert spec["prepare"]["size"] == p.card.tiles.size and spec["prepare"]["max_tiles"] == p.card.tiles.max_tiles

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score
 
-from imutility.evaluation import (
+from imutility.evaluation.metrics import (
     auroc_table,
     best_threshold,
     matched_rejection,

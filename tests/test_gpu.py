@@ -9,7 +9,7 @@ import torch
 from conftest import natural_image
 from imutility.distort import JPEG
 from imutility.predictor import Predictor
-from imutility.predictor.model import BUILTIN
+from imutility.predictor.builtin import BUILTIN
 
 pytestmark = pytest.mark.gpu
 

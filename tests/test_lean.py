@@ -17,7 +17,7 @@ import pytest
 
 from conftest import require_shared, wait_until_serving
 from imutility.predictor import Predictor
-from imutility.predictor.model import BUILTIN
+from imutility.predictor.builtin import BUILTIN
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAN = [sys.executable, str(ROOT / "tests" / "lean_cli.py")]
@@ -63,9 +63,9 @@ def test_filter_and_compress_without_torch(photos, tmp_path):
 def test_commands_that_need_the_extras_say_which(tmp_path):
     res = lean("label", str(tmp_path / "out"), "--task", "classification", "--limit", "1")
     err = res.stderr.strip().splitlines()
-    assert res.returncode == 1 and len(err) == 1 and "pip install 'imutility[train]'" in err[0], res.stderr
+    assert res.returncode == 1 and len(err) == 1 and "pip install '.[train,zoo]'" in err[0], res.stderr
     res = lean("predict", "--device", "cuda", str(tmp_path / "x.jpg"))
-    assert res.returncode != 0 and "imutility[train]" in res.stderr
+    assert res.returncode != 0 and "[train]" in res.stderr
 
 
 def test_serve_without_torch(photos):
@@ -122,10 +122,11 @@ def test_a_wheel_in_a_fresh_venv_predicts_without_torch(tmp_path, photos):
 @pytest.mark.parametrize("name", sorted(set(BUILTIN.values())))
 def test_each_shipped_predictor_carries_graphs_that_fit_its_card(name):
     """The wheel's graphs must be the card's own (a card retrained without `export --graphs` fails here)."""
-    from imutility.predictor.model import builtin_dir
-    from imutility.predictor.onnx_engine import fits, read_sidecar
+    from imutility.predictor.builtin import builtin_dir
+    from imutility.predictor.card import read_card
+    from imutility.predictor.runtime.sidecar import SIDECAR_FORMAT, read_sidecar
 
     folder = builtin_dir(name)
-    card = json.loads((folder / "card.json").read_text())
-    assert fits(read_sidecar(folder), card)
+    side = read_sidecar(folder)
+    assert side.raw["format"] == SIDECAR_FORMAT and side.fits(read_card(folder))
     assert Predictor.load(name, runtime="onnx").source == folder  # served from the package, not the cache

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import imutility
-from imutility.predictor.model import BUILTIN
+from imutility.predictor.builtin import BUILTIN
 
 ROOT = Path(__file__).resolve().parents[1]
 

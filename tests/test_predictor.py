@@ -13,7 +13,8 @@ from conftest import natural_image, require_shared
 from imutility.cli import EXIT_SKIPPED, main
 from imutility.distort import JPEG
 from imutility.predictor import Predictor, PredictorLoadError, TrainConfig, train_predictor
-from imutility.predictor.train import binary_metrics, regression_metrics, split_by_source
+from imutility.predictor.artefacts.deploy import export_onnx
+from imutility.predictor.training.split import binary_metrics, regression_metrics, split_by_source
 
 
 def test_split_by_source_keeps_sources_whole():
@@ -70,7 +71,7 @@ def test_training_writes_weights_and_card(tiny_predictor):
 def test_continuous_mode(tiny_labels, tmp_path):
     card = train_predictor(TrainConfig(labels=str(tiny_labels), mode="continuous", backbone="squeezenet1_1",
                                        pretrained=False, size=64, epochs=1, batch_size=8), tmp_path, progress=False)
-    assert {"srcc", "plcc", "rmse"} <= set(card["metrics"])
+    assert {"srcc", "plcc", "rmse"} <= set(card.raw["metrics"])
     p = Predictor.load(tmp_path)
     assert p.mode == "continuous" and p([natural_image()]).shape == (1,)
 
@@ -82,7 +83,7 @@ def test_training_with_workers_and_bf16_autocast(tiny_labels, tmp_path):
 
     cfg = TrainConfig(labels=str(tiny_labels), backbone="squeezenet1_1", pretrained=False, size=64, epochs=2,
                       batch_size=8, workers=2, precision="bf16")
-    card = train_predictor(cfg, tmp_path, progress=False)
+    card = train_predictor(cfg, tmp_path, progress=False).raw
     assert card["precision"] == "bf16" and card["config"]["workers"] == 2
     expected_images = 2 * card["data"]["train_rows"]
     assert card["train_images_per_second"] == pytest.approx(expected_images / card["train_seconds"], rel=0.3)
@@ -109,10 +110,10 @@ def test_predictor_scores_any_image(tiny_predictor):
 
 
 def test_onnx_runtime_matches_pytorch(tiny_predictor, tmp_path):
-    p = Predictor.load(tiny_predictor)
+    p = Predictor.load(tiny_predictor, runtime="torch")
     imgs = [natural_image(120, 90, seed=s) for s in range(4)]
     ref = p(imgs)
-    p.use_onnx_runtime(p.export_onnx(tmp_path / "p.onnx"))
+    p.use_onnx_runtime(export_onnx(p, tmp_path / "p.onnx"))
     np.testing.assert_allclose(p(imgs), ref, atol=1e-4)  # the stated tolerance
 
 
@@ -137,7 +138,7 @@ def test_load_failures(tiny_predictor, tmp_path):
     card["weights_sha256"] = file_sha256(bad / "model.pt")
     (bad / "card.json").write_text(json.dumps(card))
     with pytest.raises(PredictorLoadError, match="corrupt checkpoint"):
-        Predictor.load(bad)
+        Predictor.load(bad, runtime="torch")
     card["format"] = "something-else"
     (bad / "card.json").write_text(json.dumps(card))
     with pytest.raises(PredictorLoadError, match="not an imutility predictor"):
@@ -206,7 +207,7 @@ def test_default_predictor_ships_in_the_package():
     p = Predictor.load("default", task="classification")
     size = (p.source / "model.pt").stat().st_size
     assert size <= 25 * 2**20
-    card = p.card
+    card = p.card.raw
     assert card["metrics"]["n"] > 100 and card["task"] == "classification"
     assert p([natural_image()]).shape == (1,)
 
@@ -256,49 +257,56 @@ def test_filter_output_is_exactly_the_kept_set(tiny_predictor, tmp_path, capsys)
     class Deleting:
         """The predictor's engine, deleting b.jpg while a.jpg is being scored (a file vanishing mid-run)."""
 
+        card, runtime = p.card, p.runtime
+
         def to(self, device):
             p.engine.to(device)
 
         def preparer(self):
             return p.engine.preparer()
 
-        def scores_prepared(self, prepared, device):
+        def outputs(self, prepared, device):
             (src / "b.jpg").unlink(missing_ok=True)
-            return p.engine.scores_prepared(prepared, device)
+            return p.engine.outputs(prepared, device)
 
-    rep = filter_folder(src, tmp_path / "o2", Predictor(Deleting(), p.card, p.source), min_utility=0.0, batch_size=1)
+    rep = filter_folder(src, tmp_path / "o2", Predictor(Deleting(), p.source, p.placement), min_utility=0.0,
+                        batch_size=1)
     assert [r for r, _ in rep.unreadable] == ["b.jpg"] and rep.kept == 2
     table = pd.read_csv(tmp_path / "o2" / "filter.csv")
     assert table.set_index("path").loc["b.jpg", "decision"].startswith("unreadable")
 
 
-def test_onnx_files_get_the_usual_mode_and_the_cache_key_covers_the_input(tiny_predictor, tmp_path, monkeypatch):
+def test_onnx_files_get_the_usual_mode_and_loading_never_writes_graphs(tiny_predictor, tmp_path, monkeypatch):
+    """An exported file has the usual mode. A card edited since its graphs were written (another input size: other
+    graphs) is never served by them, and loading writes nothing: the default placement takes PyTorch, the ONNX
+    runtime is refused with the one command that makes the graphs, and the cache stays empty."""
     import os
     import shutil
 
-    from imutility.predictor.onnx_engine import OnnxFinetuneEngine
+    from imutility.predictor.runtime.onnx_engines import OnnxFinetuneEngine
 
     monkeypatch.setenv("IMUTILITY_CACHE", str(tmp_path / "cache"))
-    p = Predictor.load(tiny_predictor)
-    out = p.export_onnx(tmp_path / "m.onnx")
+    p = Predictor.load(tiny_predictor, runtime="torch")
+    out = export_onnx(p, tmp_path / "m.onnx")
     mask = os.umask(0)
     os.umask(mask)
     assert out.stat().st_mode & 0o777 == 0o666 & ~mask
-    # the same weights at another input size: another graph, so another cache entry (the 0.1 cache mixed them)
     other = tmp_path / "other"
     shutil.copytree(tiny_predictor, other)
     card = json.loads((other / "card.json").read_text())
     card["input"]["size"] = card["input"]["size"] + 32
     (other / "card.json").write_text(json.dumps(card))
-    a = Predictor.load(tiny_predictor).use_onnx_runtime()
-    b = Predictor.load(other).use_onnx_runtime()
+    a = Predictor.load(tiny_predictor)
+    assert isinstance(a.engine, OnnxFinetuneEngine) and a.card.size == card["input"]["size"] - 32
     imgs = [natural_image(200, 150)]
-    np.testing.assert_allclose(a(imgs), Predictor.load(tiny_predictor)(imgs), atol=1e-4)
-    np.testing.assert_allclose(b(imgs), Predictor.load(other)(imgs), atol=1e-4)
-    # the trained folder's own graphs (onnx.json) serve it; the changed card's come from the cache, made for it
-    assert isinstance(a.engine, OnnxFinetuneEngine) and a.engine.size == card["input"]["size"] - 32
-    assert [p.parent.name.startswith("predictor-") for p in (tmp_path / "cache" / "onnx").glob("*/onnx.json")] == [
-        True]
+    np.testing.assert_allclose(a(imgs), Predictor.load(tiny_predictor, runtime="torch")(imgs), atol=1e-4)
+    b = Predictor.load(other)
+    assert b.runtime == "torch"  # its graphs were made for another card
+    with pytest.raises(PredictorLoadError, match=f"imutility export --model {other} --graphs"):
+        Predictor.load(other, runtime="onnx")
+    with pytest.raises(PredictorLoadError, match="--graphs"):
+        b.use_onnx_runtime()
+    assert not (tmp_path / "cache" / "onnx").exists() or not list((tmp_path / "cache" / "onnx").iterdir())
 
 
 def test_hostile_or_broken_cards_are_refused_or_reported(tiny_predictor, tmp_path, capsys):
@@ -314,16 +322,25 @@ def test_hostile_or_broken_cards_are_refused_or_reported(tiny_predictor, tmp_pat
             Predictor.load(bad)
         assert main(["predict", str(tmp_path), "--model", str(bad)]) == 1  # one line, no traceback
         assert "Traceback" not in capsys.readouterr().err
-    # a card whose std is 0 makes every score NaN: reported per file, never written as JSON NaN
-    zero = tmp_path / "zero-std"
-    shutil.copytree(tiny_predictor, zero)
-    card = json.loads((zero / "card.json").read_text())
-    card["input"]["std"] = [0.0, 0.0, 0.0]
-    (zero / "card.json").write_text(json.dumps(card))
+    # fields of the right name and the wrong kind: refused when the card is read, naming the field, on both runtimes
     natural_image().save(tmp_path / "x.png")
-    rc = main(["predict", str(tmp_path / "x.png"), "--model", str(zero), "--runtime", "torch"])
-    cap = capsys.readouterr()
-    assert rc == EXIT_SKIPPED and "NaN" not in cap.out and "no finite score" in cap.err
+    for name, edit, field in (("zero-std", lambda c: c["input"].update(std=[0.0, 0.0, 0.0]), "input"),
+                              ("str-size", lambda c: c["input"].update(size="224"), "input.size"),
+                              ("huge-size", lambda c: c["input"].update(size=10**9), "input.size"),
+                              ("bad-mode", lambda c: c["target"].update(mode="maybe"), "target.mode"),
+                              ("bad-sha", lambda c: c.update(weights_sha256=42), "weights_sha256"),
+                              ("nan-mean", lambda c: c["input"].update(mean=[float("nan")] * 3), "input")):
+        bad = tmp_path / name
+        shutil.copytree(tiny_predictor, bad)
+        card = json.loads((bad / "card.json").read_text())
+        edit(card)
+        (bad / "card.json").write_text(json.dumps(card))
+        for runtime in ("torch", "onnx"):
+            with pytest.raises(PredictorLoadError, match=field):
+                Predictor.load(bad, runtime=runtime)
+        rc = main(["predict", str(tmp_path / "x.png"), "--model", str(bad)])
+        cap = capsys.readouterr()
+        assert rc == 1 and "Traceback" not in cap.err and field in cap.err and not cap.out
 
 
 def test_export_graphs_makes_an_old_folder_run_on_the_lean_engine(tiny_predictor, tmp_path, capsys):
@@ -332,7 +349,8 @@ def test_export_graphs_makes_an_old_folder_run_on_the_lean_engine(tiny_predictor
     import shutil
 
     from imutility.cli import EXIT_USAGE, main
-    from imutility.predictor.onnx_engine import SIDECAR, OnnxFinetuneEngine
+    from imutility.predictor.runtime.onnx_engines import OnnxFinetuneEngine
+    from imutility.predictor.runtime.sidecar import SIDECAR
 
     old = tmp_path / "old"
     shutil.copytree(tiny_predictor, old)
@@ -346,9 +364,22 @@ def test_export_graphs_makes_an_old_folder_run_on_the_lean_engine(tiny_predictor
     assert isinstance(lean.engine, OnnxFinetuneEngine)
     imgs = [natural_image(150, 100, seed=s) for s in range(3)]
     np.testing.assert_allclose(lean(imgs), Predictor.load(old, runtime="torch")(imgs), atol=1e-5)
-    from imutility.predictor.onnx_engine import onnx_engine, read_sidecar
-
     card = json.loads((old / "card.json").read_text())
     card["input"]["size"] += 16
+    (old / "card.json").write_text(json.dumps(card))
     with pytest.raises(PredictorLoadError, match="another card"):
-        onnx_engine(card, old, read_sidecar(old))
+        Predictor.load(old, runtime="onnx")
+    # an onnx.json edited after it was written is refused too (its own digest), and so is a graph name that
+    # would leave the folder
+    card["input"]["size"] -= 16
+    (old / "card.json").write_text(json.dumps(card))
+    side = json.loads((old / SIDECAR).read_text())
+    (old / SIDECAR).write_text(json.dumps({**side, "network": {**side["network"], "file": "../x.onnx"}}))
+    with pytest.raises(PredictorLoadError, match="edited after it was written"):
+        Predictor.load(old, runtime="onnx")
+    from imutility.predictor.runtime.sidecar import self_digest
+
+    forged = {**side, "network": {**side["network"], "file": "../x.onnx"}}
+    (old / SIDECAR).write_text(json.dumps({**forged, "sha256": self_digest(forged)}))
+    with pytest.raises(PredictorLoadError, match="plain file name"):
+        Predictor.load(old, runtime="onnx")

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import natural_image, require_shared
 from imutility.cli import EXIT_SKIPPED, main
-from imutility.curves import bd_rate, lowest_passing
 from imutility.distort import JPEG
+from imutility.evaluation.curves import bd_rate, lowest_passing
 from imutility.rate import NetworkOracle, RateControlError, compress, compress_many
 
 

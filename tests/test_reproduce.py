@@ -106,9 +106,10 @@ def test_fingerprints_chain_through_stages():
 
 
 def test_cli_offers_exactly_the_pipeline_stages():
-    from imutility.cli import REPRODUCE_STAGES
+    from imutility.cli import cli
 
-    assert REPRODUCE_STAGES == STAGES
+    opts = {p.name: p for p in cli.commands["reproduce"].params}
+    assert tuple(opts["from_stage"].type.choices) == tuple(opts["until"].type.choices) == STAGES
     assert main(["reproduce", "--from", "labels"]) == 2  # a usage error, not a run
 
 
@@ -347,7 +348,8 @@ def test_study_config_reaches_the_content_architecture(tmp_path, monkeypatch):
     """[predictor] architecture = "content" (and its keys) reach imutility train unchanged."""
     import dataclasses
 
-    from imutility.predictor import train as tr
+    from imutility.predictor.training import train as tr
+    from imutility.predictor.training.config import InsufficientLabelsError
     from imutility.reproduce.pipeline import stage_train
 
     raw = tomllib.loads(TINY)
@@ -358,7 +360,7 @@ def test_study_config_reaches_the_content_architecture(tmp_path, monkeypatch):
 
     def fake_train(tc, folder, progress=True):
         seen.append(tc)
-        raise tr.InsufficientLabelsError("stop here")
+        raise InsufficientLabelsError("stop here")
 
     monkeypatch.setattr(tr, "train_predictor", fake_train)
     study = Study(cfg, tmp_path, log=lambda m: None)

@@ -15,7 +15,7 @@ from imutility.distort import JPEG
 from imutility.images import load_image
 from imutility.predictor import Predictor
 from imutility.predictor.geometry import InputSpec, WindowPreparer
-from imutility.predictor.prepare import PreparationError, prepared_stream
+from imutility.predictor.runtime.prepare import PreparationError, prepared_stream
 from worker_killers import AlwaysDies, DieOn
 
 

@@ -200,8 +200,8 @@ def test_compress_matches_the_library_and_model_is_the_card(server, predictor, j
             assert r.status_code == 422, params
         assert client.post("/compress", content=b"junk").status_code == 422
         card = client.get("/model").json()
-        assert card["weights_sha256"] == predictor.card["weights_sha256"]
-        assert card == json.loads(json.dumps(public_card(predictor.card)))
+        assert card["weights_sha256"] == predictor.card.weights_sha256
+        assert card == json.loads(json.dumps(public_card(predictor.card.raw)))
 
 
 def test_model_publishes_no_absolute_paths(server):

@@ -13,7 +13,7 @@ from conftest import require_shared
 from imutility.cli import cli
 from imutility.distort import JPEG
 from imutility.predictor import Predictor
-from imutility.predictor.model import BUILTIN, builtin_dir
+from imutility.predictor.builtin import BUILTIN, builtin_dir
 
 SHIPPED = sorted(set(BUILTIN.values()))
 
@@ -21,7 +21,7 @@ SHIPPED = sorted(set(BUILTIN.values()))
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_card_and_weights(name):
     p = Predictor.load(name)  # the SHA-256 of model.pt is checked against the card here
-    card = p.card
+    card = p.card.raw
     assert card["task"] in ("classification", "detection") and card["limitations"] and card["rebuild"]["train"]
     folder = builtin_dir(name)
     assert (folder / "model.pt").stat().st_size < 5 * 2**20
@@ -46,7 +46,7 @@ def _parse_train(command: str, labels_dir: Path) -> dict:
 def test_card_train_command_is_the_recipe_in_the_card(name, tmp_path, monkeypatch):
     """The printed rebuild command, parsed by the CLI itself, gives the settings the card says it was made with."""
     monkeypatch.chdir(REPO)  # the command's paths are relative to the repository root
-    card = Predictor.load(name).card
+    card = Predictor.load(name).card.raw
     params, cfg = _parse_train(card["rebuild"]["train"], tmp_path), card["config"]
     for k in ("architecture", "backbone", "features", "soft_target", "hidden", "dropout", "weight_decay", "epochs",
               "batch_size", "max_tiles", "seed", "mode"):
@@ -94,7 +94,7 @@ def test_default_card_rebuilds_from_its_commands(tmp_path, monkeypatch):
 
     require_shared("data", "imagenet-sample")
     monkeypatch.chdir(REPO)  # the card's paths are relative to the repository root, with ../shared beside it
-    card = Predictor.load("default").card
+    card = Predictor.load("default").card.raw
     label = shlex.split(card["rebuild"]["label"].replace("runs/cls-jpeg15", str(tmp_path / "labels")))
     assert main(label[1:] + ["--no-progress"]) == 0
     train = shlex.split(card["rebuild"]["train"].replace("runs/cls-jpeg15", str(tmp_path / "labels"))

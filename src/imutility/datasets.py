@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imutility.errors import InvalidInputError
 from imutility.images import list_images
 
 SYNSET_RE = re.compile(r"^(n\d{8})")
@@ -96,7 +97,7 @@ class ClassificationDataset:
             else:
                 samples.append(ClassificationSample(p, _rel(p, root), int(t)))
         if not samples:
-            raise ValueError(f"no labelled images found in {root} (looked for {how}); "
+            raise InvalidInputError(f"no labelled images found in {root} (looked for {how}); "
                              f"{len(unlabelled)} image files had no label")
         return cls(root=root, samples=samples, unlabelled=unlabelled, source=how)
 
@@ -152,12 +153,12 @@ def read_label_table(path: Path, index: dict[str, int]) -> dict[str, int]:
     table: dict[str, int] = {}
     for n, row in _label_rows(path):
         if len(row) < 2:
-            raise ValueError(f"{path}:{n}: expected 'file_name class', got {row!r}")
+            raise InvalidInputError(f"{path}:{n}: expected 'file_name class', got {row!r}")
         cls = _class_from_token(row[1], index)
         if cls is None:
             if n == 1:
                 continue  # header
-            raise ValueError(f"{path}:{n}: {row[1]!r} is neither a class index 0..999 nor a synset id")
+            raise InvalidInputError(f"{path}:{n}: {row[1]!r} is neither a class index 0..999 nor a synset id")
         table[row[0]] = cls
     return table
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageFilter
 
-from imutility.errors import ImutilityError
+from imutility.errors import ImutilityError, SettingError
 from imutility.names import UnknownNameError
 
 
@@ -378,8 +378,18 @@ def resolve_distortions(preset: str | None = None, specs: Sequence[str] = ()) ->
     out: list[Distortion] = list(get_preset(preset).distortions) if preset else []
     out += [parse_distortion(s) for s in specs]
     if not out:
-        raise ValueError("no distortion given: name a preset or at least one spec")
+        raise SettingError("no distortion given: name a preset or at least one spec")
     return tuple(dict.fromkeys(out))
+
+
+def resolve_levels(values: Sequence[str]) -> list[str] | None:
+    """Specs and preset names, mixed (``--train-distortion``, a config's level list), as the specs they stand for,
+    in order, duplicates dropped; None when none are given."""
+    presets = set(list_presets())
+    specs: list[str] = []
+    for v in values:
+        specs += [d.spec for d in (resolve_distortions(v) if v in presets else resolve_distortions(None, (v,)))]
+    return list(dict.fromkeys(specs)) or None
 
 
 def seeded_rng(seed: int, *keys: str) -> np.random.Generator:

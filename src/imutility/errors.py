@@ -11,3 +11,13 @@ from __future__ import annotations
 
 class ImutilityError(Exception):
     """Base class of imutility's deliberate errors."""
+
+
+class SettingError(ImutilityError, ValueError):
+    """A setting the caller chose that cannot work (a precision for another device, a threshold outside its
+    range, a runtime that is not installed): the CLI reports it as a usage error (exit 2)."""
+
+
+class InvalidInputError(ImutilityError, ValueError):
+    """Input data that cannot be used as given (a folder without what the command needs, an output folder that
+    would mix with its input): the CLI reports it in one line (exit 1)."""

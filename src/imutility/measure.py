@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from imutility.errors import InvalidInputError
 from imutility.images import list_images, load_image
 from imutility.utility import PAPER_DET_IOU, classification_utility, combine, detection_utility
 from imutility.zoo import Classifier, Detector, Labeler
@@ -49,16 +50,17 @@ def measure_pairs(pristine: Sequence[Image.Image], distorted: Sequence[Image.Ima
     :func:`~imutility.utility.normalised_confidence_utility`, 1 at no loss, from the same phi and phi'.
     """
     if len(pristine) != len(distorted):
-        raise ValueError(f"{len(pristine)} pristine images but {len(distorted)} distorted ones")
+        raise InvalidInputError(f"{len(pristine)} pristine images but {len(distorted)} distorted ones")
     if not labelers:
-        raise ValueError("need at least one labeler")
+        raise InvalidInputError("need at least one labeler")
     tasks = {lab.task for lab in labelers}
     if len(tasks) != 1:
-        raise ValueError(f"labelers of one task only, got {sorted(tasks)}")
+        raise InvalidInputError(f"labelers of one task only, got {sorted(tasks)}")
     own = [lab.name for lab in labelers if isinstance(lab, Classifier) and lab.spec.label_space is not None]
     if targets is not None and own:
-        raise ValueError(f"{', '.join(own)} answer(s) in their own classes, so ImageNet ground-truth targets do not "
-                         "apply: measure against each network's own pristine prediction (no targets)")
+        raise InvalidInputError(f"{', '.join(own)} answer(s) in their own classes, so ImageNet ground-truth "
+                                "targets do not apply: measure against each network's own pristine prediction "
+                                "(no targets)")
     n = len(pristine)
     names = names or [(str(i), str(i)) for i in range(n)]
     per: dict[str, np.ndarray] = {}
@@ -114,7 +116,7 @@ def pair_paths(pristine: str | Path, distorted: str | Path) -> tuple[list[tuple[
     if p.is_file() and d.is_file():
         return [(p, d)], []
     if not (p.is_dir() and d.is_dir()):
-        raise ValueError("PRISTINE and DISTORTED must both be files or both be folders")
+        raise InvalidInputError("PRISTINE and DISTORTED must both be files or both be folders")
     ref = {f.relative_to(p).as_posix(): f for f in list_images(p)}
     by_stem: dict[str, list[Path]] = {}
     for rel, f in ref.items():
@@ -135,7 +137,7 @@ def pair_paths(pristine: str | Path, distorted: str | Path) -> tuple[list[tuple[
         else:
             unpaired.append((str(f), f"no pristine counterpart in {p}"))
     if not pairs:
-        raise ValueError(f"no file in {d} has a counterpart in {p} (paired by relative path, see "
+        raise InvalidInputError(f"no file in {d} has a counterpart in {p} (paired by relative path, see "
                          "`imutility measure --help`)")
     return pairs, unpaired
 

@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from imutility.errors import InvalidInputError
+
 #: Environment variable naming the shared folder (data/, models/); default ``../shared``.
 SHARED_ENV = "IMUTILITY_SHARED"
 
@@ -63,7 +65,7 @@ def check_unique_outputs(keys: Iterable[str]) -> None:
     for k in keys:
         p = safe_relpath(k)
         if p in seen and seen[p] != k:
-            raise ValueError(f"sources {seen[p]!r} and {k!r} would write the same output file {p!r}")
+            raise InvalidInputError(f"sources {seen[p]!r} and {k!r} would write the same output file {p!r}")
         seen[p] = k
 
 

@@ -205,6 +205,26 @@ def _default_predictor():
     return Predictor.load("default")
 
 
+class PredictorScorer:
+    """A predictor as a rate-control scorer: the same scorer for every image (it reads the encodings alone)."""
+
+    def __init__(self, predictor):
+        self.predictor = predictor
+
+    @property
+    def identity(self) -> str:
+        return self.predictor.identity
+
+    def scorer_for(self, pristine: Image.Image) -> Callable[[list[Image.Image]], np.ndarray]:
+        return self.predictor
+
+
+def as_scorer(scorer):
+    """A rate-control scorer: a :class:`NetworkOracle` (or anything with ``scorer_for`` and ``identity``) as it is,
+    a predictor wrapped in :class:`PredictorScorer`."""
+    return scorer if hasattr(scorer, "scorer_for") else PredictorScorer(scorer)
+
+
 class NetworkOracle:
     """Networks' own full-reference utility against the pristine image: the share of its pristine confidence
     each keeps in its pristine decision (classification: min(1, p(class) / p'(class)) for its pristine top-1
@@ -214,6 +234,13 @@ class NetworkOracle:
     def __init__(self, labelers, score_threshold: float = 0.5):
         self.labelers = list(labelers) if isinstance(labelers, list | tuple) else [labelers]
         self.score_threshold = score_threshold
+
+    @property
+    def identity(self) -> str:
+        return "oracle:" + ",".join(lab.name for lab in self.labelers)
+
+    def scorer_for(self, pristine: Image.Image) -> Callable[[list[Image.Image]], np.ndarray]:
+        return self.scorer(pristine)
 
     def scorer(self, pristine: Image.Image) -> Callable[[list[Image.Image]], np.ndarray]:
         """A scorer for distorted versions of ``pristine`` (one pass of each network over the pristine image)."""

@@ -47,9 +47,9 @@ from typing import Any
 
 import numpy as np
 
-from imutility.errors import ImutilityError
+from imutility.errors import ImutilityError, SettingError
 from imutility.images import DEFAULT_MAX_PIXELS, image_size, load_image
-from imutility.predictor.prepare import prepare_one
+from imutility.predictor.runtime.prepare import prepare_one
 
 #: media types of the codecs ``/compress`` offers
 MEDIA_TYPES = {"jpeg": "image/jpeg", "webp": "image/webp"}
@@ -76,14 +76,14 @@ class ServeConfig:
         for name in ("max_body_bytes", "max_images", "max_pixels", "max_batch", "prepare_threads",
                      "max_connections"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise SettingError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.compress_pixels is not None and self.compress_pixels < 1:
-            raise ValueError(f"compress_pixels must be at least 1, got {self.compress_pixels}")
+            raise SettingError(f"compress_pixels must be at least 1, got {self.compress_pixels}")
         if self.max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+            raise SettingError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
         for name in ("request_timeout_s", "keep_alive_s"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise SettingError(f"{name} must be > 0, got {getattr(self, name)}")
 
     @property
     def compress_budget(self) -> int:
@@ -192,15 +192,14 @@ class Batcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        engine, device = self.predictor.engine, self.predictor.device
+        predictor = self.predictor
         while True:
             batch = await self._next_batch()
             live = [(p, f) for p, f in batch if not f.done()]  # a client that went away cancelled its futures
             if not live:
                 continue
             try:
-                scores = await loop.run_in_executor(self._network, engine.scores_prepared, [p for p, _ in live],
-                                                    device)
+                scores = await loop.run_in_executor(self._network, predictor.scores_prepared, [p for p, _ in live])
             except Exception as e:  # noqa: BLE001 - the network failed: every waiting request learns why
                 for _, fut in live:
                     if not fut.done():
@@ -405,7 +404,7 @@ def create_app(predictor, config: ServeConfig | None = None):
 
     @app.get("/model")
     async def model():
-        return public_card(predictor.card)
+        return public_card(predictor.card.raw)
 
     app.state.batcher = batcher
     app.state.compress_budget = budget

@@ -25,7 +25,7 @@ from imutility.distort import SUFFIXES
 from imutility.images import ImageLoadError, load_image
 from imutility.jobs.folder import FolderJob, sha256_bytes
 from imutility.paths import output_relpath
-from imutility.rate import BYTES_PER_OPEN_PIXEL, check_settings, compress_many
+from imutility.rate import BYTES_PER_OPEN_PIXEL, as_scorer, check_settings, compress_many
 
 MANIFEST_FIELDS = ("source", "path", "codec", "quality", "bytes", "bpp", "utility", "satisfied", "encodes")
 
@@ -46,23 +46,24 @@ class CompressReport:
 
 
 def compress_folder(src: str | os.PathLike, out: str | os.PathLike, min_utility: float,
-                    scorer_for: Callable, scorer_name: str, codec: str = "jpeg", min_quality: int = 1,
+                    scorer, codec: str = "jpeg", min_quality: int = 1,
                     max_quality: int = 95, search: str = "bisect",
                     on_error: Callable[[str, str], None] | None = None, progress: bool = True,
                     batch_size: int = 32, workers: int = 0, memory_mb: float | None = None) -> CompressReport:
-    """Compress every image under ``src`` into ``out``; ``scorer_for(pristine image)`` gives the scorer of that
-    image's encodings (a predictor ignores its argument; an oracle needs it). Up to ``batch_size`` images are
-    searched in lockstep, fewer where their pixels would take more than ``memory_mb`` (about
-    :data:`imutility.rate.BYTES_PER_OPEN_PIXEL` bytes each; one image is always searched), their candidates
-    encoded in ``workers`` threads (:func:`imutility.rate.compress_many`). See the module doc."""
+    """Compress every image under ``src`` into ``out``; ``scorer`` is a predictor or a
+    :class:`~imutility.rate.NetworkOracle` (:func:`imutility.rate.as_scorer`: an oracle needs each pristine
+    image). Up to ``batch_size`` images are searched in lockstep, fewer where their pixels would take more than
+    ``memory_mb`` (about :data:`imutility.rate.BYTES_PER_OPEN_PIXEL` bytes each; one image is always searched),
+    their candidates encoded in ``workers`` threads (:func:`imutility.rate.compress_many`). See the module doc."""
     from tqdm.auto import tqdm
 
     check_settings(min_utility, codec, min_quality, max_quality, search)
+    scorer = as_scorer(scorer)
     suffix = SUFFIXES[codec]
     job = FolderJob(src, out, lambda key: [output_relpath(key, suffix)], on_error)
     out = job.out
     report = CompressReport(out=out)
-    settings = {"source": str(job.src.resolve()), "min_utility": min_utility, "scorer": scorer_name, "codec": codec,
+    settings = {"source": str(job.src.resolve()), "min_utility": min_utility, "scorer": scorer.identity, "codec": codec,
                 "min_quality": min_quality, "max_quality": max_quality, "search": search}
     with job:
         done = job.resumable(settings, lambda r: (out / r["path"]).exists(), outputs=lambda r: [r["path"]])
@@ -86,7 +87,7 @@ def compress_folder(src: str | os.PathLike, out: str | os.PathLike, min_utility:
 
         budget = None if memory_mb is None else int(memory_mb * 2**20 / BYTES_PER_OPEN_PIXEL)
         try:
-            for (key, sha), res in compress_many(pending(), min_utility, scorer_for, codec, min_quality,
+            for (key, sha), res in compress_many(pending(), min_utility, scorer.scorer_for, codec, min_quality,
                                                  max_quality, search, batch_size, workers, max_open_pixels=budget):
                 path = output_relpath(key, res.suffix)
                 atomic.write_bytes(out / path, res.data, durable=False)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from imutility import atomic
 from imutility.distort import SUFFIXES, Distortion, parse_distortion, seeded_rng
+from imutility.errors import SettingError
 from imutility.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_image, read_file
 from imutility.jobs.folder import FolderJob, sha256_bytes
 from imutility.paths import output_relpath
@@ -82,7 +83,7 @@ def distort_folder(src: str | os.PathLike, out: str | os.PathLike, distortions: 
     """Write every source image under ``src`` at every distortion into ``out``; see the module doc."""
     specs = [d.spec for d in distortions]
     if len(set(d.slug for d in distortions)) != len(distortions):
-        raise ValueError("two distortions share an output folder name")
+        raise SettingError("two distortions share an output folder name")
     longest = max(SUFFIXES.values(), key=len)
     job = FolderJob(src, out, lambda key: [f"{d.slug}/{output_relpath(key, longest)}" for d in distortions],
                     on_error)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imutility import atomic
+from imutility.errors import InvalidInputError, SettingError
 from imutility.images import ImageLoadError, list_images, read_file
 from imutility.jobs.folder import FolderJob, refuse_out_inside_src
 from imutility.paths import name_too_long, output_relpath
@@ -43,13 +44,14 @@ def _check_out(src: Path, out: Path) -> set[str]:
     if not out.exists():
         return set()
     if not out.is_dir():
-        raise ValueError(f"OUT {out} exists and is not a folder")
+        raise InvalidInputError(f"OUT {out} exists and is not a folder")
     report = out / REPORT
     if report.is_file():
         with open(report, newline="") as f:
             return {r["output"] for r in csv.DictReader(f) if r.get("output")}
     if any(out.iterdir()):
-        raise ValueError(f"OUT {out} is not empty and holds no earlier filter run ({REPORT}); choose an empty folder")
+        raise InvalidInputError(f"OUT {out} is not empty and holds no earlier filter run ({REPORT}); "
+                                "choose an empty folder")
     return set()
 
 
@@ -80,9 +82,9 @@ def filter_folder(src: str | os.PathLike, out: str | os.PathLike, predictor, min
 
     src, out = Path(src), Path(out)
     if not math.isfinite(min_utility) or (predictor.mode == "binary" and not 0 <= min_utility <= 1):
-        raise ValueError(f"min_utility must be a number in [0, 1] (a probability), got {min_utility}")
+        raise SettingError(f"min_utility must be a number in [0, 1] (a probability), got {min_utility}")
     if not src.is_dir():
-        raise ValueError(f"SRC {src} is not a folder")
+        raise InvalidInputError(f"SRC {src} is not a folder")
     earlier = _check_out(src, out)
     pristine = _pristine_index(Path(replace_with_pristine)) if replace_with_pristine else {}
     report = FilterReport(out=out)

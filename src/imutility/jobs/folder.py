@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from imutility import atomic
+from imutility.errors import InvalidInputError
 from imutility.images import list_images, read_file
 from imutility.paths import check_unique_outputs, name_too_long
 
@@ -32,7 +33,7 @@ ERROR_FIELDS = ("source", "reason")
 def refuse_out_inside_src(src: Path, out: Path) -> None:
     s, o = src.resolve(), out.resolve()
     if o == s or o.is_relative_to(s):
-        raise ValueError(f"OUT {out} is inside SRC {src}: its files would be read back as input")
+        raise InvalidInputError(f"OUT {out} is inside SRC {src}: its files would be read back as input")
 
 
 def sha256_bytes(data: bytes) -> str:

@@ -35,7 +35,29 @@ from imutility.tasks.classification import sources_from_dataset as sources_from_
 from imutility.tasks.detection import sources_from_dataset as sources_from_coco
 from imutility.utility import COMBINE_OPS
 
-__all__ = ["COMBINED", "COMBINE_OPS", "GROUND_TRUTH", "PRISTINE", "PRISTINE_REFERENCE", "REFERENCES", "LabelReport",
-           "LabellingConfigError", "Source", "Thresholds", "apply_augment", "balancing_sources", "build_table",
-           "label_counts", "read_outputs", "read_sources", "relabel", "run_labelling", "sources_from_classification",
-           "sources_from_coco", "sources_from_folder", "write_outputs", "write_sources"]
+#: where labelling runs: ``local`` (this process) or ``ray`` (a Ray Data pipeline, one actor pool per labeler)
+ENGINES = ("local", "ray")
+
+
+def make_engine(name: str = "local", address: str | None = None, actors: int = 1, cpus_per_actor: float = 1.0):
+    """The labelling engine called ``name`` (:data:`ENGINES`): ``local``, or ``ray`` joining ``address`` (default:
+    a local Ray instance) with ``actors`` actors of ``cpus_per_actor`` CPUs per labeler."""
+    from imutility.errors import SettingError
+
+    if name not in ENGINES:
+        raise SettingError(f"engine must be one of {', '.join(ENGINES)}, got {name!r}")
+    if name == "local":
+        if address is not None:
+            raise SettingError("--address is for --engine ray")
+        from imutility.labelling.chunks import LocalEngine
+
+        return LocalEngine()
+    from imutility.labelling.ray_engine import RayEngine
+
+    return RayEngine(address=address, actors=actors, cpus_per_actor=cpus_per_actor)
+
+__all__ = ["COMBINED", "COMBINE_OPS", "ENGINES", "GROUND_TRUTH", "PRISTINE", "PRISTINE_REFERENCE", "REFERENCES",
+           "LabelReport", "LabellingConfigError", "Source", "Thresholds", "apply_augment", "balancing_sources",
+           "build_table", "label_counts", "make_engine", "read_outputs", "read_sources", "relabel", "run_labelling",
+           "sources_from_classification", "sources_from_coco", "sources_from_folder", "write_outputs",
+           "write_sources"]

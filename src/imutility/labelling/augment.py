@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
+from imutility.errors import InvalidInputError
 from imutility.images import load_image
 from imutility.tasks import Source
 
@@ -32,7 +33,7 @@ def apply_augment(img: Image.Image, boxes: np.ndarray | None, spec: str | None
                 b = b - [x0, y0, x0, y0]
                 b = np.clip(b, 0, [w, h, w, h])
         else:
-            raise ValueError(f"unknown augmentation {step!r} in {spec!r}")
+            raise InvalidInputError(f"unknown augmentation {step!r} in {spec!r}")
     return img, b
 
 

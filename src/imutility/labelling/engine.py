@@ -14,6 +14,7 @@ from pathlib import Path
 
 from imutility import atomic
 from imutility.distort import Distortion
+from imutility.errors import SettingError
 from imutility.labelling.augment import balancing_sources
 from imutility.labelling.chunks import LocalEngine, write_files
 from imutility.labelling.store import read_cache, write_sources
@@ -58,13 +59,13 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
     out = Path(out)
     spec_task = get_task(task)
     if reference not in REFERENCES:
-        raise ValueError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+        raise SettingError(f"reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     wrong = [lab.name for lab in (*labelers, *held_out) if lab.task != task]
     if wrong:
-        raise ValueError(f"labelers {wrong} are not {task} labelers")
+        raise SettingError(f"labelers {wrong} are not {task} labelers")
     both = {lab.name for lab in labelers} & {lab.name for lab in held_out}
     if both:
-        raise ValueError(f"{sorted(both)} cannot both label and be held out")
+        raise SettingError(f"{sorted(both)} cannot both label and be held out")
     spec_task.check_sources(sources, reference)
     spec_task.check_labelers([*labelers, *held_out], reference)
     specs = {d.spec: d for d in distortions}

@@ -1,18 +1,23 @@
-"""How an image becomes what a predictor's network sees: a window (crop or resize) or tiles over the whole image.
+"""How an image becomes what a predictor's network sees, and how the network's outputs become its score.
+
+In: a window (crop or resize, :class:`InputSpec`) or tiles over the whole image (:class:`TileSpec`); each spec is
+stored in the card and is its own picklable *preparer*: ``spec(image) -> uint8 array (k, S, S, 3)``; the pixel
+values are :class:`imutility.zoo.preprocess.Values`. Out: :class:`ScoreHead`, the one place where outputs become
+scores (tile pooling, then the link), for every engine, the deploy spec and the docs.
 
 Pure Pillow and numpy (no torch), so the worker processes that decode and prepare images
-(:mod:`imutility.predictor.prepare`) start in a fraction of a second. Each spec is stored in the model card
-and is its own picklable *preparer*: ``spec(image) -> uint8 array (k, S, S, 3)``.
+(:mod:`imutility.predictor.runtime.prepare`) start in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+
+from imutility.zoo.preprocess import Values
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,10 @@ class InputSpec:
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
+
+    @property
+    def values(self) -> Values:
+        return Values(self.channels, self.scale, tuple(self.mean), tuple(self.std))
 
 
 def crop_or_pad(img: Image.Image, size: int, rng: np.random.Generator | None) -> Image.Image:
@@ -56,7 +65,7 @@ def window(img: Image.Image, spec: InputSpec, rng: np.random.Generator | None = 
 
 @dataclass(frozen=True)
 class WindowPreparer:
-    """Picklable preparer (:mod:`imutility.predictor.prepare`): RGB image -> its window, uint8 (1, S, S, 3)."""
+    """Picklable preparer (:mod:`imutility.predictor.runtime.prepare`): RGB image -> its window, uint8 (1, S, S, 3)."""
 
     spec: InputSpec
 
@@ -103,30 +112,68 @@ class TileSpec:
 
     def __call__(self, img: Image.Image) -> np.ndarray:
         """The tiles stacked, uint8 (k, size, size, 3): a TileSpec is its own picklable preparer
-        (:mod:`imutility.predictor.prepare`)."""
+        (:mod:`imutility.predictor.runtime.prepare`)."""
         return np.stack(self.tiles(img))
 
 
-def normalise(pixels: np.ndarray, channels: str, scale: float, mean: Sequence[float], std: Sequence[float]
-              ) -> np.ndarray:
-    """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 ``(pixel * scale - mean) / std`` (channels reversed for
-    BGR): the input values of every engine, PyTorch or ONNX Runtime."""
-    x = np.asarray(pixels, dtype=np.float32)
-    if channels == "BGR":
-        x = x[..., ::-1]
-    x = (x * np.float32(scale) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+#: how outputs become a score: ``sigmoid`` of one logit, ``softmax`` of two logits (the score is the second's
+#: probability), ``identity`` (a continuous utility)
+LINKS = ("sigmoid", "softmax", "identity")
 
 
-def pool_tiles(tile_logits: np.ndarray, owner: np.ndarray, n_images: int, mean_weight: float, min_weight: float,
-               bias: float) -> np.ndarray:
-    """Image logits ``mean_weight * mean + min_weight * min + bias`` over each image's tiles (NaN: no tile); the
-    trained :class:`imutility.predictor.content.TilePool` in numpy."""
-    z = np.asarray(tile_logits, dtype=np.float64)
-    count = np.bincount(owner, minlength=n_images).astype(np.float64)
-    mean = np.bincount(owner, weights=z, minlength=n_images) / np.maximum(count, 1)
-    low = np.full(n_images, np.inf)
-    np.minimum.at(low, owner, z)
-    out = mean_weight * mean + min_weight * low + bias
-    out[count == 0] = np.nan
-    return out
+@dataclass(frozen=True)
+class TilePooling:
+    """An image's logit from its tiles' logits: ``mean_weight * mean + min_weight * min + bias`` (learned in
+    training as :class:`imutility.predictor.networks.content.TilePool`; a Platt scaling is folded in)."""
+
+    mean_weight: float
+    min_weight: float
+    bias: float
+
+    def __call__(self, tile_logits: np.ndarray, owner: np.ndarray, n_images: int) -> np.ndarray:
+        """Image logits over each image's tiles (``owner[t]`` = the image of tile ``t``; NaN: an image with none)."""
+        z = np.asarray(tile_logits, dtype=np.float64).reshape(-1)
+        count = np.bincount(owner, minlength=n_images).astype(np.float64)
+        mean = np.bincount(owner, weights=z, minlength=n_images) / np.maximum(count, 1)
+        low = np.full(n_images, np.inf)
+        np.minimum.at(low, owner, z)
+        out = self.mean_weight * mean + self.min_weight * low + self.bias
+        out[count == 0] = np.nan
+        return out
+
+
+@dataclass(frozen=True)
+class ScoreHead:
+    """How a network's outputs become one score per image: the tile pooling (content predictors: one logit per
+    tile), then the link. Every engine ends here; :meth:`describe` is what the deploy spec says of it."""
+
+    link: str
+    pooling: TilePooling | None = None
+
+    def __post_init__(self) -> None:
+        if self.link not in LINKS:
+            raise ValueError(f"link must be one of {', '.join(LINKS)}, got {self.link!r}")
+
+    def __call__(self, outputs: np.ndarray, owner: np.ndarray, n_images: int) -> np.ndarray:
+        """Scores (float64, one per image) of the network's ``outputs`` (one row per prepared unit, ``owner[u]``
+        its image: tiles of a content predictor, one window per image of a fine-tuned one)."""
+        out = np.asarray(outputs, dtype=np.float64)
+        if self.pooling is not None:
+            z = self.pooling(out, owner, n_images)
+        elif self.link == "softmax":
+            e = np.exp(out - out.max(1, keepdims=True))
+            return e[:, 1] / e.sum(1)
+        else:
+            z = out.reshape(len(out), -1)[:, 0]
+        return 1 / (1 + np.exp(-z)) if self.link == "sigmoid" else z
+
+    def describe(self) -> dict:
+        """The deploy spec's ``score`` (and ``pool``) entries: the same rule in words and numbers."""
+        out: dict = {}
+        if self.pooling is not None:
+            p = self.pooling
+            out["pool"] = {"mean": p.mean_weight, "min": p.min_weight, "bias": p.bias,
+                           "rule": "z = mean * mean(tile logits) + min * min(tile logits) + bias"}
+        out["score"] = ({"link": "softmax", "column": 1} if self.link == "softmax" else
+                        {"link": self.link} if self.pooling is not None else {"link": self.link, "column": 0})
+        return out

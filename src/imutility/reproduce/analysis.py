@@ -59,7 +59,7 @@ def _predictor_table(study: Study, task: str) -> list[dict]:
 
 def _heldout_level_accuracy(study: Study, task: str, table) -> dict:
     """Each predictor against the labels it was trained to predict, on test photos at held-out levels."""
-    from imutility.predictor.train import binary_metrics
+    from imutility.predictor.training.split import binary_metrics
 
     held = table[table["distortion"].isin(study.config.heldout_distortions)]
     out = {}

@@ -19,7 +19,7 @@ from typing import Any
 
 from imutility.errors import ImutilityError
 from imutility.names import UnknownNameError, unknown_name_message
-from imutility.predictor.common import MIN_SIZE
+from imutility.predictor.training.config import MIN_SIZE
 from imutility.tasks import TASK_NAMES, get_task
 
 TASKS = TASK_NAMES  # a study runs every task, in this order
@@ -52,7 +52,7 @@ class PredictorSettings:
     batch_size: int = 32
     lr: float | None = None
     max_samples: int | None = None
-    # the content-aware architecture (imutility.predictor.content); finetune is the paper's way
+    # the content-aware architecture (imutility.predictor.networks.content); finetune is the paper's way
     architecture: str = "finetune"
     features: str = "confidence"
     soft_target: str | None = None
@@ -232,7 +232,7 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
         raise ConfigError(f"{where} [distortions]: {sorted(set(train) & set(held))} are both train and held-out")
     pred = dict(raw.get("predictor", {}))
     _check_keys(pred, [f.name for f in fields(PredictorSettings)], f"{where} [predictor]")
-    from imutility.predictor.backbones import list_backbones
+    from imutility.predictor.networks.backbones import list_backbones
 
     for k, v in pred.items():
         _check_value(k, v, f"{where} [predictor]")
@@ -240,7 +240,7 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
         if not isinstance(v, dict):
             _check_value(k, v, where)
     ps = PredictorSettings(**pred)
-    from imutility.predictor.backbones import list_recognition_backbones
+    from imutility.predictor.networks.backbones import list_recognition_backbones
 
     allowed = list_recognition_backbones() if ps.architecture == "content" else list_backbones()
     if ps.architecture not in ("finetune", "content"):

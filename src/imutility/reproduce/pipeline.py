@@ -119,7 +119,7 @@ def _test_eligible(study: Study, task: str) -> Callable[[str], bool]:
 def _backbone_problem(settings) -> str | None:
     """Why the predictor backbone's pretrained weights cannot be loaded, or None when they can."""
     from imutility import zoo
-    from imutility.predictor.backbones import create_backbone
+    from imutility.predictor.networks.backbones import create_backbone
     from imutility.zoo.weights import WeightsError
 
     if settings.architecture == "content":  # a zoo classifier, used frozen
@@ -161,7 +161,8 @@ def stage_label(study: Study) -> dict:
 
 
 def stage_train(study: Study) -> dict:
-    from imutility.predictor.train import InsufficientLabelsError, TrainConfig, train_predictor
+    from imutility.predictor.training.config import InsufficientLabelsError, TrainConfig
+    from imutility.predictor.training.train import train_predictor
 
     cfg, ps = study.config, study.config.predictor
     info = {}
@@ -184,10 +185,10 @@ def stage_train(study: Study) -> dict:
                 atomic.write_json(folder / "skipped.json", {"reason": str(e)})
                 study.log(f"[train] {task}-{name} not trained: {e}")
                 continue
-            m = card["metrics"]
-            info[f"{task}-{name}"] = {"accuracy": m["accuracy"], "auroc": m["auroc"], "seconds": card["train_seconds"]}
+            m, seconds = card.raw["metrics"], card.raw["train_seconds"]
+            info[f"{task}-{name}"] = {"accuracy": m["accuracy"], "auroc": m["auroc"], "seconds": seconds}
             study.log(f"[train] {task}-{name}: test accuracy {m['accuracy']:.3f}, AUROC {m['auroc']:.3f} "
-                      f"({card['train_seconds']:.0f} s)")
+                      f"({seconds:.0f} s)")
     return info
 
 
@@ -196,7 +197,7 @@ def stage_evaluate(study: Study) -> dict:
 
     from imutility import labelling as lb
     from imutility.distort import parse_distortion
-    from imutility.predictor.model import Predictor
+    from imutility.predictor.runtime.predictor import Predictor
 
     cfg = study.config
     info = {}
@@ -218,12 +219,7 @@ def stage_evaluate(study: Study) -> dict:
             target = study.scores_file(task, name)
             if target.is_file() or not (folder / "card.json").is_file():
                 continue
-            pred = Predictor.load(folder, device=study.device)
-            if study.device == "cpu":  # ONNX Runtime: ~3x PyTorch eager on CPU (benchmarks/bench_predictor.py)
-                onnx = study.out / "evaluate" / "onnx" / f"{name}.onnx"
-                if not onnx.exists():
-                    pred.export_onnx(onnx)
-                pred.use_onnx_runtime(onnx)
+            pred = Predictor.load(folder, device=study.device)  # ONNX Runtime on the CPU: the graphs train wrote
             t0 = time.perf_counter()
             scores = [s if s is not None else np.nan for _, s, _ in pred.predict_paths(paths)]
             atomic.write_parquet(target, pd.DataFrame({"key": table["key"], "distortion": table["distortion"],

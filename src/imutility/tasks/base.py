@@ -19,6 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from imutility.errors import InvalidInputError
 from imutility.utility import PAPER_DET_IOU, PAPER_DET_SCORE, PAPER_TH, PAPER_TL
 
 #: the distortion key of the pristine image in the caches
@@ -86,7 +87,7 @@ def sources_from_folder(folder: str | os.PathLike, log: Callable[[str], None] | 
     root = Path(folder)
     files = list_images(root, on_skip=(lambda p, r: log(f"skipped {p}: {r}")) if log else None)
     if not files:
-        raise ValueError(f"no image files found in {root}")
+        raise InvalidInputError(f"no image files found in {root}")
     return [Source(key=p.relative_to(root).as_posix() if p != root else p.name, path=str(p)) for p in files]
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imutility.errors import InvalidInputError
 from imutility.tasks.base import (
     GROUND_TRUTH,
     PRISTINE,
@@ -58,7 +59,7 @@ class ClassificationTask(Task):
                 listed = read_file_list(Path(labels_file))
                 kept = [s for s in sources if s.key in listed or Path(s.key).name in listed]
                 if not kept:
-                    raise ValueError(f"none of the {len(listed)} files listed in {labels_file} is in {folder}")
+                    raise InvalidInputError(f"none of the {len(listed)} files listed in {labels_file} is in {folder}")
                 if log is not None and len(kept) < len(sources):
                     log(f"left out {len(sources) - len(kept)} images of {folder} not listed in {labels_file}")
                 sources = kept
@@ -73,19 +74,20 @@ class ClassificationTask(Task):
 
     def check_sources(self, sources: Sequence[Source], reference: str) -> None:
         if reference == GROUND_TRUTH and any(s.target is None for s in sources):
-            raise ValueError("some sources have no class label: use reference='pristine' (`--reference pristine`) "
-                             "to label photos without ground truth")
+            raise InvalidInputError("some sources have no class label: use reference='pristine' "
+                                    "(`--reference pristine`) to label photos without ground truth")
 
     def check_labelers(self, labelers: Sequence, reference: str) -> None:
         """The ground truth is an ImageNet-1k class: every network must answer in those classes. The pristine
         reference is the labelers' agreed top-1: they (and the held-out networks) must share one class list."""
         own = [lab.name for lab in labelers if lab.spec.label_space is not None]
         if reference == GROUND_TRUTH and own:
-            raise ValueError(f"{', '.join(own)} answer(s) in their own classes, not ImageNet-1k's: label against "
-                             "their agreed pristine prediction with reference='pristine' (`--reference pristine`)")
+            raise InvalidInputError(f"{', '.join(own)} answer(s) in their own classes, not ImageNet-1k's: label "
+                                    "against their agreed pristine prediction with reference='pristine' "
+                                    "(`--reference pristine`)")
         spaces = {lab.spec.label_space for lab in labelers}
         if len(spaces) > 1:
-            raise ValueError("these classifiers answer in different class lists, so their decisions cannot be "
+            raise InvalidInputError("these classifiers answer in different class lists, so their decisions cannot be "
                              f"compared: {', '.join(f'{lab.name} ({lab.spec.num_classes})' for lab in labelers)}")
 
     # ------------------------------------------------------------------ the labeler's raw outputs

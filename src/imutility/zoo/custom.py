@@ -100,8 +100,8 @@ def load_spec(path: str | os.PathLike) -> LabelerSpec:
     name, task, fmt = need(raw, "name", str), need(raw, "task", str), need(raw, "format", str)
     if not name or not all(c.isalnum() or c in "-_." for c in name):
         raise CustomSpecError(f"{path}: name must be letters, digits, '-', '_' or '.', got {name!r}")
-    if task not in ("classification", "detection"):
-        raise CustomSpecError(f"{path}: task must be classification or detection, got {task!r}")
+    if task not in _OUTPUTS:
+        raise CustomSpecError(f"{path}: task must be one of {', '.join(_OUTPUTS)}, got {task!r}")
     if fmt not in FORMATS:
         raise CustomSpecError(f"{path}: format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     trust = raw.get("trust_code", False)
@@ -133,7 +133,7 @@ def load_spec(path: str | os.PathLike) -> LabelerSpec:
     _check_preprocess(path, pre)
 
     out = need(raw, "output", dict)
-    allowed = {"kind", "classes"} if task == "classification" else {"decoder", "classes"}
+    allowed, read_output = _OUTPUTS[task]
     if set(out) - allowed:
         raise CustomSpecError(f"{path}: unknown output field(s) {', '.join(sorted(set(out) - allowed))} "
                               f"(allowed for {task}: {', '.join(sorted(allowed))})")
@@ -142,46 +142,13 @@ def load_spec(path: str | os.PathLike) -> LabelerSpec:
         raise CustomSpecError(f"{path}: unknown option(s) {', '.join(sorted(set(opts_raw) - _OPTION_KEYS))} "
                               f"(allowed: {', '.join(sorted(_OPTION_KEYS))})")
     _check_options(path, opts_raw)
-    kwargs = {"num_classes": opts_raw.pop("num_classes")} if "num_classes" in opts_raw else {}
-    classes = None
-    if task == "classification":
-        kind = out.get("kind", "logits")
-        if kind not in ("logits", "probs"):
-            raise CustomSpecError(f"{path}: output.kind must be logits or probs, got {kind!r}")
-        cls = need(out, "classes", str, "output.")
-        if cls != IMAGENET:
-            names_file = path.parent / cls
-            try:
-                classes = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
-            except OSError as e:
-                raise CustomSpecError(f"{path}: output.classes: cannot read {names_file} "
-                                      f"({e.strerror or e}); or give {IMAGENET!r}") from e
-            if len(classes) < 2 or len(set(classes)) != len(classes):
-                raise CustomSpecError(f"{path}: {names_file} must list at least 2 distinct class names, one per line")
-        options = LabelerOptions(output=kind, kwargs=kwargs, **opts_raw)
-        decoder = None
-    else:
-        decoder = need(out, "decoder", str, "output.")
-        if decoder not in DETECTION_DECODERS:
-            raise CustomSpecError(f"{path}: output.decoder must be one of {', '.join(DETECTION_DECODERS)}, "
-                                  f"got {decoder!r}")
-        space = out.get("classes", "coco80")
-        if space not in DETECTION_CLASSES or (decoder != "xyxy_score_class" and space != "coco80"):
-            raise CustomSpecError(f"{path}: output.classes must be one of {', '.join(DETECTION_CLASSES)} "
-                                  f"(the yolox/nanodet/fastestdet decoders are coco80), got {space!r}")
-        if fmt != "onnx":
-            raise CustomSpecError(f"{path}: custom detectors are ONNX files (format = 'onnx')")
-        options = LabelerOptions(kwargs={"classes": space}, **opts_raw)
     if fmt == "torchvision" and not opts_raw.get("arch"):
         raise CustomSpecError(f"{path}: format 'torchvision' needs options.arch (e.g. 'resnet18')")
-
-    from imutility.zoo.backends import custom_builders
-
-    builder = custom_builders.builder(task, fmt, decoder)
+    options, classes, builder, backend = read_output(path, out, opts_raw, fmt, need)
     weights = WeightsSpec(file=str(model_file), sha256=sha, source=f"custom labeler spec {path}",
                           license="(the user's)")
     try:
-        return LabelerSpec(name=name, task=task, backend=f"custom-{fmt}" + (f"-{decoder}" if decoder else ""),
+        return LabelerSpec(name=name, task=task, backend=backend,
                            weights=weights, preprocess=pre, builder=builder,
                            description=str(raw.get("description", f"custom {task} labeler from {path.name}")),
                            options=options, classes=classes, custom=True)
@@ -231,3 +198,50 @@ def probe(labeler) -> None:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CustomSpecError(f"{labeler.spec.weights.source}: the network does not run as the spec declares "
                               f"({type(e).__name__}: {first[:300]})") from e
+
+
+def _classifier_output(path: Path, out: dict, opts_raw: dict, fmt: str, need):
+    """A classifier's ``[output]``: logits or probabilities over ImageNet-1k or its own class list."""
+    from imutility.zoo.backends.custom_builders import CLASSIFIER_BUILDERS
+
+    kwargs = {"num_classes": opts_raw.pop("num_classes")} if "num_classes" in opts_raw else {}
+    kind = out.get("kind", "logits")
+    if kind not in ("logits", "probs"):
+        raise CustomSpecError(f"{path}: output.kind must be logits or probs, got {kind!r}")
+    cls = need(out, "classes", str, "output.")
+    classes = None
+    if cls != IMAGENET:
+        names_file = path.parent / cls
+        try:
+            classes = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
+        except OSError as e:
+            raise CustomSpecError(f"{path}: output.classes: cannot read {names_file} "
+                                  f"({e.strerror or e}); or give {IMAGENET!r}") from e
+        if len(classes) < 2 or len(set(classes)) != len(classes):
+            raise CustomSpecError(f"{path}: {names_file} must list at least 2 distinct class names, one per line")
+    return (LabelerOptions(output=kind, kwargs=kwargs, **opts_raw), classes, CLASSIFIER_BUILDERS[fmt],
+            f"custom-{fmt}")
+
+
+def _detector_output(path: Path, out: dict, opts_raw: dict, fmt: str, need):
+    """A detector's ``[output]``: a decoder (the generic (N, 6) or one of the zoo's) and its class ids."""
+    from imutility.zoo.backends.custom_builders import DETECTOR_BUILDERS
+
+    opts_raw.pop("num_classes", None)
+    decoder = need(out, "decoder", str, "output.")
+    if decoder not in DETECTION_DECODERS:
+        raise CustomSpecError(f"{path}: output.decoder must be one of {', '.join(DETECTION_DECODERS)}, "
+                              f"got {decoder!r}")
+    space = out.get("classes", "coco80")
+    if space not in DETECTION_CLASSES or (decoder != "xyxy_score_class" and space != "coco80"):
+        raise CustomSpecError(f"{path}: output.classes must be one of {', '.join(DETECTION_CLASSES)} "
+                              f"(the yolox/nanodet/fastestdet decoders are coco80), got {space!r}")
+    if fmt != "onnx":
+        raise CustomSpecError(f"{path}: custom detectors are ONNX files (format = 'onnx')")
+    return (LabelerOptions(kwargs={"classes": space}, **opts_raw), None, DETECTOR_BUILDERS[decoder],
+            f"custom-{fmt}-{decoder}")
+
+
+#: each task's ``[output]`` table: the fields it may hold, and its reader (options, classes, builder, backend)
+_OUTPUTS = {"classification": ({"kind", "classes"}, _classifier_output),
+            "detection": ({"decoder", "classes"}, _detector_output)}

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from imutility.datasets import ClassificationDataset, CocoDetectionDataset
+from imutility.errors import InvalidInputError
 from imutility.images import ImageLoadError, load_image
 from imutility.zoo.base import Classifier, Detections, Detector
 
@@ -48,7 +49,7 @@ def classification_accuracy(classifier: Classifier, dataset: ClassificationDatas
     from tqdm.auto import tqdm
 
     if classifier.spec.label_space is not None:
-        raise ValueError(f"{classifier.name} answers in its own {classifier.spec.num_classes} classes, not the "
+        raise InvalidInputError(f"{classifier.name} answers in its own {classifier.spec.num_classes} classes, not the "
                          "ImageNet-1k classes this folder is labelled with: no top-1 to measure here")
 
     hits1 = hits5 = n = 0

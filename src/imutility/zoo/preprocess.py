@@ -15,6 +15,53 @@ from PIL import Image
 
 from imutility.images import to_rgb
 
+
+@dataclass(frozen=True)
+class Values:
+    """The pixel values a network takes: each 8-bit pixel times ``scale``, minus ``mean``, over ``std``, per
+    channel in ``channels`` order. One type for every network of the project: a zoo labeler's
+    (:attr:`Preprocess.values`), a predictor's backbone (which IS a zoo entry) and a fine-tuned predictor's input,
+    all stored in their cards and checked when made (three finite means, three finite non-zero stds)."""
+
+    channels: Literal["RGB", "BGR"] = "RGB"
+    scale: float = 1.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        import math
+
+        if self.channels not in ("RGB", "BGR"):
+            raise ValueError(f"channels must be RGB or BGR, got {self.channels!r}")
+        nums = [self.scale, *self.mean, *self.std]
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(
+                isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in nums):
+            raise ValueError(f"scale, mean and std must be finite numbers, 3 each for mean and std, got "
+                             f"{self.scale!r}, {list(self.mean)!r}, {list(self.std)!r}")
+        if self.scale == 0 or any(v == 0 for v in self.std):
+            raise ValueError(f"scale and std must be non-zero (a division by zero), got {self.scale!r}, "
+                             f"{list(self.std)!r}")
+
+    def normalise(self, pixels: np.ndarray) -> np.ndarray:
+        """(..., H, W, 3) uint8 -> (..., 3, H, W) float32 ``(pixel * scale - mean) / std`` (channels reversed
+        for BGR): the input of every predictor engine, PyTorch or ONNX Runtime, and of their training."""
+        x = np.asarray(pixels, dtype=np.float32)
+        if self.channels == "BGR":
+            x = x[..., ::-1]
+        x = (x * np.float32(self.scale) - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return np.ascontiguousarray(np.moveaxis(x, -1, -3))
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(a, b) per channel with ``a * pixel + b`` = the normalised value: the form :class:`Preprocess` applies
+        in place, image by image, to a labeler's batch (the same map, rounded once less: faster on big batches)."""
+        std = np.asarray(self.std, np.float32)
+        return (np.float32(self.scale) / std).astype(np.float32), (-np.asarray(self.mean, np.float32) / std
+                                                                  ).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {"channels": self.channels, "scale": self.scale, "mean": list(self.mean), "std": list(self.std)}
+
+
 _INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
            "area": Image.Resampling.BOX, "nearest": Image.Resampling.NEAREST}
 
@@ -46,6 +93,11 @@ class Preprocess:
     def __post_init__(self) -> None:
         if self.resize == "center_crop" and self.resize_size is None:
             raise ValueError("center_crop needs resize_size")
+
+    @property
+    def values(self) -> Values:
+        """The pixel values this network takes (:class:`Values`)."""
+        return Values(self.channels, self.scale, tuple(self.mean), tuple(self.std))
 
     def describe(self) -> str:
         h, w = self.size
@@ -106,8 +158,7 @@ class Preprocess:
             h, w = first.shape[:2]
         shape = (n, 3, h, w) if self.layout == "NCHW" else (n, h, w, 3)
         out = np.empty(shape, dtype=dtype)
-        a = (self.scale / np.asarray(self.std, np.float32)).astype(np.float32)
-        b = (-np.asarray(self.mean, np.float32) / np.asarray(self.std, np.float32)).astype(np.float32)
+        a, b = self.values.affine()
         affine = self.dtype == "float32" and not (np.all(a == 1) and np.all(b == 0))
         for i, im in enumerate(images):
             arr = first if (i == 0 and first is not None) else self.image_to_array(as_pil(im))

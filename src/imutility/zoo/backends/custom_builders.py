@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from imutility.errors import InvalidInputError
 from imutility.zoo.base import Labeler, LabelerSpec
 
 
@@ -34,16 +35,26 @@ def _torchscript_classifier(spec: LabelerSpec, weights_path: Path | None, device
     try:
         model = torch.jit.load(str(weights_path), map_location="cpu")
     except RuntimeError as e:
-        raise ValueError(f"{weights_path}: not a TorchScript file ({str(e).splitlines()[0]})") from e
+        raise InvalidInputError(f"{weights_path}: not a TorchScript file ({str(e).splitlines()[0]})") from e
     return TorchClassifier(spec, model, device)
 
 
-def builder(task: str, fmt: str, decoder: str | None) -> Callable[..., Labeler]:
-    """The builder for a custom labeler (the spec file was checked by :func:`imutility.zoo.custom.load_spec`)."""
-    if task == "classification":
-        return {"onnx": _onnx_classifier, "torchvision": _torchvision_classifier,
-                "torchscript": _torchscript_classifier}[fmt]
-    from imutility.zoo.backends import onnx_detectors
+#: a custom classifier's builder, by file format
+CLASSIFIER_BUILDERS: dict[str, Callable[..., Labeler]] = {
+    "onnx": _onnx_classifier, "torchvision": _torchvision_classifier, "torchscript": _torchscript_classifier}
 
-    return {"xyxy_score_class": onnx_detectors.build_xyxy, "yolox": onnx_detectors.build_yolox,
-            "nanodet": onnx_detectors.build_nanodet, "fastestdet": onnx_detectors.build_fastestdet}[decoder]
+
+def _detector(decoder: str) -> Callable[..., Labeler]:
+    def build(spec: LabelerSpec, weights_path: Path | None, **kwargs) -> Labeler:
+        from imutility.zoo.backends import onnx_detectors
+
+        return getattr(onnx_detectors, f"build_{decoder}")(spec, weights_path, **kwargs)
+
+    build.__name__ = f"build_{decoder}"
+    return build
+
+
+#: a custom ONNX detector's builder, by its output decoder (:mod:`imutility.zoo.backends.onnx_detectors`)
+DETECTOR_BUILDERS: dict[str, Callable[..., Labeler]] = {
+    d: _detector(d) for d in ("xyxy", "yolox", "nanodet", "fastestdet")}
+DETECTOR_BUILDERS["xyxy_score_class"] = DETECTOR_BUILDERS.pop("xyxy")

@@ -13,7 +13,7 @@ from imutility.zoo.backends.ort import ort_session
 from imutility.zoo.base import Classifier, LabelerSpec
 from imutility.zoo.weights import cache_dir, file_sha256
 
-__all__ = ["OnnxClassifier", "export_onnx", "ort_session"]
+__all__ = ["OnnxClassifier", "cached_export", "export_onnx", "ort_session"]
 
 
 def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, metadata: dict[str, str] | None = None
@@ -43,6 +43,17 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, metada
         Path(tmp).unlink(missing_ok=True)
 
 
+def cached_export(model: torch.nn.Module, sample: torch.Tensor, name: str, folder: Path | None = None) -> Path:
+    """``folder/name`` (default folder: the cache's ``onnx/``), exported from ``model`` on ``sample`` if it is not
+    there yet: the one export-and-cache scheme of the project (the zoo's ONNX labelers, the predictors' backbone
+    features graphs). ``name`` must say everything that shapes the graph (the weights' hash, the torch version
+    where it matters)."""
+    path = Path(folder or cache_dir() / "onnx") / name
+    if not path.exists():
+        export_onnx(model.eval(), sample, path)
+    return path
+
+
 class OnnxClassifier(Classifier):
     """A classifier whose forward pass is an ONNX Runtime session: logits (1000, or 1001 with a background class)
     or, as ``options.output`` declares, probabilities; a custom classifier's own ``classes`` as declared."""
@@ -57,11 +68,9 @@ class OnnxClassifier(Classifier):
     @classmethod
     def from_torch(cls, spec: LabelerSpec, model: torch.nn.Module, weights_path: Path | None) -> OnnxClassifier:
         tag = file_sha256(weights_path)[:16] if weights_path is not None else "random"
-        path = cache_dir() / "onnx" / f"{spec.name}-{tag}-torch{torch.__version__.split('+')[0]}.onnx"
-        if not path.exists():
-            h, w = spec.preprocess.size
-            export_onnx(model.eval(), torch.zeros(1, 3, h, w), path)
-        return cls(spec, path)
+        h, w = spec.preprocess.size
+        return cls(spec, cached_export(model, torch.zeros(1, 3, h, w),
+                                       f"{spec.name}-{tag}-torch{torch.__version__.split('+')[0]}.onnx"))
 
     def _raw(self, batch: np.ndarray) -> np.ndarray:
         from imutility.zoo.base import drop_background_logits

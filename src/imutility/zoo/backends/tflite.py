@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from imutility.errors import InvalidInputError
 from imutility.zoo.base import Classifier, LabelerSpec, drop_background, drop_background_logits, softmax
 
 
@@ -43,7 +44,7 @@ class TFLiteClassifier(Classifier):
         shape = tuple(self.inp["shape"])
         hw = shape[2:4] if spec.preprocess.layout == "NCHW" else shape[1:3]
         if tuple(hw) != expected:
-            raise ValueError(f"{path}: input {shape} does not match the declared {spec.preprocess.layout} "
+            raise InvalidInputError(f"{path}: input {shape} does not match the declared {spec.preprocess.layout} "
                              f"size {expected}")
         self.batch_size = spec.options.batch_size or 32
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from imutility.errors import InvalidInputError
 from imutility.zoo.base import Classifier, Detections, Detector, LabelerSpec
 
 
@@ -24,7 +25,7 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+        raise InvalidInputError(f"{path}: expected a state dict, got {type(obj).__name__}")
     return obj
 
 
@@ -33,7 +34,7 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
     res = model.load_state_dict(state, strict=False)
     missing = [k for k in res.missing_keys if not k.endswith("num_batches_tracked")]
     if missing or res.unexpected_keys:
-        raise ValueError(f"{source} does not fit the model: missing {missing[:5]}, "
+        raise InvalidInputError(f"{source} does not fit the model: missing {missing[:5]}, "
                          f"unexpected {list(res.unexpected_keys)[:5]}")
 
 
@@ -165,7 +166,7 @@ def parse_ncnn_convs(param_path: Path, bin_path: Path) -> list[tuple[str, np.nda
 
     lines = param_path.read_text().splitlines()
     if not lines or lines[0].strip() != "7767517":
-        raise ValueError(f"{param_path}: not an ncnn .param file (magic 7767517 missing)")
+        raise InvalidInputError(f"{param_path}: not an ncnn .param file (magic 7767517 missing)")
     convs = []
     for line in lines[2:]:
         parts = line.split()
@@ -185,14 +186,14 @@ def parse_ncnn_convs(param_path: Path, bin_path: Path) -> list[tuple[str, np.nda
             w = np.frombuffer(buf, np.float32, wsize, off).copy()
             off += wsize * 4
         else:
-            raise ValueError(f"{bin_path}: unsupported blob tag {flag:#x} at layer {name}")
+            raise InvalidInputError(f"{bin_path}: unsupported blob tag {flag:#x} at layer {name}")
         b = None
         if bias_term:
             b = np.frombuffer(buf, np.float32, cout, off).copy()
             off += cout * 4
         out.append((name, w.reshape(cout, -1, k, k), b))
     if off != len(buf):
-        raise ValueError(f"{bin_path}: {len(buf) - off} bytes left over; the .bin does not match the .param")
+        raise InvalidInputError(f"{bin_path}: {len(buf) - off} bytes left over; the .bin does not match the .param")
     return out
 
 
@@ -206,10 +207,12 @@ def build_squeezenet_ncnn(spec: LabelerSpec, weights_path: Path | None, device: 
         convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
         blobs = parse_ncnn_convs(weights_path.with_suffix(".param"), weights_path)
         if len(blobs) != len(convs):
-            raise ValueError(f"{weights_path}: {len(blobs)} conv layers, torchvision's squeezenet1_1 has {len(convs)}")
+            raise InvalidInputError(f"{weights_path}: {len(blobs)} conv layers, torchvision's squeezenet1_1 has "
+                                    f"{len(convs)}")
         for m, (name, w, b) in zip(convs, blobs, strict=True):
             if tuple(m.weight.shape) != w.shape:
-                raise ValueError(f"{weights_path}: layer {name} has shape {w.shape}, expected {tuple(m.weight.shape)}")
+                raise InvalidInputError(f"{weights_path}: layer {name} has shape {w.shape}, expected "
+                                        f"{tuple(m.weight.shape)}")
             m.weight.data = torch.from_numpy(w)
             m.bias.data = torch.from_numpy(b)
     return torch_or_onnx(spec, model, weights_path, device, runtime)

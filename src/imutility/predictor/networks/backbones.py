@@ -1,7 +1,7 @@
 """Backbones for the utility predictor: one ``create_backbone`` / ``list_backbones`` pair.
 
 Each backbone comes with the input normalisation its pretrained weights expect; the geometry
-(native-resolution crops or whole-image resize) is the recipe's choice, see :mod:`.data`.
+(native-resolution crops or whole-image resize) is the recipe's choice (:mod:`imutility.predictor.training.data`).
 """
 
 from __future__ import annotations

@@ -11,21 +11,16 @@ import torch
 from PIL import Image
 
 from imutility.images import load_image
-from imutility.predictor.geometry import InputSpec, normalise, window
-
-
-def normalise_window(arr: np.ndarray, spec: InputSpec) -> torch.Tensor:
-    """HWC uint8 window(s) -> CHW (or NCHW) float with the spec's value preprocessing
-    (:func:`imutility.predictor.geometry.normalise`)."""
-    return torch.from_numpy(normalise(arr, spec.channels, spec.scale, spec.mean, spec.std))
+from imutility.predictor.geometry import InputSpec, window
 
 
 def to_tensor(img: Image.Image, spec: InputSpec, rng: np.random.Generator | None = None,
               flip: bool = False) -> torch.Tensor:
+    """The (random or central) window of an image, flipped or not, as the network's normalised CHW input."""
     img = window(img, spec, rng)
     if flip:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return normalise_window(np.asarray(img), spec)
+    return torch.from_numpy(spec.values.normalise(np.asarray(img)))
 
 
 class UtilityImages(torch.utils.data.Dataset):

@@ -6,7 +6,7 @@ independent, so it can run in ``workers`` processes beside it. What travels back
 pixels the network will see (a crop or up to a few tiles), never normalised floats.
 
 A *preparer* is a picklable callable ``PIL image -> uint8 array (k, S, S, 3)``; each engine of
-:mod:`imutility.predictor.model` declares one. :func:`prepared_stream` applies it to items
+:mod:`imutility.predictor.runtime.engine` declares one. :func:`prepared_stream` applies it to items
 ``(key, source)`` (a path or the encoded bytes) and yields ``(key, pixels, None)`` or ``(key, None,
 reason)`` in the order of the items: an unreadable file, an image the decoder refuses, even a worker
 that dies on a file, is one reported item, never the end of the run.

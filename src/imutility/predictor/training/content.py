@@ -1,4 +1,4 @@
-"""Training the content-aware predictor (:mod:`.content`): frozen recognition features, a small head.
+"""Training the content-aware predictor (:mod:`imutility.predictor.networks.content`): frozen features, a small head.
 
 The backbone never trains, so its features are computed ONCE per image (tiles included) and the head
 trains on them in seconds. The head can learn the binary labels directly, or distil a dense target that
@@ -14,13 +14,90 @@ import io
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from imutility import __version__, atomic
+from imutility import atomic
+from imutility.errors import InvalidInputError
+from imutility.predictor.card import PredictorCard, write_card
+from imutility.predictor.geometry import TileSpec
+from imutility.zoo.preprocess import Values
+
+
+class TileBatcher:
+    """Decode, tile and normalise images (in a thread pool: Pillow's codecs release the GIL) and run a per-tile
+    function (normalised numpy in, numpy out) over them in batches; returns per-tile outputs and the image each tile
+    belongs to."""
+
+    def __init__(self, tiles: TileSpec, values: Values, run, batch_size: int = 64, threads: int = 2):
+        self.tiles, self.values, self.run, self.batch_size, self.threads = tiles, values, run, batch_size, threads
+
+    def __call__(self, images: Sequence, load=None, progress=None) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """(outputs (T, ...), owner (T,), errors {image index: reason}); ``load`` maps an item to a PIL image."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from imutility.images import ImageLoadError
+
+        def prep(item):
+            try:
+                img = load(item) if load is not None else item
+                return self.tiles.tiles(img), None
+            except ImageLoadError as e:
+                return None, e.reason
+
+        outs, owner, errors = [], [], {}
+        buf, own = [], []
+
+        def flush():
+            outs.append(np.asarray(self.run(self.values.normalise(np.stack(buf)))))
+            owner.extend(own)
+            buf.clear()
+            own.clear()
+
+        with ThreadPoolExecutor(max(1, self.threads)) as pool:
+            for i, (tiles, err) in enumerate(pool.map(prep, images)):
+                if err is not None:
+                    errors[i] = err
+                else:
+                    buf.extend(tiles)
+                    own.extend([i] * len(tiles))
+                if len(buf) >= self.batch_size:
+                    flush()
+                if progress is not None:
+                    progress(1)
+        if buf:
+            flush()
+        out = np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
+        return out, np.asarray(owner, dtype=np.int64), errors
+
+
+def feature_runner(backbone: str, models, device: str, precision: str):
+    """A function normalised tiles (numpy) -> frozen features (numpy): on the CPU in fp32, ONNX Runtime over the
+    backbone's features graph (the same file the predictor runs: :func:`imutility.predictor.artefacts.graphs.
+    features_graph`); elsewhere PyTorch on ``device``, under autocast for a reduced ``precision``."""
+    from imutility.predictor.training.config import autocast_dtype
+
+    if device == "cpu" and precision == "fp32":
+        from imutility.predictor.artefacts.graphs import features_graph
+        from imutility.zoo.backends.ort import ort_session
+
+        session = ort_session(features_graph(backbone, models))
+        return lambda x: session.run(None, {"input": x})[0]
+    from imutility.predictor.networks.content import build_recognition
+
+    feats, _, _ = build_recognition(backbone, True, models=models, device=device)
+    autocast, kind = autocast_dtype(precision), torch.device(device).type
+
+    @torch.inference_mode()
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.autocast(kind, dtype=autocast or torch.float32, enabled=autocast is not None):
+            return feats(torch.from_numpy(x).to(device, non_blocking=True)).float().cpu().numpy()
+
+    return run
 
 
 def _features(cfg, paths: list[str], progress: bool):
@@ -36,13 +113,10 @@ def _features(cfg, paths: list[str], progress: bool):
 
     from imutility import zoo
     from imutility.images import load_image
-    from imutility.predictor.content import CONFIDENCE_FEATURES, TileBatcher, build_recognition, runner
-    from imutility.predictor.geometry import TileSpec
+    from imutility.predictor.networks.content import CONFIDENCE_FEATURES, weights_note
 
-    feats, pre, note = build_recognition(cfg.backbone, True, models=cfg.models, device=cfg.device)
+    pre, note = zoo.get_spec(cfg.backbone).preprocess, weights_note(cfg.backbone)
     spec = TileSpec(size=pre.size[0], max_tiles=cfg.max_tiles)
-    from imutility.predictor.common import autocast_dtype
-
     key = f"features|{cfg.backbone}|{zoo.get_spec(cfg.backbone).weights.sha256}|pooled|{asdict(spec)}"
     if cfg.precision != "fp32":  # reduced-precision features are other features (fp32 keeps its cache names)
         key += f"|{cfg.precision}"
@@ -54,11 +128,10 @@ def _features(cfg, paths: list[str], progress: bool):
             out, owner = z["features"], z["owner"]
             errors = dict(zip(z["error_index"].tolist(), z["error_reason"].tolist(), strict=True))
     else:
-        onnx = cfg.device == "cpu" and cfg.precision == "fp32"
-        run = runner(feats, spec.size, key, "onnx" if onnx else "torch", cfg.device, autocast_dtype(cfg.precision))
+        run = feature_runner(cfg.backbone, cfg.models, cfg.device, cfg.precision)
         bar = tqdm(total=len(paths), desc="features", unit="img", disable=not progress, dynamic_ncols=True)
         t0 = time.perf_counter()
-        out, owner, errors = TileBatcher(spec, pre, run, batch_size=64, threads=max(1, cfg.workers or 2))(
+        out, owner, errors = TileBatcher(spec, pre.values, run, batch_size=64, threads=max(1, cfg.workers or 2))(
             paths, load=load_image, progress=bar.update)
         rate = round(len(paths) / max(time.perf_counter() - t0, 1e-9), 1)
         bar.close()
@@ -71,19 +144,14 @@ def _features(cfg, paths: list[str], progress: bool):
     return np.ascontiguousarray(out, dtype=np.float32), owner, errors, spec, pre, note, rate
 
 
-def train_content_predictor(cfg, out, progress: bool = True) -> dict:
+def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     """See the module doc; writes ``model.pt`` (head + pooling, the backbone is the zoo's) and ``card.json``."""
     import pandas as pd
 
-    from imutility.predictor.common import (
-        CARD_FORMAT,
-        InsufficientLabelsError,
-        binary_metrics,
-        regression_metrics,
-        select_split,
-    )
-    from imutility.predictor.content import TilePool, UtilityHead, pool_numpy
-    from imutility.zoo.weights import file_sha256
+    from imutility.predictor.geometry import TilePooling
+    from imutility.predictor.networks.content import TilePool, UtilityHead
+    from imutility.predictor.training.config import InsufficientLabelsError
+    from imutility.predictor.training.split import binary_metrics, regression_metrics, select_split
 
     out = Path(out)
     labels_dir = Path(cfg.labels)
@@ -92,10 +160,10 @@ def train_content_predictor(cfg, out, progress: bool = True) -> dict:
     target_col = (cfg.soft_target or cfg.label_column) if cfg.mode == "binary" else cfg.target_column
     for c in {target_col, cfg.label_column} if cfg.mode == "binary" else {target_col}:
         if c not in table.columns:
-            raise ValueError(f"{c!r} is not a column of {labels_dir}/labels.parquet")
+            raise InvalidInputError(f"{c!r} is not a column of {labels_dir}/labels.parquet")
     y_all = table[target_col].to_numpy(dtype=np.float64)
     if cfg.mode == "binary" and not np.all((y_all[np.isfinite(y_all)] >= 0) & (y_all[np.isfinite(y_all)] <= 1)):
-        raise ValueError(f"{target_col!r} must hold values in [0, 1] to train a binary predictor on it")
+        raise InvalidInputError(f"{target_col!r} must hold values in [0, 1] to train a binary predictor on it")
     train_idx, test_idx, split_note = select_split(cfg, table, np.isfinite(y_all))
     if cfg.max_samples is not None:
         train_idx = np.random.default_rng(cfg.seed).permutation(train_idx)[: cfg.max_samples]
@@ -177,8 +245,10 @@ def train_content_predictor(cfg, out, progress: bool = True) -> dict:
     train_seconds = time.perf_counter() - t1
 
     test_pos = np.flatnonzero(ok[n_train:]) + n_train
+    pooling = TilePooling(float(pool.weights[0].detach()), float(pool.weights[1].detach()),
+                          float(pool.bias.detach()))
     with torch.no_grad():
-        z = pool_numpy(head(F).numpy(), owner, len(rows), pool)[test_pos]
+        z = pooling(head(F).numpy(), owner, len(rows))[test_pos]
     scores = 1 / (1 + np.exp(-z)) if cfg.mode == "binary" else z
     test_rows = rows[test_pos]
     if cfg.mode == "binary":
@@ -202,7 +272,6 @@ def train_content_predictor(cfg, out, progress: bool = True) -> dict:
     from imutility import zoo
 
     card = {
-        "format": CARD_FORMAT,
         "architecture": "content",
         "task": run["task"],
         "labelers": run["labelers"],
@@ -222,8 +291,7 @@ def train_content_predictor(cfg, out, progress: bool = True) -> dict:
         "input": {"tiles": asdict(spec), "channels": pre.channels, "scale": pre.scale, "mean": list(pre.mean),
                   "std": list(pre.std), "resize": "shorter side to tiles.size (bilinear), then tiles"},
         "head": {"hidden": cfg.hidden, "dropout": cfg.dropout, "n_features": int(feats.shape[1])},
-        "pool": {"mean_weight": float(pool.weights[0].detach()), "min_weight": float(pool.weights[1].detach()),
-                 "bias": float(pool.bias.detach())},
+        "pool": {"mean_weight": pooling.mean_weight, "min_weight": pooling.min_weight, "bias": pooling.bias},
         "recipe": {"name": "frozen backbone + head", "optimizer": "AdamW", "lr": cfg.lr or 2e-3,
                    "weight_decay": cfg.weight_decay, "schedule": "one-cycle",
                    "loss": "binary cross-entropy (soft targets)" if cfg.mode == "binary" else "MSE",
@@ -232,11 +300,7 @@ def train_content_predictor(cfg, out, progress: bool = True) -> dict:
         "seed": cfg.seed, "split": split_note,
         "feature_seconds": round(feature_seconds, 1), "train_seconds": round(train_seconds, 1),
         "feature_images_per_second": fresh_rate,  # None when the features came from the cache
-        "device": cfg.device, "precision": cfg.precision, "package_version": __version__,
-        "torch_version": torch.__version__.split("+")[0],
-        "weights_file": "model.pt", "weights_sha256": file_sha256(out / "model.pt"),
-        "config": asdict(cfg),
+        "device": cfg.device, "precision": cfg.precision,
     }
     atomic.write_json(out / "test_sources.json", sorted(set(table["source"].iloc[test_rows])))
-    atomic.write_json(out / "card.json", card)
-    return card
+    return write_card(out, card, asdict(cfg))

@@ -195,3 +195,29 @@ def write(result: dict, out: str | os.PathLike) -> None:
     out = Path(out)
     atomic.write_json(out / "curves.json", atomic.json_safe(result))
     plot(result, out / "rate_accuracy.png")
+
+
+def curves_for_folder(labels: str | os.PathLike, predictors: dict[str, str], out: str | os.PathLike,
+                      test_sources: str | os.PathLike | None = None, oracles: Sequence[str] | None = None,
+                      useful_points: float = 2.0, device: str = "cpu",
+                      log: Callable[[str], None] = lambda m: None) -> dict:
+    """``imutility curves``: score the ladder of an ``imutility label ... --held-out`` folder with ``predictors``
+    (name -> folder, card or built-in name; scores cached beside ``out``), build every curve for every held-out
+    network (the oracles: ``oracles``, default those networks), write ``out/curves.json`` and
+    ``out/rate_accuracy.png``; returns the result."""
+    from imutility.errors import InvalidInputError
+    from imutility.evaluation.benchmark import BenchmarkSet, cached_scores, load_set
+    from imutility.labelling import read_outputs, read_sources
+    from imutility.tasks import get_task
+
+    s = BenchmarkSet(Path(labels).name, Path(labels), Path(test_sources) if test_sources else None)
+    config, table = load_set(s)
+    held = config.get("held_out", [])
+    if not held:
+        raise InvalidInputError(f"{labels} has no held-out networks: label it with --held-out NETS")
+    scores = {name: cached_scores(s, table, name, where, Path(out), device, log) for name, where in predictors.items()}
+    result = rate_accuracy(labels, scores, held, table, list(oracles) if oracles else held, useful_points,
+                           get_task(config["task"]), lambda net: read_outputs(labels, net),
+                           {x.key: x for x in read_sources(labels)})
+    write(result, out)
+    return result

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from imutility import atomic
-from imutility.evaluation import (
+from imutility.errors import InvalidInputError, SettingError
+from imutility.evaluation.metrics import (
     auroc_table,
     balanced_accuracy_table,
     by_level,
@@ -73,7 +74,7 @@ def load_set(s: BenchmarkSet):
         test = set(json.loads(Path(s.test_sources).read_text()))
         table = table[table["source"].isin(test)].reset_index(drop=True)
         if table.empty:
-            raise ValueError(f"none of the photos in {s.test_sources} is in {s.labels}")
+            raise InvalidInputError(f"none of the photos in {s.test_sources} is in {s.labels}")
     return config, table
 
 
@@ -83,10 +84,10 @@ def cached_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, devi
     ``out/scores/<set>/<name>-<weights hash>[-<precision>].parquet``."""
     import pandas as pd
 
-    from imutility.predictor.model import Predictor
+    from imutility.predictor.runtime.predictor import Predictor
 
     pred = Predictor.load(where, device=device, precision=precision)
-    cache = score_cache(out, s.name, name, pred.card["weights_sha256"], precision)
+    cache = score_cache(out, s.name, name, pred.card.weights_sha256, precision)
     if cache.is_file():
         old = pd.read_parquet(cache)
         if set(table["path"]) <= set(old["path"]):
@@ -156,7 +157,7 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
     out = Path(out)
     unknown = sorted(set(spec.precisions) - set(spec.predictors) - set(spec.baselines))
     if unknown:
-        raise ValueError(f"precision given for {', '.join(unknown)}, which is not a --predictor or --baseline name")
+        raise SettingError(f"precision given for {', '.join(unknown)}, which is not a --predictor or --baseline name")
     results: dict = {"predictors": dict(spec.predictors), "baselines": dict(spec.baselines),
                      "precisions": dict(spec.precisions), "sets": {},
                      "n_boot": spec.n_boot, "threshold": THRESHOLD, "min_share": spec.min_share}
@@ -168,7 +169,7 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
         msp_nets = list(spec.msp) if spec.msp is not None else (networks if task.class_probabilities else [])
         missing = [n for n in msp_nets if f"{n}.p5" not in table]
         if missing:
-            raise ValueError(f"{s.labels} has no outputs of {missing} (networks there: {', '.join(networks)})")
+            raise InvalidInputError(f"{s.labels} has no outputs of {missing} (networks there: {', '.join(networks)})")
         scores: dict[str, np.ndarray] = {}
         for name, where in {**spec.predictors, **spec.baselines}.items():
             scores[name] = cached_scores(s, table, name, where, out, spec.device, log,

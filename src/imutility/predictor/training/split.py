@@ -1,9 +1,5 @@
-"""What both training paths and the engines share: the card format and its errors, the training precisions, the
-split by photo, the metrics. Torch-free at import (the lean install loads predictors through it).
-
-The split keeps whole photos on one side (no pristine photo trains and tests); augmented copies only ever
-train. Metrics are scikit-learn's / SciPy's.
-"""
+"""Which rows train and which test (whole photos on one side; augmented copies only ever train), and the
+metrics a trained predictor's card records (scikit-learn's / SciPy's)."""
 
 from __future__ import annotations
 
@@ -12,42 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imutility.errors import ImutilityError
-
-#: the format tag of every predictor card
-CARD_FORMAT = "imutility-predictor/1"
-
-
-class PredictorLoadError(ImutilityError, RuntimeError):
-    """A predictor that cannot be used: missing, corrupt, wrong hash, or made for another task."""
-
-
-class InsufficientLabelsError(ImutilityError, ValueError):
-    """Too few labelled rows (or one class only) to train and test a predictor."""
-
-
-#: the network's precision at prediction on a CUDA device: autocast
-#: (:data:`imutility.predictor.torch_engines.PRECISIONS`)
-CUDA_PRECISIONS = ("fp32", "bf16", "fp16")
-#: ... and on the CPU, with ONNX Runtime: int8 runs a content predictor's quantized backbone
-#: (:mod:`imutility.predictor.quantize`)
-CPU_PRECISIONS = ("fp32", "int8")
-PRECISION_NAMES = tuple(dict.fromkeys(CUDA_PRECISIONS + CPU_PRECISIONS))
-
-#: training precisions (``fp32``: none; ``bf16``: autocast). fp16 is not offered: it needs loss scaling, and bf16
-#: trains these networks as well without it
-TRAIN_PRECISIONS = ("fp32", "bf16")
-
-
-def autocast_dtype(precision: str):
-    """The autocast dtype of a training precision (None for fp32)."""
-    if precision not in TRAIN_PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {precision!r}")
-    if precision == "fp32":
-        return None
-    import torch
-
-    return torch.bfloat16
+from imutility.errors import InvalidInputError, SettingError
 
 
 def split_by_source(sources: np.ndarray, test_fraction: float, seed: int) -> np.ndarray:
@@ -55,7 +16,7 @@ def split_by_source(sources: np.ndarray, test_fraction: float, seed: int) -> np.
     from sklearn.model_selection import GroupShuffleSplit
 
     if not 0 < test_fraction < 1:
-        raise ValueError("test_fraction must be in (0, 1)")
+        raise SettingError("test_fraction must be in (0, 1)")
     gss = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
     _, test_idx = next(gss.split(np.zeros(len(sources)), groups=sources))
     mask = np.zeros(len(sources), dtype=bool)
@@ -93,7 +54,7 @@ def select_split(cfg, table, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray
         fixed = set(json.loads(Path(cfg.test_sources_file).read_text()))
         test = table["source"].isin(fixed).to_numpy().copy()
         if not test.any():
-            raise ValueError(f"none of the {len(fixed)} sources in {cfg.test_sources_file} is in {cfg.labels}")
+            raise InvalidInputError(f"none of the {len(fixed)} sources in {cfg.test_sources_file} is in {cfg.labels}")
         how = f"sources listed in {cfg.test_sources_file}"
     else:
         test = np.zeros(len(table), dtype=bool)
@@ -106,11 +67,7 @@ def select_split(cfg, table, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if cfg.train_distortions is not None:
         unknown = set(cfg.train_distortions) - set(table["distortion"])
         if unknown:
-            raise ValueError(f"train_distortions {sorted(unknown)} are not in {cfg.labels}")
+            raise InvalidInputError(f"train_distortions {sorted(unknown)} are not in {cfg.labels}")
         train &= table["distortion"].isin(cfg.train_distortions).to_numpy()
         how += f"; trained on {len(cfg.train_distortions)} of the {table['distortion'].nunique()} levels"
     return np.flatnonzero(train), np.flatnonzero(test), how
-
-
-#: the smallest input a predictor trains on: every backbone here shrinks its input 32-fold
-MIN_SIZE = 32

@@ -1,112 +1,25 @@
-"""Training the utility predictor (Section IV) on a labels table, with the paper's recipe and better ones.
-
-Recipes: ``paper`` = SGD (momentum 0.9) at lr 1e-4, plain cross-entropy, as Section V states;
-``adamw`` = AdamW with a warm-up + cosine schedule and class-weighted cross-entropy. The split is by
-SOURCE image (no pristine photo on both sides), seeded; augmented rows only ever train.
-"""
+"""Training the ``finetune`` architecture: a backbone trained end to end on one window per image (the paper's
+way), written as ``model.pt`` and its card (:func:`imutility.predictor.card.write_card`)."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from imutility import __version__, atomic
-from imutility.predictor.backbones import create_backbone, get_backbone_spec
-from imutility.predictor.common import (  # noqa: F401 - re-exported: the training API
-    CARD_FORMAT,
-    MIN_SIZE,
-    TRAIN_PRECISIONS,
-    InsufficientLabelsError,
-    PredictorLoadError,
-    autocast_dtype,
-    binary_metrics,
-    regression_metrics,
-    select_split,
-    split_by_source,
-)
-from imutility.predictor.data import UtilityImages
+from imutility import atomic
+from imutility.errors import InvalidInputError
+from imutility.predictor.card import PredictorCard, write_card
 from imutility.predictor.geometry import InputSpec
-
-#: predictor architectures: ``finetune`` trains a backbone end to end (the paper's way); ``content`` keeps a
-#: pretrained classifier frozen, reads it over tiles of the whole image and trains a small head (.content)
-ARCHITECTURES = ("finetune", "content")
-
-
-@dataclass
-class TrainConfig:
-    labels: str  # a labelling output folder (holds labels.parquet and config.json)
-    architecture: str = "finetune"
-    mode: str = "binary"  # "binary" (useful / non-useful) or "continuous" (regress a utility)
-    label_column: str = "label"  # binary target: "label" (combined) or "<labeler>.label"
-    target_column: str = "utility_mean"  # continuous target
-    backbone: str = "squeezenet1_1"
-    pretrained: bool = True
-    recipe: str = "adamw"  # "paper" or "adamw"
-    geometry: str = "crop"  # "crop" (native resolution) or "resize"
-    size: int = 224
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float | None = None  # default: 1e-4 (paper), 1e-3 (adamw)
-    weight_decay: float = 1e-4
-    test_fraction: float = 0.2
-    seed: int = 0
-    device: str = "cpu"
-    max_samples: int | None = None  # cap on training rows (quick runs, tests)
-    workers: int = 0  # finetune: DataLoader processes decoding and augmenting; content: feature-decoding threads
-    precision: str = "fp32"  # "bf16": the training steps under autocast (CUDA, or a CPU with bf16 support)
-    test_sources_file: str | None = None  # JSON list of source paths to test on (else a seeded split)
-    models: str | None = None  # the folder of the offline model files (default: $IMUTILITY_MODELS, ../shared/models)
-    train_distortions: list[str] | None = None  # train only on these levels (test on all): held-out levels
-    # content architecture only
-    features: str = "confidence"  # "confidence" (the classifier's 5 confidence features) or "pooled" (+ pooled)
-    soft_target: str | None = None  # binary mode: a dense [0, 1] column to distil, then calibrate on label_column
-    max_tiles: int = 4
-    hidden: int = 32
-    dropout: float = 0.0
-
-    def validate(self) -> None:
-        """Refuse settings that cannot train (a one-line :class:`ValueError`)."""
-        from imutility.predictor.content import FEATURE_SETS
-
-        choices = {"architecture": ARCHITECTURES, "mode": ("binary", "continuous"), "recipe": ("paper", "adamw"),
-                   "geometry": ("crop", "resize"), "features": FEATURE_SETS}
-        for k, allowed in choices.items():
-            if getattr(self, k) not in allowed:
-                raise ValueError(f"{k} must be one of {', '.join(allowed)}, got {getattr(self, k)!r}")
-        for k in ("epochs", "batch_size", "size", "max_tiles", "hidden"):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{k} must be a positive integer, got {v!r}")
-        if self.size < MIN_SIZE:
-            raise ValueError(f"size must be at least {MIN_SIZE} pixels (the backbones shrink their input 32-fold), "
-                             f"got {self.size}")
-        if not isinstance(self.weight_decay, int | float) or isinstance(self.weight_decay, bool) \
-                or not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
-        if self.lr is not None and not (isinstance(self.lr, int | float) and self.lr > 0):
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if self.max_samples is not None and (not isinstance(self.max_samples, int) or self.max_samples < 1):
-            raise ValueError(f"max_samples must be a positive integer, got {self.max_samples!r}")
-        if not isinstance(self.dropout, int | float) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
-        if self.precision not in TRAIN_PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r}")
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
-            raise ValueError(f"workers must be a non-negative integer, got {self.workers!r}")
-        if self.device != "cpu":
-            from imutility.predictor.torch_engines import check_device
-
-            try:
-                check_device(str(self.device))
-            except PredictorLoadError as e:
-                raise ValueError(str(e)) from e
+from imutility.predictor.networks.backbones import create_backbone, get_backbone_spec
+from imutility.predictor.training.config import InsufficientLabelsError, TrainConfig, autocast_dtype
+from imutility.predictor.training.data import UtilityImages
+from imutility.predictor.training.split import binary_metrics, regression_metrics, select_split
 
 
 def _rows(cfg: TrainConfig):
@@ -115,35 +28,16 @@ def _rows(cfg: TrainConfig):
     table = pd.read_parquet(Path(cfg.labels) / "labels.parquet")
     column = cfg.label_column if cfg.mode == "binary" else cfg.target_column
     if column not in table.columns:
-        raise ValueError(f"{column!r} is not a column of {cfg.labels}/labels.parquet")
+        raise InvalidInputError(f"{column!r} is not a column of {cfg.labels}/labels.parquet")
     table = table[table[column].notna()].reset_index(drop=True)
     if cfg.mode == "binary" and set(table[column].unique()) - {0.0, 1.0}:
-        raise ValueError(f"{column!r} is not a 0/1 label column")
+        raise InvalidInputError(f"{column!r} is not a 0/1 label column")
     if len(table) < 10:
         raise InsufficientLabelsError(f"only {len(table)} labelled rows in {cfg.labels}: too few to train")
     return table, column
 
 
-def train_predictor(cfg: TrainConfig, out: str | os.PathLike, progress: bool = True) -> dict:
-    """Train, evaluate on the held-out sources, write ``model.pt`` + ``card.json`` into ``out``, and the ONNX graphs
-    the torch-free runtime reads (``onnx.json``, :mod:`imutility.predictor.onnx_files`)."""
-    from imutility.predictor.model import Predictor
-    from imutility.predictor.onnx_files import write_onnx_files
-
-    cfg.validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.architecture == "content":
-        from imutility.predictor.train_content import train_content_predictor
-
-        card = train_content_predictor(cfg, out, progress)
-    else:
-        card = _train_finetune(cfg, out, progress)
-    write_onnx_files(Predictor.load(out, runtime="torch", models=cfg.models), out, models=cfg.models)
-    return card
-
-
-def _train_finetune(cfg: TrainConfig, out: Path, progress: bool) -> dict:
+def train_finetune_predictor(cfg: TrainConfig, out: Path, progress: bool) -> PredictorCard:
     """The ``finetune`` architecture: the backbone trained end to end on one window per image."""
     from tqdm.auto import tqdm
 
@@ -229,16 +123,13 @@ def _train_finetune(cfg: TrainConfig, out: Path, progress: bool) -> dict:
     else:
         metrics = regression_metrics(y_test, scores)
 
-    weights_path = out / "model.pt"
     import io
 
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    atomic.write_bytes(weights_path, buf.getvalue())
-    from imutility.zoo.weights import file_sha256
+    atomic.write_bytes(out / "model.pt", buf.getvalue())
 
     card = {
-        "format": CARD_FORMAT,
         "architecture": "finetune",
         "task": run["task"],
         "labelers": run["labelers"],
@@ -262,13 +153,9 @@ def _train_finetune(cfg: TrainConfig, out: Path, progress: bool) -> dict:
         "seed": cfg.seed, "split": split_note,
         "train_seconds": round(train_seconds, 1), "device": cfg.device, "precision": cfg.precision,
         "train_images_per_second": round(n_seen / max(train_seconds, 1e-9), 1),
-        "package_version": __version__, "torch_version": torch.__version__.split("+")[0],
-        "weights_file": "model.pt", "weights_sha256": file_sha256(weights_path),
-        "config": asdict(cfg),
     }
     atomic.write_json(out / "test_sources.json", sorted(set(table.loc[test_idx, "source"])))
-    atomic.write_json(out / "card.json", card)
-    return card
+    return write_card(out, card, asdict(cfg))
 
 
 def _counts(y: np.ndarray) -> dict[str, int]:

@@ -6,7 +6,7 @@ post-training quantization (ONNX Runtime, QDQ format: int8 weights per output ch
 min-max ranges; what follows the last convolution, the classifier and the confidence features, stays float32)
 calibrated on tiles of the caller's photos at several JPEG qualities, and records it in the
 predictor's ``onnx.json`` (``features_int8``: file, SHA-256, the calibration). ``Predictor.load(...,
-precision="int8")`` then runs it (:class:`imutility.predictor.onnx_engine.OnnxContentEngine`); the head stays
+precision="int8")`` then runs it (:class:`imutility.predictor.runtime.onnx_engines.OnnxContentEngine`); the head stays
 float32. One int8 graph per backbone weights file, shared like the float32 one: a second predictor on the same
 backbone records the existing graph instead of calibrating again.
 
@@ -25,7 +25,7 @@ import numpy as np
 
 from imutility import atomic
 from imutility.errors import ImutilityError
-from imutility.predictor.onnx_engine import SIDECAR, backbone_dirs, features_key, read_sidecar
+from imutility.predictor.runtime.sidecar import SIDECAR, backbone_dirs, features_key, read_sidecar
 
 #: JPEG qualities the calibration photos are seen at (the range a predictor judges, from ruined to clean)
 CALIBRATION_QUALITIES = (3, 6, 10, 25, 75)
@@ -120,33 +120,47 @@ def add_int8_features(folder: str | os.PathLike, calibration: Sequence[str | os.
     the photos ``calibration`` (paths), written into ``out_dir`` (default: the cache) unless one is found in the
     usual places; record it in ``onnx.json``. Returns the int8 graph's path."""
     from imutility.images import load_image
-    from imutility.predictor.common import PredictorLoadError
-    from imutility.predictor.geometry import normalise
-    from imutility.predictor.model import Predictor
-    from imutility.predictor.onnx_engine import verified_file
+    from imutility.predictor.artefacts.graphs import record
+    from imutility.predictor.card import PredictorLoadError
+    from imutility.predictor.runtime.predictor import Predictor
     from imutility.zoo.weights import cache_dir, file_sha256
 
     folder = Path(folder)
     side = read_sidecar(folder)
-    if side is None or features_key("fp32") not in side:
+    feats = side.graph(features_key("fp32")) if side is not None else None
+    if feats is None:
         raise QuantizationError(f"{folder}: int8 needs a content predictor with its ONNX graphs ({SIDECAR}); "
                                 "a fine-tuned predictor has no features graph to quantize")
-    feats = side[features_key("fp32")]
-    name = int8_file_name(feats["file"])
+    name = int8_file_name(feats.file)
     found = next((d / name for d in backbone_dirs(folder) if (d / name).is_file()), None)
     if found is None:
         if not calibration:
             raise QuantizationError("no calibration photos given: int8 needs photos to calibrate on")
-        src = next((d / feats["file"] for d in backbone_dirs(folder) if (d / feats["file"]).is_file()), None)
-        if src is None:
-            raise PredictorLoadError(f"{folder}: its features graph {feats['file']} is missing")
-        engine = Predictor.load(folder, runtime="onnx").engine
-        tiles = calibration_tiles([load_image(p) for p in calibration], engine.preparer(), seed=seed)
+        try:
+            src = side.locate(features_key("fp32"), "features graph")
+        except FileNotFoundError as e:
+            raise PredictorLoadError(str(e)) from e
+        pred = Predictor.load(folder, runtime="onnx")
+        tiles = calibration_tiles([load_image(p) for p in calibration], pred.engine.preparer(), seed=seed)
         how = (f"{len(calibration)} photos ({len(tiles)} tiles) at JPEG qualities {list(CALIBRATION_QUALITIES)}, "
                f"seed {seed}, min-max ranges, {'7' if REDUCE_RANGE else '8'}-bit weights, "
                "float32 after the last convolution")
-        found = quantize_graph(verified_file(src, feats["sha256"], "features graph"),
-                               normalise(tiles, *engine.values), Path(out_dir or cache_dir() / "onnx") / name, how)
-    side[features_key("int8")] = {"file": name, "sha256": file_sha256(found), "calibration": graph_calibration(found)}
-    atomic.write_json(folder / SIDECAR, side)
+        found = quantize_graph(src, pred.card.values.normalise(tiles), Path(out_dir or cache_dir() / "onnx") / name,
+                               how)
+    record(folder, {features_key("int8"): {"file": name, "sha256": file_sha256(found),
+                                           "calibration": graph_calibration(found)}})
     return found
+
+
+def make_int8(model: str | os.PathLike, calibration: Sequence[str | os.PathLike],
+              out_dir: str | os.PathLike | None = None, seed: int = 0) -> tuple[Path, float]:
+    """``imutility export --int8``: :func:`add_int8_features` for a predictor folder or built-in name, and how far
+    its int8 scores are from PyTorch's float32 ones on a probe image."""
+    from imutility.predictor.artefacts.graphs import probe_image
+    from imutility.predictor.runtime.predictor import Predictor
+
+    ref = Predictor.load(model, runtime="torch")
+    probe = probe_image()
+    path = add_int8_features(ref.source, calibration, out_dir, seed)
+    q = Predictor.load(ref.source, runtime="onnx", precision="int8")
+    return path, float(np.abs(q(probe) - ref(probe)).max())

@@ -1,4 +1,4 @@
-"""The content-aware predictor: a pretrained classifier kept whole, read over the whole image, and a small head.
+"""The content-aware predictor's network: a pretrained classifier kept whole, read over the whole image, a small head.
 
 Why: a predictor fine-tuned end to end on ~1,300 binary labels keeps the blockiness and loses the
 recognition (docs/predictor.md). Here the backbone is a pretrained ImageNet classifier whose weights
@@ -9,31 +9,19 @@ region damaged anywhere in the image counts, not only the centre.
 
 Tiles: the image is resized (bilinear) so that its SHORTER side is ``size`` (the scale at which
 ImageNet classifiers see a photo), then cut into ``size`` x ``size`` windows evenly spaced along the
-longer side, as many as cover it (at most ``max_tiles``). A square image is one tile. Pixel values
-follow the backbone's declared preprocessing in the zoo (one preprocessing system for labelers and
-predictors).
+longer side, as many as cover it (at most ``max_tiles``; :class:`imutility.predictor.geometry.TileSpec`). A square
+image is one tile. Pixel values follow the backbone's declared preprocessing in the zoo (one preprocessing system
+for labelers and predictors). The pooling at inference is the card's
+(:class:`imutility.predictor.geometry.TilePooling`); :class:`TilePool` is the same map, trainable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-import numpy as np
 import torch
 from torch import nn
 
-from imutility.predictor.geometry import TileSpec, pool_tiles
-from imutility.predictor.geometry import normalise as normalise_pixels
-
 #: what the classifier's own softmax says about a tile, appended to its pooled features
 CONFIDENCE_FEATURES = ("max_prob", "entropy", "margin", "logsumexp", "max_logit")
-
-
-def normalise(tiles: Sequence[np.ndarray], channels: str, scale: float, mean: Sequence[float],
-              std: Sequence[float]) -> torch.Tensor:
-    """HWC uint8 tiles -> an NCHW float tensor with the backbone's declared value preprocessing
-    (:func:`imutility.predictor.geometry.normalise`)."""
-    return torch.from_numpy(normalise_pixels(np.stack(tiles), channels, scale, mean, std))
 
 
 def confidence_features(logits: torch.Tensor) -> torch.Tensor:
@@ -44,10 +32,6 @@ def confidence_features(logits: torch.Tensor) -> torch.Tensor:
     entropy = -(p * logp).sum(1)
     return torch.stack([top2[:, 0], entropy, top2[:, 0] - top2[:, 1], logits.float().logsumexp(1),
                         logits.float().max(1).values], dim=1)
-
-
-#: which features the head reads: the confidence features alone, or the pooled features too
-FEATURE_SETS = ("confidence", "pooled")
 
 
 class RecognitionFeatures(nn.Module):
@@ -136,104 +120,22 @@ class ContentModel(nn.Module):
 def build_recognition(backbone: str, pooled: bool, models=None, device: str = "cpu"):
     """(frozen :class:`RecognitionFeatures`, the zoo's declared preprocessing, the weights note) of a backbone."""
     from imutility import zoo
-    from imutility.predictor.backbones import get_recognition_backbone
+    from imutility.predictor.networks.backbones import get_recognition_backbone
 
     rb = get_recognition_backbone(backbone)
     labeler = zoo.get_labeler(backbone, runtime="torch", models=models)  # weights found and hash-checked
-    spec = zoo.get_spec(backbone)
-    note = f"{backbone} ImageNet weights (zoo entry, SHA-256 {spec.weights.sha256[:16]}...), frozen"
-    return RecognitionFeatures(labeler.model, rb.pooled_and_logits, pooled).to(device), spec.preprocess, note
+    return (RecognitionFeatures(labeler.model, rb.pooled_and_logits, pooled).to(device),
+            zoo.get_spec(backbone).preprocess, weights_note(backbone))
+
+
+def weights_note(backbone: str) -> str:
+    """What a content predictor's card says of its frozen backbone's weights."""
+    from imutility import zoo
+
+    return f"{backbone} ImageNet weights (zoo entry, SHA-256 {zoo.get_spec(backbone).weights.sha256[:16]}...), frozen"
 
 
 def n_features(backbone: str, pooled: bool) -> int:
-    from imutility.predictor.backbones import get_recognition_backbone
+    from imutility.predictor.networks.backbones import get_recognition_backbone
 
     return len(CONFIDENCE_FEATURES) + (get_recognition_backbone(backbone).n_pooled if pooled else 0)
-
-
-class TileBatcher:
-    """Decode, tile and normalise images (in a thread pool: Pillow's codecs release the GIL) and run a
-    per-tile module over them in batches; returns per-tile outputs and the image each tile belongs to."""
-
-    def __init__(self, tiles: TileSpec, preprocess, run, batch_size: int = 64, threads: int = 2):
-        self.tiles, self.pre, self.run, self.batch_size, self.threads = tiles, preprocess, run, batch_size, threads
-
-    def tensor(self, tiles: list[np.ndarray]) -> torch.Tensor:
-        p = self.pre
-        return normalise(tiles, p.channels, p.scale, p.mean, p.std)
-
-    def __call__(self, images: Sequence, load=None, progress=None) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
-        """(outputs (T, ...), owner (T,), errors {image index: reason}); ``load`` maps an item to a PIL image."""
-        from concurrent.futures import ThreadPoolExecutor
-
-        from imutility.images import ImageLoadError
-
-        def prep(item):
-            try:
-                img = load(item) if load is not None else item
-                return self.tiles.tiles(img), None
-            except ImageLoadError as e:
-                return None, e.reason
-
-        outs, owner, errors = [], [], {}
-        buf, own = [], []
-
-        def flush():
-            outs.append(np.asarray(self.run(self.tensor(buf))))
-            owner.extend(own)
-            buf.clear()
-            own.clear()
-
-        with ThreadPoolExecutor(max(1, self.threads)) as pool:
-            for i, (tiles, err) in enumerate(pool.map(prep, images)):
-                if err is not None:
-                    errors[i] = err
-                else:
-                    buf.extend(tiles)
-                    own.extend([i] * len(tiles))
-                if len(buf) >= self.batch_size:
-                    flush()
-                if progress is not None:
-                    progress(1)
-        if buf:
-            flush()
-        out = np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
-        return out, np.asarray(owner, dtype=np.int64), errors
-
-
-def pool_numpy(tile_logits: np.ndarray, owner: np.ndarray, n_images: int, pool: TilePool) -> np.ndarray:
-    """:class:`TilePool` over numpy tile logits (images with no tile get NaN)."""
-    a, b = (float(w) for w in pool.weights.detach().cpu())
-    return pool_tiles(tile_logits, owner, n_images, a, b, float(pool.bias.detach().cpu()))
-
-
-def runner(module: nn.Module, size: int, key: str, runtime: str, device: str = "cpu",
-           autocast: torch.dtype | None = None):
-    """A function tensor -> numpy running ``module`` per batch: ONNX Runtime (exported once into the cache,
-    under ``key``, which must name everything that shapes the graph) or PyTorch on ``device`` (under autocast to
-    ``autocast`` when given)."""
-    module = module.eval()
-    if runtime == "onnx":
-        import hashlib
-
-        from imutility.zoo.backends.onnx_export import export_onnx, ort_session
-        from imutility.zoo.weights import cache_dir
-
-        tag = hashlib.sha256(f"{key}|torch{torch.__version__.split('+')[0]}".encode()).hexdigest()[:20]
-        path = cache_dir() / "onnx" / f"content-{tag}.onnx"
-        if not path.exists():
-            export_onnx(module.cpu(), torch.zeros(1, 3, size, size), path)
-        session = ort_session(path)
-        return lambda x: session.run(None, {"input": x.numpy()})[0]
-    if runtime != "torch":
-        raise ValueError(f"runtime must be 'onnx' or 'torch', got {runtime!r}")
-    module.to(device)
-
-    kind = torch.device(device).type
-
-    @torch.inference_mode()
-    def run(x: torch.Tensor) -> np.ndarray:
-        with torch.autocast(kind, dtype=autocast or torch.float32, enabled=autocast is not None):
-            return module(x.to(device, non_blocking=True)).float().cpu().numpy()
-
-    return run
