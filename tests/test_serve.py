@@ -201,7 +201,11 @@ def test_compress_matches_the_library_and_model_is_the_card(server, predictor, j
         assert client.post("/compress", content=b"junk").status_code == 422
         card = client.get("/model").json()
         assert card["weights_sha256"] == predictor.card.weights_sha256
+        meaning = card.pop("meaning")
         assert card == json.loads(json.dumps(public_card(predictor.card.raw)))
+        assert meaning == predictor.card.meaning() and meaning.startswith("p_useful: the probability")
+        r = client.post("/predict", content=png.getvalue())
+        assert r.headers["x-imutility-meaning"] == meaning
 
 
 def test_model_publishes_no_absolute_paths(server):

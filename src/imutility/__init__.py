@@ -28,14 +28,27 @@ _LAZY = {
     "list_presets": "imutility.distort",
     "parse_distortion": "imutility.distort",
     "Predictor": "imutility.predictor",
+    "list_predictors": "imutility.predictor",
+    "list_labelers": "imutility.zoo",
+    "get_labeler": "imutility.zoo",
+    "TrainConfig": "imutility.predictor",
+    "train_predictor": "imutility.predictor",
+    "measure_pairs": "imutility.measure",
+    "utility_of": "imutility.measure",
     "compress": "imutility.rate",
     "compress_many": "imutility.rate",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "utility", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "utility":  # the module, which is also the one-call full-reference utility
+        return importlib.import_module("imutility.utility")
     raise AttributeError(f"module 'imutility' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

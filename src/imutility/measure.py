@@ -191,3 +191,27 @@ def coco_annotations_by_file(annotation_file: str | Path) -> dict[str, dict]:
         boxes, labels, _ = coco_ground_truth(coco, img_id)
         out[Path(coco.loadImgs(img_id)[0]["file_name"]).name] = {"boxes": boxes, "labels": labels}
     return out
+
+
+def utility_of(distorted, pristine, network: str | Sequence[str] | Labeler | Sequence[Labeler] = "efficientnet_lite0",
+               op: str = "mean", normalised: bool = True, phi_rec: float = 0.5, models=None, device: str = "cpu"):
+    """Full-reference utility of ``distorted`` against ``pristine`` in one call (``imutility.utility(d, p)``):
+    each a path, PIL image or uint8 array, or two equally long lists of them; ``network``: a zoo name (or your
+    registered labeler's), several, or labelers already built, combined with ``op`` (Eq. 3). Normalised by default
+    (1 when nothing was lost, 0 at the rejection threshold); ``normalised=False`` gives Eq. 2 as the paper prints
+    it. NaN where a network's confidence in its own pristine decision is below the rejection threshold ``phi_rec``
+    (it would reject the pristine image itself: the paper leaves such images out). Returns a float for one pair, a
+    list for lists."""
+    from imutility import zoo
+    from imutility.predictor.runtime.predictor import _rgb, _single
+
+    single = _single(distorted)
+    if single != _single(pristine):
+        raise InvalidInputError("give one distorted and one pristine image, or two lists of them")
+    d, p = ([distorted], [pristine]) if single else (list(distorted), list(pristine))
+    nets = [network] if isinstance(network, str | Labeler) else list(network)
+    labelers = [n if isinstance(n, Labeler) else zoo.get_labeler(n, models=models, device=device) for n in nets]
+    out = measure_pairs([_rgb(x) for x in p], [_rgb(x) for x in d], labelers, op=op, phi_rec=phi_rec,
+                        normalised=normalised)
+    values = [r.combined for r in out]
+    return values[0] if single else values

@@ -13,12 +13,48 @@ from imutility.errors import InvalidInputError
 SHARED_ENV = "IMUTILITY_SHARED"
 
 
+#: the user's configuration file: ``shared = "/path/to/shared"`` (and nothing else, for now)
+USER_CONFIG = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "imutility" / "config.toml"
+
+
 def shared_dir(override: str | os.PathLike | None = None) -> Path:
-    """The shared folder: an explicit path, else ``$IMUTILITY_SHARED``, else ``../shared``."""
+    """The shared folder (``data/``, ``models/``), in this order, the first that applies:
+
+    1. ``override`` (``--shared``);
+    2. ``$IMUTILITY_SHARED``;
+    3. ``shared`` in the user's config file (:data:`USER_CONFIG`, ``~/.config/imutility/config.toml``);
+    4. ``../shared`` relative to the current folder, if it exists (running from the repository root);
+    5. ``shared/`` beside the repository this package was installed from (an install from the clone), if it
+       exists;
+    6. else ``../shared`` (named in the error that follows).
+
+    So zoo and labelling commands find the shared models and photos wherever they are run from, once one of 2-3 is
+    set or the package is installed from its clone."""
     if override is not None:
         return Path(override)
     env = os.environ.get(SHARED_ENV)
-    return Path(env) if env else Path("..") / "shared"
+    if env:
+        return Path(env)
+    configured = _configured_shared()
+    if configured is not None:
+        return configured
+    here = Path("..") / "shared"
+    if here.is_dir():
+        return here
+    beside_clone = Path(__file__).resolve().parents[3] / "shared"
+    if beside_clone.is_dir():
+        return beside_clone
+    return here
+
+
+def _configured_shared() -> Path | None:
+    import tomllib
+
+    try:
+        value = tomllib.loads(USER_CONFIG.read_text()).get("shared")
+    except (OSError, ValueError):
+        return None
+    return Path(value).expanduser() if isinstance(value, str) and value else None
 
 
 def shared_data(name: str, override: str | os.PathLike | None = None) -> Path:

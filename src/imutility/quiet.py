@@ -5,12 +5,19 @@ silenced."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
+
+#: set by :func:`quiet_third_party`; ``imutility --verbose`` leaves it False
+_QUIET = False
 
 
 def quiet_third_party() -> None:
+    global _QUIET
+    _QUIET = True
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow Lite / LiteRT: warnings and errors only
     os.environ.setdefault("ORT_LOG_SEVERITY_LEVEL", "3")
     for module in ("torch.onnx", "torch.jit", "torch._dynamo", "onnxruntime", "onnxscript"):
@@ -26,3 +33,21 @@ def quiet_third_party() -> None:
         pass
     for name in ("torch.onnx", "onnxscript", "ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def native_stderr_quiet():
+    """Silence what native code writes to the process's stderr (file descriptor 2) for the block, when the CLI asked
+    for quiet; Python exceptions still carry every error."""
+    if not _QUIET:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)

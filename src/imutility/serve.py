@@ -16,8 +16,10 @@ Endpoints (all answers JSON unless said otherwise):
   image encoded at the lowest quality the predictor rates >= ``min_utility`` (:func:`imutility.compress`);
   the answer is the encoded file, and ``X-Imutility-*`` headers carry quality, score, bits per pixel,
   encodes and whether the threshold was reached.
-- ``GET /health``: ``{"status": "ok", ...}`` with counts of images and network batches served.
-- ``GET /model``: the predictor's card.
+- ``GET /health``: ``{"status": "ok", ...}`` with what the score means and counts of images and network batches.
+- ``GET /model``: what the score means (``meaning``) and the predictor's card (absolute paths cut to their names).
+
+Every ``/predict`` answer says what its score means in the ``X-Imutility-Meaning`` header.
 
 Limits, each a 4xx naming itself, never a 500: a body over ``max_body_bytes`` (413, checked on the
 declared length and while reading), more than ``max_images`` images in one request (413), an image over
@@ -297,6 +299,8 @@ def create_app(predictor, config: ServeConfig | None = None):
     preparer = predictor.engine.preparer()
     prepare_pool = ThreadPoolExecutor(config.prepare_threads, thread_name_prefix="imutility-prepare")
     name = predictor.score_name
+    meaning = predictor.card.meaning()
+    meaning_header = {"X-Imutility-Meaning": meaning}  # what the score means, on every /predict answer
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -350,10 +354,10 @@ def create_app(predictor, config: ServeConfig | None = None):
         answers = [{"name": key, "error": err} if err is not None else
                    {"name": key, name: round(next(scores), DECIMALS)} for key, _, err in ready]
         if several:
-            return {"results": answers}
+            return responses.JSONResponse({"results": answers}, headers=meaning_header)
         if "error" in answers[0]:
             raise HTTPException(422, f"unreadable image: {answers[0]['error']}")
-        return {name: answers[0][name]}
+        return responses.JSONResponse({name: answers[0][name]}, headers=meaning_header)
 
     @app.post("/compress")
     async def compress_endpoint(request: Request, min_utility: float = Query(0.5), codec: str = Query("jpeg"),
@@ -400,11 +404,12 @@ def create_app(predictor, config: ServeConfig | None = None):
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "score": name, "images_scored": batcher.images, "network_batches": batcher.batches}
+        return {"status": "ok", "score": name, "meaning": meaning, "images_scored": batcher.images,
+                "network_batches": batcher.batches}
 
     @app.get("/model")
     async def model():
-        return public_card(predictor.card.raw)
+        return {"meaning": meaning, **public_card(predictor.card.raw)}
 
     app.state.batcher = batcher
     app.state.compress_budget = budget

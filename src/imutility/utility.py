@@ -13,6 +13,7 @@ kind it was given; torch inputs keep their device and, for the arithmetic functi
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -402,3 +403,17 @@ def detection_utility(gt_boxes: ArrayLike, gt_labels: ArrayLike, pristine: dict,
         "utility": float(confidence_utility(phi, phi_ref, phi_rec)),
     }
 
+
+
+class _CallableModule(type(sys)):
+    """``imutility.utility(distorted, pristine, network=...)``: the module is also the one-call full-reference
+    utility (:func:`imutility.measure.utility_of`), as an image-quality library's metric is called on two images;
+    its functions stay importable as before."""
+
+    def __call__(self, distorted, pristine, network="efficientnet_lite0", **kwargs):
+        # the one call that reaches up from this floor: a facade, like the package's lazy attributes (named in
+        # docs/architecture.md), resolved at call time so the floor's import graph stays below measure
+        return importlib.import_module("imutility.measure").utility_of(distorted, pristine, network, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -78,8 +78,17 @@ def library_call(fn, *args, **kwargs):
         raise click.ClickException(f"{where}{e.strerror or e}") from e
 
 
+#: packages a lean-install command may need without the whole [train] extra: what to install instead
+_LIGHT_EXTRAS = {"onnx": "pip install onnx (the [export] extra: no PyTorch)",
+                 "fastapi": "pip install '.[serve]'", "uvicorn": "pip install '.[serve]'",
+                 "python_multipart": "pip install '.[serve]'"}
+
+
 def missing_extra(e: ModuleNotFoundError) -> str:
     """One line for a command that needs a package the lean install (``pip install .``) leaves out."""
+    name = (e.name or "").partition(".")[0]
+    if name in _LIGHT_EXTRAS:
+        return f"this needs the Python package {name!r}, which is not installed: {_LIGHT_EXTRAS[name]}"
     return (f"this needs the Python package {e.name!r}, which is not installed: labelling, training and studies "
             "need the [train] extra (from the clone: pip install '.[train,zoo]'; README, 'Install')")
 

@@ -7,7 +7,7 @@ import click
 from imutility.cli.common import EXIT_OK, EXIT_SKIPPED, cli, distortions, library_call, workers_option
 
 
-@cli.command()
+@cli.command(short_help="Write a folder at every level of a distortion preset.")
 @click.argument("src", type=click.Path(exists=True, path_type=str))
 @click.argument("out", type=click.Path(file_okay=False, path_type=str))
 @click.option("--preset", "-p", default=None, help="A distortion preset (see `imutility presets`) [default: "

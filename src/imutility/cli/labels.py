@@ -37,19 +37,22 @@ def _threshold_options(fn):
         num("--det-iou", t.det_iou, "Detection IoU threshold (Eq. 6)."),
         click.option("--require-pristine-hit", is_flag=True,
                      help="Exclude (not 0) images whose pristine detections find no object."),
+        click.option("--retention", type=click.FloatRange(0, 1, min_open=True), default=t.retention,
+                     show_default=True, help="On a quality ladder: the share of its pristine decision a network must "
+                                             "keep for an image's just-recognizable quality (OUT/jrq.parquet)."),
     ]):
         fn = opt(fn)
     return fn
 
 
-def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit):
+def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit, retention):
     from imutility.labelling import Thresholds
 
     return Thresholds(th=th, tl=tl, phi_rec=phi_rec, det_score=det_score, det_iou=det_iou,
-                      require_pristine_hit=require_pristine_hit)
+                      require_pristine_hit=require_pristine_hit, retention=retention)
 
 
-@cli.command()
+@cli.command(short_help="Distort photos, run labelers, write utility labels.")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--task", type=click.Choice(TASK_NAMES), required=True)
 @click.option("--data", "data", multiple=True, type=click.Path(exists=True),
@@ -84,7 +87,7 @@ def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit):
 @click.option("--no-progress", is_flag=True)
 def label(out, task, data, labels_file, labelers, held_out, reference, preset, specs, limit, balance, seed, chunk,
           engine, address, ray_actors, ray_cpus_per_actor, th, tl, phi_rec, det_score, det_iou, require_pristine_hit,
-          models, device, no_progress) -> int:
+          retention, models, device, no_progress) -> int:
     """Distort a labelled dataset, run a labeler ensemble and write OUT/labels.parquet with utility labels.
 
     Resumable: rerun the same command after an interruption (with either engine). Unreadable images are reported
@@ -108,7 +111,7 @@ def label(out, task, data, labels_file, labelers, held_out, reference, preset, s
                                       log=lambda m: click.echo(m, err=True))
     report = library_call(
         lb.run_labelling, task, sources, dists, labs, out, dataset=described, seed=seed,
-        thresholds=_thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit), chunk_size=chunk,
+        thresholds=_thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit, retention), chunk_size=chunk,
         balance=balance, progress=not no_progress, on_error=lambda k, r: click.echo(f"skipped {k}: {r}", err=True),
         held_out=held, reference=reference, engine=runner)
     _print_counts(Path(out), [lab.name for lab in labs])
@@ -136,20 +139,22 @@ def _print_counts(out: Path, names) -> None:
         click.echo(f"{r['distortion']:24s} {r['useful']:7d} {r['non_useful']:10d} {r['excluded']:9d}")
 
 
-@cli.command()
+@cli.command(short_help="Recompute labels with new thresholds (no inference).")
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
 @_threshold_options
-def relabel(out, th, tl, phi_rec, det_score, det_iou, require_pristine_hit) -> None:
-    """Recompute OUT's labels with new thresholds from the cached model outputs (no inference)."""
+def relabel(out, th, tl, phi_rec, det_score, det_iou, require_pristine_hit, retention) -> None:
+    """Recompute OUT's labels (and just-recognizable qualities) with new thresholds from the cached model outputs
+    (no inference)."""
     import json
 
     from imutility import labelling as lb
 
-    library_call(lb.relabel, out, _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit))
+    library_call(lb.relabel, out, _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit,
+                                              retention))
     _print_counts(Path(out), json.loads((Path(out) / "config.json").read_text())["labelers"])
 
 
-@cli.command()
+@cli.command(short_help="Full-reference utility of distorted vs pristine images.")
 @click.argument("pristine", type=click.Path(exists=True))
 @click.argument("distorted", type=click.Path(exists=True))
 @click.option("--task", type=click.Choice(TASK_NAMES), required=True)
@@ -198,4 +203,7 @@ def measure(pristine, distorted, task, labelers, op, phi_rec, labels_file, annot
         for r in results:
             click.echo(f"{Path(r.distorted).name:40s} " + " ".join(f"{r.per_labeler[n]:18.4f}" for n in names)
                        + f" {r.combined:12.4f}")
+        if any(v != v for r in results for v in r.per_labeler.values()):
+            click.echo(f"nan: the network's confidence in its pristine decision is below --phi-rec {phi_rec} (it would "
+                       "reject the pristine image itself): left out, as in the paper")
     return EXIT_SKIPPED if errors else EXIT_OK

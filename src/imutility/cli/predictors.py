@@ -29,7 +29,7 @@ from imutility.predictor.training.config import RECIPES, TrainConfig
 _TRAIN = {f.name: f.default for f in fields(TrainConfig)}
 
 
-@cli.command()
+@cli.command(short_help="The built-in predictors and what their scores mean.")
 @click.option("--task", default=None, help="Only the predictors of one task.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
 def models(task: str | None, as_json: bool) -> None:
@@ -48,7 +48,7 @@ def models(task: str | None, as_json: bool) -> None:
         click.echo(f"{'':26s} {i.meaning}")
 
 
-@cli.command()
+@cli.command(short_help="Is each image still useful to machines? One score each.")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
 @model_option
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True)
@@ -104,7 +104,7 @@ def predict(paths, model, fmt, output, batch_size, runtime, device, precision, w
     return EXIT_SKIPPED if skipped else EXIT_OK
 
 
-@cli.command("filter")
+@cli.command("filter", short_help="Keep the images of a folder that are predicted useful.")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False), help="Where kept images go.")
 @click.option("--min-utility", type=float, default=0.5, show_default=True, help="Keep images scoring at least this.")
@@ -139,7 +139,7 @@ def _opt(name: str, **kwargs):
     return click.option(f"--{name.replace('_', '-')}", name, default=_TRAIN[name], show_default=True, **kwargs)
 
 
-@cli.command()
+@cli.command(short_help="Train a utility predictor on labelled images.")
 @click.argument("labels", type=click.Path(exists=True, file_okay=False))
 @click.argument("out", type=click.Path(file_okay=False))
 @_opt("architecture", type=click.Choice(ARCHITECTURES),
@@ -208,9 +208,11 @@ def train(labels, out, architecture, backbone, features, soft_target, max_tiles,
         what = "training" if card["architecture"] == "finetune" else "feature pass"
         click.echo(f"{what}: {speed:.1f} images/s on {card['device']} ({card['precision']})")
     click.echo(f"weights: {card['weights_init']}; card: {Path(out) / 'card.json'}")
+    for warning in card.get("warnings", []):
+        click.secho(f"WARNING: {warning} (recorded in the card)", err=True, fg="yellow")
 
 
-@cli.command()
+@cli.command(short_help="Export a predictor: one ONNX file, lean graphs, int8.")
 @model_option
 @click.option("--onnx", "onnx_path", default=None, type=click.Path(dir_okay=False),
               help="Write the predictor as ONE ONNX file with its deployment spec in the metadata (docs/deploy.md).")
@@ -245,7 +247,7 @@ def export(model, onnx_path, graphs, features_dir, int8, calibration, calibratio
         path, diff = library_call(make_int8, model, expand([calibration])[:calibration_n], features_dir)
         click.echo(f"wrote {path} for {model} (int8 vs PyTorch fp32 on a probe image: |diff| {diff:.1e})")
     if onnx_path is not None:
-        from imutility.predictor.artefacts.deploy import export_checked
+        from imutility.predictor.artefacts.deploy import export_file
 
-        path, diff = library_call(export_checked, model, onnx_path, models)
-        click.echo(f"wrote {path} (ONNX Runtime vs PyTorch on a probe image: max |diff| {diff:.1e})")
+        path, diff, how = library_call(export_file, model, onnx_path, models)
+        click.echo(f"wrote {path} ({how}; the file alone vs the predictor on a probe image: |diff| {diff:.1e})")

@@ -22,7 +22,7 @@ from imutility.serve import ServeConfig
 _D = {f.name: f.default for f in fields(ServeConfig) if f.default is not MISSING}
 
 
-@cli.command()
+@cli.command(short_help="Serve a predictor over HTTP.")
 @model_option
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on (0.0.0.0: every interface; put it behind your proxy).")

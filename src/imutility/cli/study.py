@@ -20,7 +20,7 @@ from imutility.cli.common import (
 from imutility.reproduce.study import STAGES
 
 
-@cli.command("benchmark")
+@cli.command("benchmark", short_help="Judge predictors against the cheap rules, with intervals.")
 @click.argument("labels", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Where results.json, report.md and the figure go.")
@@ -59,7 +59,7 @@ def benchmark_cmd(labels, out, test_sources, predictors, baselines, msp, n_boot,
                f"{Path(out) / 'within_level_auroc.png'})")
 
 
-@cli.command()
+@cli.command(short_help="The paper's study end to end (Tables I-IV, Figs. 1-2).")
 @click.option("--config", "config_name", default="quick", show_default=True,
               help="A built-in study config (quick, offline, paper) or a TOML file.")
 @click.option("--out", "-o", type=click.Path(file_okay=False), default=None,

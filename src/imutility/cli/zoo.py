@@ -66,3 +66,26 @@ def zoo_eval(names: tuple[str, ...], data: str | None, models: str | None, devic
         spec = library_call(z.get_spec, name)
         labeler = library_call(z.get_labeler, name, models=models, device=device)
         click.echo(library_call(get_task(spec.task).evaluate_labeler, labeler, data, progress=True))
+
+
+@zoo.command("spec")
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--task", type=click.Choice(TASK_NAMES), default=TASK_NAMES[0], show_default=True)
+@click.option("--name", default=None, help="The labeler's name [default: the file's stem].")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Where the TOML goes [default: beside MODEL_FILE, same stem]. An existing file is never replaced.")
+def zoo_spec(model_file: str, task: str, name: str | None, out: str | None) -> None:
+    """Draft the spec of your own ONNX network: name, SHA-256, input size and layout from the file; lines marked
+    CHECK need your eyes (docs/custom.md). Then: imutility zoo info NAME --labeler-spec THE.toml"""
+    from pathlib import Path
+
+    from imutility import atomic
+    from imutility.zoo.custom import draft_spec
+
+    target = Path(out) if out else Path(model_file).with_suffix(".toml")
+    if target.exists():
+        raise click.ClickException(f"{target} exists: choose another --out (it is never replaced)")
+    text = library_call(draft_spec, model_file, task, name)
+    library_call(atomic.write_text, target, text)
+    click.echo(f"wrote {target}; check the lines marked CHECK, then: imutility zoo info "
+               f"{text.split(chr(34))[1]} --labeler-spec {target}")

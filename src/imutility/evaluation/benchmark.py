@@ -37,6 +37,7 @@ from imutility.evaluation.metrics import (
     photo_bootstrap,
     weighted_auroc,
 )
+from imutility.predictor.training.split import MIN_TEST_PER_CLASS, MIN_TEST_PHOTOS
 from imutility.tasks import get_task
 
 THRESHOLD = 0.5  # P(useful) below this = rejected
@@ -210,10 +211,20 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
                     "gain": {b: {lv: e.as_dict() for lv, e in per.items()} for b, per in mr["gain"][ref].items()}}
         diffs = {p: {b: _diff(scores, y, levels, W, p, b, trans) for b in scores if b not in spec.predictors}
                  for p in spec.predictors} if trans else {}
+        n_photos = int(table["source"].nunique())
+        warnings = ([f"{s.name}: only {n_photos} test photos (fewer than {MIN_TEST_PHOTOS}): the intervals span most "
+                     "of [0, 1]; label more photos"] if n_photos < MIN_TEST_PHOTOS else [])
+        warnings += [f"{s.name}, {d}: only {min(u, nu)} {'useful' if u < nu else 'non-useful'} images (fewer than "
+                     f"{MIN_TEST_PER_CLASS}): its AUROC rests on too few" for d in (trans or order)
+                     for u, nu in [(int((y[levels == d] == 1).sum()), int((y[levels == d] == 0).sum()))]
+                     if min(u, nu) < MIN_TEST_PER_CLASS]
+        for w in warnings:
+            log(f"WARNING: {w}")
+        results.setdefault("warnings", []).extend(warnings)
         results["sets"][s.name] = {
             "task": task.name, "success": task.success_name, "labels": str(s.labels),
             "test_sources": str(s.test_sources) if s.test_sources else None,
-            "photos": int(table["source"].nunique()), "images": int(len(table)),
+            "photos": n_photos, "images": int(len(table)),
             "labelled": {"useful": int((y == 1).sum()), "non_useful": int((y == 0).sum())},
             "labelers": config["labelers"], "held_out": held_out, "levels": order, "transition": trans,
             "label_auroc": summarise(label_auroc), "label_auroc_transition": summarise(trans_auroc),

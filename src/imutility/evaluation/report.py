@@ -33,6 +33,9 @@ def render(results: dict) -> str:
              f"{results['threshold']}. Transition levels: both label classes at least {results['min_share']:.0%} "
              "of the labelled images.", ""]
     preds = list(results["predictors"])
+    if results.get("warnings"):
+        lines += ["**Warnings** (too little data for some figures below):", ""]
+        lines += [f"- {w}" for w in results["warnings"]] + [""]
     for name, st in results["sets"].items():
         trans = st["transition"]
         lines += [f"## {name}", "",
@@ -115,7 +118,7 @@ def plot(results: dict, path: str | os.PathLike) -> None:
                         alpha=1.0 if bold else 0.75)
             ax.axhline(0.5, color="grey", lw=0.7, ls="--")
             ax.set_xticks(x, [_level(lv) for lv in st["levels"]], rotation=60, fontsize=7)
-            ax.set_ylim(0.2, 1.02)
+            ax.set_ylim(0.0, 1.02)
             ax.set_title(f"{name}: AUROC vs {title}", fontsize=9)
         for c in range(len(panels), n_cols):
             axes[r][c].axis("off")

@@ -17,6 +17,7 @@ from imutility.distort import Distortion
 from imutility.errors import SettingError
 from imutility.labelling.augment import balancing_sources
 from imutility.labelling.chunks import LocalEngine, write_files
+from imutility.labelling.jrq import write_jrq
 from imutility.labelling.store import read_cache, write_sources
 from imutility.labelling.table import build_table, write_outputs
 from imutility.paths import check_unique_outputs
@@ -99,6 +100,7 @@ def run_labelling(task: str, sources: Sequence[Source], distortions: Sequence[Di
             n_aug = len(aug)
     table = build_table(out, thresholds)
     write_outputs(out, table, config["labelers"] + config.get("held_out", []))
+    write_jrq(out, thresholds.retention)
     return LabelReport(out=out, n_sources=len(sources), n_rows=len(table), errors=errors,
                        labeler_errors=lab_err, n_augmented=n_aug)
 

@@ -117,9 +117,13 @@ def write_outputs(out: Path, table, names: Sequence[str]) -> None:
 
 
 def relabel(out: str | os.PathLike, thresholds: Thresholds = PAPER_THRESHOLDS):
-    """Recompute every label from the cached outputs with new thresholds; rewrites the outputs."""
+    """Recompute every label (and the just-recognizable qualities, ``thresholds.retention``) from the cached outputs
+    with new thresholds; rewrites the outputs."""
     out = Path(out)
+    from imutility.labelling.jrq import write_jrq
+
     table = build_table(out, thresholds)
     config = json.loads((out / "config.json").read_text())
     write_outputs(out, table, config["labelers"] + config.get("held_out", []))
+    write_jrq(out, thresholds.retention)
     return table

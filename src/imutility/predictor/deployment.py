@@ -39,3 +39,12 @@ def deploy_spec(card: PredictorCard) -> dict:
             "prepare": _prepare(card), "input": _input(card),
             "output": {"name": "logits", "per": "tile" if card.tiles is not None else "image"},
             **card.head.describe()}
+
+
+def probe_image():
+    """A fixed random 451 x 300 RGB image: what every artefact's parity check scores."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (300, 451, 3), dtype=np.uint8))

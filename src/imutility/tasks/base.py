@@ -63,6 +63,9 @@ class Thresholds:
     det_score: float = PAPER_DET_SCORE
     det_iou: float = PAPER_DET_IOU
     require_pristine_hit: bool = False
+    #: the share of its pristine decision a network must keep for an image's just-recognizable quality
+    #: (:mod:`imutility.labelling.jrq`)
+    retention: float = 0.9
 
 
 #: the paper's thresholds (Section IV): the default of every labelling and relabel
@@ -148,6 +151,12 @@ class Task(ABC):
     def columns(self, rows: dict, name: str, meta: list[dict], sources: dict[str, Source], cache: dict,
                 thresholds: Thresholds, reference: str, ref_data) -> NetworkColumns:
         """Add network ``name``'s columns to ``rows`` and return its label / utility / confidences."""
+
+    @abstractmethod
+    def retention(self, pristine: dict, distorted: dict, score_threshold: float = 0.5) -> float:
+        """How much of a network's own decision on the pristine image it keeps on the distorted one, in [0, 1],
+        from its two cache records: what a just-recognizable quality (:mod:`imutility.labelling.jrq`) and a
+        network's own rate oracle are measured by."""
 
     # ------------------------------------------------------------------ judging
     @abstractmethod

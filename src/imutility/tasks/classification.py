@@ -169,6 +169,13 @@ class ClassificationTask(Task):
         rows[f"{name}.label"] = label.copy()
         return NetworkColumns(label=label, utility=util, confidence=phi, confidence_ref=phi_ref)
 
+    def retention(self, pristine: dict, distorted: dict, score_threshold: float = 0.5) -> float:
+        """0 when the top-1 class changed; else the share of its pristine probability the pristine top-1 keeps,
+        at most 1."""
+        if distorted["top"][0] != pristine["top"][0]:
+            return 0.0
+        return float(min(1.0, float(distorted["pr"]) / max(float(pristine["p"][0]), 1e-12)))
+
     # ------------------------------------------------------------------ judging
     def success(self, table, network: str) -> np.ndarray:
         """1 where the network's top-1 on the distorted image is the reference class, NaN where unknown."""

@@ -134,6 +134,23 @@ class DetectionTask(Task):
         rows[f"{name}.label"] = label.copy()
         return NetworkColumns(label=label, utility=util, confidence=num["phi"], confidence_ref=num["phi_ref"])
 
+    def retention(self, pristine: dict, distorted: dict, score_threshold: float = 0.5) -> float:
+        """The confidence-weighted recall of the network's own confident pristine detections (score >=
+        ``score_threshold``) on the distorted image, over the same on the pristine one, at most 1; 1 when it
+        detects nothing confidently on the pristine image (nothing to lose)."""
+        from imutility.utility import detection_utility
+
+        def as_dets(r):
+            return {"boxes": np.asarray(r["b"], dtype=float).reshape(-1, 4),
+                    "labels": np.asarray(r["l"], dtype=np.int64), "scores": np.asarray(r["s"], dtype=float)}
+
+        d0, d1 = as_dets(pristine), as_dets(distorted)
+        keep = d0["scores"] >= score_threshold
+        if not keep.any():
+            return 1.0
+        u = detection_utility(d0["boxes"][keep], d0["labels"][keep], d0, d1)
+        return float(min(1.0, u["phi"] / max(u["phi_ref"], 1e-12)))
+
     # ------------------------------------------------------------------ judging
     def success(self, table, network: str) -> np.ndarray:
         """The network's own Eq. 6 label: a reference object found in the pristine and the distorted image."""

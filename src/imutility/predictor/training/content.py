@@ -151,7 +151,7 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     from imutility.predictor.geometry import TilePooling
     from imutility.predictor.networks.content import TilePool, UtilityHead
     from imutility.predictor.training.config import InsufficientLabelsError
-    from imutility.predictor.training.split import binary_metrics, regression_metrics, select_split
+    from imutility.predictor.training.split import binary_metrics, regression_metrics, sample_warnings, select_split
 
     out = Path(out)
     labels_dir = Path(cfg.labels)
@@ -297,6 +297,7 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
                    "loss": "binary cross-entropy (soft targets)" if cfg.mode == "binary" else "MSE",
                    "epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_loss": history},
         "metrics": metrics,
+        "warnings": sample_warnings(int(table["source"].iloc[test_rows].nunique()), metrics),
         "seed": cfg.seed, "split": split_note,
         "feature_seconds": round(feature_seconds, 1), "train_seconds": round(train_seconds, 1),
         "feature_images_per_second": fresh_rate,  # None when the features came from the cache

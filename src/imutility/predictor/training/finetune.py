@@ -19,7 +19,7 @@ from imutility.predictor.geometry import InputSpec
 from imutility.predictor.networks.backbones import create_backbone, get_backbone_spec
 from imutility.predictor.training.config import InsufficientLabelsError, TrainConfig, autocast_dtype
 from imutility.predictor.training.data import UtilityImages
-from imutility.predictor.training.split import binary_metrics, regression_metrics, select_split
+from imutility.predictor.training.split import binary_metrics, regression_metrics, sample_warnings, select_split
 
 
 def _rows(cfg: TrainConfig):
@@ -150,6 +150,7 @@ def train_finetune_predictor(cfg: TrainConfig, out: Path, progress: bool) -> Pre
                    "epochs": cfg.epochs, "batch_size": cfg.batch_size, "augmentation": "random crop + h-flip"
                    if cfg.geometry == "crop" else "resize + h-flip", "train_loss": history},
         "metrics": metrics,
+        "warnings": sample_warnings(int(table.loc[test_idx, "source"].nunique()), metrics),
         "seed": cfg.seed, "split": split_note,
         "train_seconds": round(train_seconds, 1), "device": cfg.device, "precision": cfg.precision,
         "train_images_per_second": round(n_seen / max(train_seconds, 1e-9), 1),

@@ -71,3 +71,26 @@ def select_split(cfg, table, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray
         train &= table["distortion"].isin(cfg.train_distortions).to_numpy()
         how += f"; trained on {len(cfg.train_distortions)} of the {table['distortion'].nunique()} levels"
     return np.flatnonzero(train), np.flatnonzero(test), how
+
+
+#: below these, a test figure says little: its interval spans most of [0, 1]
+MIN_TEST_PHOTOS = 30
+MIN_TEST_PER_CLASS = 10
+
+
+def sample_warnings(test_photos: int, metrics: dict) -> list[str]:
+    """What a card must say aloud about its own test figures: too few test photos, too few of a class, a binary
+    predictor no better than chance."""
+    out = []
+    if test_photos < MIN_TEST_PHOTOS:
+        out.append(f"only {test_photos} test photos (fewer than {MIN_TEST_PHOTOS}): the test figures are anecdotes; "
+                   "label more photos")
+    for cls in ("useful", "non_useful"):
+        n = metrics.get(f"n_{cls}")
+        if n is not None and n < MIN_TEST_PER_CLASS:
+            out.append(f"only {n} {cls.replace('_', '-')} test images (fewer than {MIN_TEST_PER_CLASS}): AUROC and "
+                       "balanced accuracy rest on too few of them")
+    bal = metrics.get("balanced_accuracy")
+    if bal is not None and bal == bal and bal <= 0.55:
+        out.append(f"balanced accuracy {bal:.3f}: no better than chance on its test images")
+    return out

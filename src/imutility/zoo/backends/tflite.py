@@ -15,14 +15,17 @@ def make_interpreter(path: Path, threads: int):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError as e:
         raise ImportError("TFLite labelers need: pip install ai-edge-litert") from e
-    try:
-        it = Interpreter(model_path=str(path), num_threads=threads)
-        it.allocate_tensors()
-    except (RuntimeError, ValueError):
-        # some models only run on the reference kernels, not the XNNPACK delegate
-        it = Interpreter(model_path=str(path), num_threads=threads,
-                         experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-        it.allocate_tensors()
+    from imutility.quiet import native_stderr_quiet
+
+    with native_stderr_quiet():  # LiteRT prints an INFO banner from C++ on every interpreter it makes
+        try:
+            it = Interpreter(model_path=str(path), num_threads=threads)
+            it.allocate_tensors()
+        except (RuntimeError, ValueError):
+            # some models only run on the reference kernels, not the XNNPACK delegate
+            it = Interpreter(model_path=str(path), num_threads=threads,
+                             experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+            it.allocate_tensors()
     return it
 
 

@@ -31,6 +31,8 @@ from imutility.errors import ImutilityError
 #: codecs the search can drive: name -> (distortion class, quality range it accepts)
 CODECS: dict[str, tuple[type, tuple[int, int]]] = {"jpeg": (JPEG, (1, 100)), "webp": (WebP, (0, 100))}
 SEARCHES = ("bisect", "exhaustive")
+#: the search of a plan (:class:`imutility.rate.plan.QualityPlanner`): its quality, one check, at most one correction
+PLANNED = "planned"
 #: what one image open in a search costs, per pixel: the decoded pristine image (3 bytes), a decoded candidate
 #: (3), the codec's and the scorer's working copies. Measured: 16 photos of 24 MP searched at once peak at
 #: 4.96 GB, one at a time at 0.55 GB, so (4.96 - 0.55) GB / (15 x 24 MP) = 12.3 bytes; rounded up.
@@ -63,7 +65,7 @@ def check_settings(min_utility: float, codec: str, min_quality: int, max_quality
     if not (lo <= min_quality <= max_quality <= hi):
         raise RateControlError(f"{codec} qualities must satisfy {lo} <= min_quality <= max_quality <= {hi}, "
                                f"got {min_quality}..{max_quality}")
-    if search not in SEARCHES:
+    if search not in (*SEARCHES, PLANNED):
         raise RateControlError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
 
 
@@ -116,8 +118,10 @@ def compress_many(items: Iterable[tuple[Any, Image.Image]], min_utility: float,
                 if open_ and max_open_pixels is not None and held + img.width * img.height > max_open_pixels:
                     waiting = nxt
                     break
-                open_.append(_Search(key, img, scorer_for(img), _qualities(min_utility, min_quality, max_quality,
-                                                                            search)))
+                scorer = scorer_for(img)
+                steps = (_planned(min_utility, scorer.plan, min_quality, max_quality) if search == PLANNED
+                         else _qualities(min_utility, min_quality, max_quality, search))
+                open_.append(_Search(key, img, scorer, steps))
             if not open_:
                 return
             by_scorer: dict[int, list[tuple[_Search, int]]] = {}
@@ -169,6 +173,17 @@ def _qualities(min_utility: float, lo: int, hi: int, search: str) -> Generator[l
     return best
 
 
+def _planned(min_utility: float, plan: tuple[int, int], lo: int, hi: int) -> Generator[list[int], dict, int | None]:
+    """A plan's search: its first quality, checked; when the check fails, its correction quality, not checked
+    again (the image is flagged unsatisfied when the correction's score is below ``min_utility`` too)."""
+    first, second = (min(max(int(q), lo), hi) for q in plan)
+    scores = yield [first]
+    if scores[first] >= min_utility or second <= first:
+        return first if scores[first] >= min_utility else None
+    scores = yield [second]
+    return second if scores[second] >= min_utility else None
+
+
 class _Search:
     """One image's search in :func:`compress_many`: what it asked for, what it was told."""
 
@@ -191,7 +206,8 @@ class _Search:
         return True
 
     def result(self, fallback: int) -> Compressed:
-        q = self.best if self.best is not None else fallback  # both searches score the fallback (max_quality)
+        # the bisect and exhaustive searches score the fallback (max_quality); a plan keeps its last encode
+        q = self.best if self.best is not None else (fallback if fallback in self.found else max(self.found))
         data, bpp, suffix, value = self.found[q]
         return Compressed(data=data, quality=q, utility=value, satisfied=self.best is not None,
                           encodes=len(self.found), suffix=suffix, bpp=bpp)

@@ -1,0 +1,262 @@
+"""Which rate-control mode saves bits, and for whom: ``imutility rate-benchmark``.
+
+On a labelled quality ladder of TEST photos (``imutility label OUT -p jpeg-dense --held-out ...`` on photos no rate
+model trained on, e.g. ``ilsvrc-val600``), every mode chooses one ladder quality per photo, read off the ladder
+(every quality of every photo was encoded and run through every network when labelling); a judging network's top-1
+over the chosen encodings is its accuracy, their mean bits per pixel its rate. Modes:
+
+- ``fixed quality``: one quality for every photo (one point per ladder quality): the reference;
+- ``bit-rate rule``: per photo the lowest quality with at least B bits per pixel (sweep of B);
+- ``two-level check (NET)``: encode at a low quality, one pass of NET: keep it when NET keeps its pristine
+  decision, else the ladder's top (sweep of the low quality; <= 2 encodes, 2 passes of NET): the plan's baseline;
+- ``plan (NET)``: the shipped/trained :class:`~imutility.rate.plan.QualityModel` of NET: plan, check, at most one
+  correction (sweep of the retention level), what ``compress --for NET`` does;
+- ``plan (content)``: the content-only model trained on an ensemble's just-recognizable quality (no network pass;
+  sweep of its confidence);
+- ``conservative (content|plan NET)``: never below a floor quality, otherwise the mode's choice (sweep of the floor);
+- ``oracle (NET)``: NET's own just-recognizable quality (a full search: every quality, needs the pristine image;
+  the bound), sweep of the retention level.
+
+Each mode's point is compared with fixed quality AT EQUAL TOP-1: the fixed-quality rate reaching the mode's top-1,
+read off the fixed curve (log-rate interpolated between ladder qualities; its upper envelope), so ``saving`` =
+1 - mode bits / fixed bits at that top-1 (positive: fewer bits). Bootstrap intervals resample photos (the mode's
+point and the fixed curve together). A mode's headline point is its most saving point in the USEFUL range (top-1
+within 1 point of the judge's pristine top-1). BD-rates over shared accuracies beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from imutility import atomic
+from imutility.evaluation.curves import bd_rate
+from imutility.rate.plan import QualityModel, plan_index
+from imutility.rate.training import RETENTIONS, LadderData, ladder_data
+
+USEFUL_POINTS = 1.0
+
+
+def fixed_rate_at(fixed_bpp: np.ndarray, fixed_acc: np.ndarray, acc: float) -> tuple[float, bool]:
+    """The fixed-quality rate reaching accuracy ``acc``: along the ladder (ascending), the upper envelope of its
+    accuracy, log-rate interpolated. Returns (rate, reached); unreached: the top quality's rate."""
+    env = np.maximum.accumulate(fixed_acc)
+    i = int(np.searchsorted(env, acc - 1e-12))
+    if i >= len(env):
+        return float(fixed_bpp[-1]), False
+    if i == 0 or env[i] == env[i - 1]:
+        return float(fixed_bpp[i]), True
+    t = (acc - env[i - 1]) / (env[i] - env[i - 1])
+    return float(10 ** ((1 - t) * np.log10(fixed_bpp[i - 1]) + t * np.log10(fixed_bpp[i]))), True
+
+
+def _saving(bpp: np.ndarray, correct: np.ndarray, choice: np.ndarray, rows: np.ndarray) -> tuple[float, float, float,
+                                                                                                   bool]:
+    idx = np.arange(len(rows))
+    b, c = bpp[rows], correct[rows]
+    rate, acc = float(b[idx, choice[rows]].mean()), float(c[idx, choice[rows]].mean())
+    fixed, reached = fixed_rate_at(b.mean(0), c.mean(0), acc)
+    return rate, acc, 1 - rate / fixed, reached
+
+
+def evaluate_point(bpp: np.ndarray, correct: np.ndarray, choice: np.ndarray, draws: int = 500,
+                   seed: int = 0) -> dict:
+    """One mode's point (a ladder index per photo) against fixed quality at equal top-1, with a photo bootstrap."""
+    n = len(choice)
+    rate, acc, saving, reached = _saving(bpp, correct, choice, np.arange(n))
+    rng = np.random.default_rng(seed)
+    boots = [_saving(bpp, correct, choice, rng.integers(0, n, n))[2] for _ in range(draws)]
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"bpp": rate, "top1": acc, "saving": saving, "saving_ci": [float(lo), float(hi)],
+            "fixed_reaches_top1": reached}
+
+
+def _oracle_index(retention: np.ndarray, r: float) -> np.ndarray:
+    from imutility.rate.training import jrq_classes
+
+    return np.minimum(jrq_classes(retention, [r])[:, 0], retention.shape[1] - 1)
+
+
+def _plan_check(model: QualityModel, feats: np.ndarray, retention: np.ndarray, r: float) -> tuple[np.ndarray, float]:
+    cum = model.cumulative(feats, r)
+    first = plan_index(cum, model.confidence)
+    second = np.maximum(plan_index(cum, max(model.confidence, model.correction_confidence)),
+                        np.minimum(first + 1, cum.shape[1] - 1))
+    failed = retention[np.arange(len(first)), first] < r
+    return np.where(failed, second, first), float(1 + (failed & (second > first)).mean())
+
+
+def mode_choices(test: LadderData, nets: dict[str, LadderData], plans: dict[str, QualityModel],
+                 content: QualityModel | None, content_feats: np.ndarray) -> dict[str, list[tuple[str, np.ndarray,
+                                                                                               dict]]]:
+    """Every mode's sweep: name -> [(setting, ladder index per photo, cost)]; cost: encodes and network passes
+    per photo."""
+    n, k = test.bpp.shape
+    out: dict[str, list] = {"bit-rate rule": []}
+    for b in np.quantile(test.bpp, np.linspace(0.02, 0.98, 25)):
+        ok = test.bpp >= b
+        out["bit-rate rule"].append((f"{b:.3f} bpp", np.where(ok.any(1), np.argmax(ok, 1), k - 1),
+                                     {"encodes": 1, "passes": 0}))
+    for net, data in nets.items():
+        out[f"oracle ({net})"] = [(f"r={r}", _oracle_index(data.retention, r), {"encodes": k, "passes": k + 1})
+                                  for r in RETENTIONS]
+        lows = []
+        for j in range(k - 1):
+            failed = data.retention[:, j] < 0.01
+            lows.append((f"q={test.ladder[j]}", np.where(failed, k - 1, j),
+                         {"encodes": float(1 + failed.mean()), "passes": 2}))
+        out[f"two-level check ({net})"] = lows
+        if net in plans:
+            pts = []
+            for r in RETENTIONS:
+                choice, encodes = _plan_check(plans[net], data.features, data.retention, r)
+                pts.append((f"r={r}", choice, {"encodes": encodes, "passes": 2}))
+            out[f"plan ({net})"] = pts
+    if content is not None:
+        cum = content.cumulative(content_feats, 0.01)
+        out["plan (content)"] = [(f"P={c}", plan_index(cum, c), {"encodes": 1, "passes": 0})
+                                 for c in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)]
+        base = plan_index(cum, content.confidence)
+        out["conservative (content)"] = [(f"floor q={test.ladder[j]}", np.maximum(base, j), {"encodes": 1,
+                                                                                              "passes": 0})
+                                         for j in range(k)]
+    for net in plans:
+        if net in nets:
+            base, encodes = _plan_check(plans[net], nets[net].features, nets[net].retention, 0.5)
+            out[f"conservative (plan {net})"] = [(f"floor q={test.ladder[j]}", np.maximum(base, j),
+                                                  {"encodes": encodes, "passes": 2}) for j in range(k)]
+    return out
+
+
+def judge_correct(folder: Path, keys: Sequence[str], ladder: Sequence[int], judge: str, codec: str = "jpeg"):
+    """[photo, quality] top-1 correctness of ``judge`` (NaN: unknown), and its pristine top-1."""
+    import pandas as pd
+
+    from imutility.distort import parse_distortion
+
+    table = pd.read_parquet(folder / "labels.parquet")
+    table = table[table["augment"].isna()]
+    pos = {k: i for i, k in enumerate(keys)}
+    qpos = {q: j for j, q in enumerate(ladder)}
+    grid = np.full((len(keys), len(ladder)), np.nan)
+    pristine = np.full(len(keys), np.nan)
+    for key, dist, pred, p0, target in zip(table["key"], table["distortion"], table[f"{judge}.pred"],
+                                           table[f"{judge}.pristine_pred"], table["target"], strict=True):
+        i = pos.get(str(key))
+        d = parse_distortion(dist)
+        if i is None or d.family != codec or int(d.level) not in qpos or pd.isna(pred) or pd.isna(target):
+            continue
+        grid[i, qpos[int(d.level)]] = float(pred == target)
+        pristine[i] = float(p0 == target)
+    return grid, pristine
+
+
+def rate_benchmark(test_folder: str | os.PathLike, judges: Sequence[str], plans: dict[str, QualityModel],
+                   content: QualityModel | None = None, networks: Sequence[str] = (), draws: int = 500,
+                   log: Callable[[str], None] = lambda m: None) -> dict:
+    """Every mode against fixed quality for every judge (see the module doc). ``networks``: the networks whose
+    two-level check and oracle are measured (default: the plans' and the judges')."""
+    folder = Path(test_folder)
+    nets_needed = list(dict.fromkeys([*plans, *judges, *networks]))
+    nets = {net: ladder_data([folder], net) for net in nets_needed}
+    keys = sorted(set.intersection(*(set(d.keys) for d in nets.values())))
+    nets = {net: _subset(d, keys) for net, d in nets.items()}
+    test = next(iter(nets.values()))
+    content_feats = test.features[:, :len(content.features)] if content is not None else None
+    choices = mode_choices(test, nets, plans, content, content_feats)
+    result = {"test_folder": str(folder), "photos": len(keys), "ladder": test.ladder, "useful_points": USEFUL_POINTS,
+              "judges": {}}
+    for judge in judges:
+        correct, pristine = judge_correct(folder, keys, test.ladder, judge)
+        ok = np.isfinite(correct).all(1) & np.isfinite(pristine)
+        c, b = correct[ok], test.bpp[ok]
+        p_top1 = float(pristine[ok].mean())
+        fixed = [(float(b[:, j].mean()), float(c[:, j].mean())) for j in range(len(test.ladder))]
+        modes = {}
+        for name, sweep in choices.items():
+            pts = []
+            for setting, choice, cost in sweep:
+                pt = evaluate_point(b, c, choice[ok], draws=draws)
+                pts.append({"setting": setting, **pt, **cost})
+            useful = [p for p in pts if p["top1"] >= p_top1 - USEFUL_POINTS / 100]
+            best = max(useful, key=lambda p: p["saving"]) if useful else None
+            modes[name] = {"points": pts, "useful_best": best,
+                           "bd_rate_all": bd_rate(fixed, [(p["bpp"], p["top1"]) for p in pts])}
+            log(f"{judge}: {name}: " + (f"{best['setting']} top-1 {best['top1']:.3f} saving {best['saving']:+.1%} "
+                                        f"[{best['saving_ci'][0]:+.1%}, {best['saving_ci'][1]:+.1%}]"
+                                        if best else "never in the useful range"))
+        result["judges"][judge] = {"photos": int(ok.sum()), "pristine_top1": p_top1,
+                                   "fixed": [{"quality": q, "bpp": f[0], "top1": f[1]}
+                                             for q, f in zip(test.ladder, fixed, strict=True)], "modes": modes}
+    return result
+
+
+def _subset(d: LadderData, keys: Sequence[str]) -> LadderData:
+    pos = {k: i for i, k in enumerate(d.keys)}
+    rows = np.array([pos[k] for k in keys])
+    return LadderData(list(keys), [d.sources[i] for i in rows], d.features[rows], d.classes[rows],
+                      d.retention[rows], d.bpp[rows], d.ladder, d.feature_names)
+
+
+def table_markdown(result: dict) -> str:
+    lines = []
+    for judge, r in result["judges"].items():
+        lines.append(f"\n**Judged by {judge}** ({r['photos']} photos, pristine top-1 {r['pristine_top1']:.3f}); "
+                     f"useful range: top-1 >= {r['pristine_top1'] - USEFUL_POINTS / 100:.3f}\n")
+        lines.append("| mode | setting | top-1 | bits/pixel | saving vs fixed quality at equal top-1 (95 % CI) | "
+                     "encodes / passes per image |")
+        lines.append("|---|---|---|---|---|---|")
+        for name, m in r["modes"].items():
+            b = m["useful_best"]
+            if b is None:
+                lines.append(f"| {name} | - | never within {USEFUL_POINTS:g} point of pristine | | | |")
+                continue
+            flag = "" if b["fixed_reaches_top1"] else " (above every fixed quality: vs the top)"
+            lines.append(f"| {name} | {b['setting']} | {b['top1']:.3f} | {b['bpp']:.3f} | {b['saving']:+.1%} "
+                         f"[{b['saving_ci'][0]:+.1%}, {b['saving_ci'][1]:+.1%}]{flag} | {b['encodes']:.2f} / "
+                         f"{b['passes']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str | os.PathLike) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    judges = list(result["judges"])
+    fig, axes = plt.subplots(1, len(judges), figsize=(6 * len(judges), 4.8), squeeze=False)
+    for ax, judge in zip(axes[0], judges, strict=True):
+        r = result["judges"][judge]
+        ax.plot([f["bpp"] for f in r["fixed"]], [100 * f["top1"] for f in r["fixed"]], "k.-", lw=2,
+                label="fixed quality")
+        for name, m in r["modes"].items():
+            pts = sorted((p["bpp"], 100 * p["top1"]) for p in m["points"])
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1, label=name)
+        ax.axhline(100 * (r["pristine_top1"] - USEFUL_POINTS / 100), color="grey", ls=":", lw=0.8,
+                   label="useful range from")
+        ax.set_xscale("log")
+        ax.set_xlabel("mean bits per pixel")
+        ax.set_ylabel(f"top-1 of {judge} (x100)")
+        ax.set_ylim(bottom=max(0, 100 * r["pristine_top1"] - 15))
+        ax.set_title(f"judged by {judge}", fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    atomic.write_figure(fig, path)
+
+
+def write(result: dict, out: str | os.PathLike) -> dict[str, Path]:
+    out = Path(out)
+    paths = {"json": out / "rate.json", "table": out / "rate.md", "figure": out / "rate.png"}
+    atomic.write_json(paths["json"], atomic.json_safe(result))
+    atomic.write_text(paths["table"], table_markdown(result))
+    plot(result, paths["figure"])
+    return paths
+
+
+def load(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text())

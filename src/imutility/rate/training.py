@@ -1,0 +1,232 @@
+"""Training a :class:`~imutility.rate.plan.QualityModel` from labelled quality ladders (``imutility train-rate``).
+
+Data: labelling folders made on a codec ladder (``imutility label OUT -p jpeg-dense --held-out NETWORK``) hold,
+for every photo, the network's outputs on the pristine photo and at every quality. From them:
+:func:`ladder_data` gives per photo the features (content of the pristine photo, and the network's pristine
+top-5), the just-recognizable quality's ladder class for every retention level, the network's retention at every
+quality (what the check sees), and the bits per pixel of every quality.
+
+Procedure (recorded in the card): photos split into training and validation by photo (``validation`` share,
+seeded); the ordinal model fitted on the training photos (full-batch Adam, weight decay); on the validation photos
+the plan's confidence and the correction's confidence chosen as the pair with the fewest mean bits per pixel among
+those whose final encodings keep the network's decision (at the default retention) on at least ``keep_share`` of
+the photos; the validation figures of that choice go in the card. No test photo is read here: figures on photos
+the model never saw come from :mod:`imutility.evaluation.rate_modes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imutility.errors import SettingError
+from imutility.images import load_image
+from imutility.labelling.jrq import ladders, retention_table
+from imutility.labelling.store import read_outputs
+from imutility.rate.features import CONTENT_FEATURES, NETWORK_FEATURES, content_features, network_features
+from imutility.rate.plan import QualityModel, plan_index
+from imutility.tasks import PRISTINE
+
+#: the retention levels a model plans for: 0.01 ~ "keeps its top-1 decision"; higher keep more confidence
+RETENTIONS = (0.01, 0.5, 0.8, 0.9, 0.95)
+DEFAULT_RETENTION = 0.5
+CONFIDENCES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+CORRECTIONS = (0.9, 0.95, 0.98, 0.99, 0.995)
+
+
+@dataclass
+class LadderData:
+    """Per photo (rows): features, JRQ classes per retention, retention per quality, bpp per quality."""
+
+    keys: list[str]
+    sources: list[str]
+    features: np.ndarray  # [n, f]
+    classes: np.ndarray  # [n, R] in 0..K (K: beyond the ladder's top)
+    retention: np.ndarray  # [n, K] the network's (the ensemble's minimum for a content model)
+    bpp: np.ndarray  # [n, K]
+    ladder: list[int]
+    feature_names: list[str]
+
+
+def jrq_classes(retention: np.ndarray, levels: Sequence[float]) -> np.ndarray:
+    """Ladder class of the JRQ per row and retention level: the lowest index from which every higher entry keeps
+    at least ``r`` (``K`` when the top does not)."""
+    k = retention.shape[1]
+    out = np.empty((retention.shape[0], len(levels)), dtype=np.int64)
+    for j, r in enumerate(levels):
+        ok = retention >= r
+        # suffix-all: from column i on, every column passes
+        suffix = np.flip(np.cumprod(np.flip(ok, 1), 1), 1).astype(bool)
+        out[:, j] = np.where(suffix.any(1), np.argmax(suffix, 1), k)
+    return out
+
+
+_FEATURE_CACHE: dict[str, np.ndarray] = {}
+
+
+def _content(path: str) -> np.ndarray:
+    if path not in _FEATURE_CACHE:
+        _FEATURE_CACHE[path] = content_features(load_image(path))
+    return _FEATURE_CACHE[path]
+
+
+def ladder_data(folders: Sequence[str | os.PathLike], network: str | None, codec: str = "jpeg",
+                networks: Sequence[str] | None = None) -> LadderData:
+    """The :class:`LadderData` of labelling folders for ``network`` (its own features and retention), or, with
+    ``network=None``, for the content alone against ``networks`` (default: each folder's labelers): their
+    minimum retention, so the JRQ is the highest of theirs."""
+    rows = {"keys": [], "sources": [], "features": [], "retention": [], "bpp": []}
+    ladder = None
+    for folder in folders:
+        folder = Path(folder)
+        config = json.loads((folder / "config.json").read_text())
+        lad = ladders(config["distortions"]).get(codec)
+        if not lad:
+            raise SettingError(f"{folder} holds no {codec} quality ladder (label it with -p {codec}-dense)")
+        qs = [int(q) for q, _ in lad]
+        if ladder is not None and qs != ladder:
+            raise SettingError(f"{folder}: its {codec} ladder {qs} differs from the first folder's {ladder}")
+        ladder = qs
+        nets = [network] if network is not None else list(networks or config["labelers"])
+        have = {*config["labelers"], *config.get("held_out", [])}
+        if missing := [n for n in nets if n not in have]:
+            raise SettingError(f"{folder} has no outputs of {', '.join(missing)} (label with --held-out "
+                               f"{','.join(missing)})")
+        long = retention_table(folder, nets)
+        long = long[long["codec"] == codec]
+        pristine = read_outputs(folder, network) if network is not None else None
+        for key, g in long.groupby("key", sort=True):
+            ret = g.pivot_table(index="network", columns="quality", values="retention", aggfunc="first")
+            if ret.shape != (len(nets), len(qs)) or ret.isna().to_numpy().any():
+                continue  # a failed output: the ladder is not whole
+            bpp = g.groupby("quality")["bpp"].first().reindex(qs).to_numpy(float)
+            feats = [_content(g["source"].iloc[0])]
+            if network is not None:
+                r0 = pristine.get((key, PRISTINE))
+                if r0 is None or "error" in r0:
+                    continue
+                feats.append(network_features(r0["p"]))
+            rows["keys"].append(str(key))
+            rows["sources"].append(str(g["source"].iloc[0]))
+            rows["features"].append(np.concatenate(feats))
+            rows["retention"].append(ret.to_numpy(float).min(0))
+            rows["bpp"].append(bpp)
+    if not rows["keys"]:
+        raise SettingError("no photo with a whole ladder in the folders given")
+    retention = np.stack(rows["retention"])
+    names = list(CONTENT_FEATURES) + (list(NETWORK_FEATURES) if network is not None else [])
+    return LadderData(rows["keys"], rows["sources"], np.stack(rows["features"]),
+                      jrq_classes(retention, RETENTIONS), retention, np.stack(rows["bpp"]), ladder, names)
+
+
+def fit_ordinal(x: np.ndarray, classes: np.ndarray, n_levels: int, hidden: int = 16, epochs: int = 600,
+                weight_decay: float = 1e-3, seed: int = 0) -> dict:
+    """Fit ``P(y_r <= j) = sigmoid(theta[r, j] - s(x))`` (``s``: one ReLU layer plus a linear skip) by maximum
+    likelihood; returns the arrays of a :class:`QualityModel`."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    xt = torch.tensor((x - mean) / std, dtype=torch.float32)
+    yt = torch.tensor(classes, dtype=torch.long)
+    n_f, n_r = x.shape[1], classes.shape[1]
+    w1 = torch.nn.Parameter(torch.randn(n_f, hidden, generator=g) * (1 / np.sqrt(n_f)))
+    b1 = torch.nn.Parameter(torch.zeros(hidden))
+    w2 = torch.nn.Parameter(torch.randn(hidden, generator=g) * 0.1)
+    skip = torch.nn.Parameter(torch.zeros(n_f))
+    start = torch.logit(torch.tensor((classes[:, 0].clip(0, n_levels - 1).astype(float).mean() + 0.5) / n_levels))
+    t0 = torch.nn.Parameter(torch.full((n_r, 1), float(start) - 2.0))
+    dt = torch.nn.Parameter(torch.full((n_r, n_levels - 1), -0.5))
+    opt = torch.optim.Adam([w1, b1, w2, skip, t0, dt], lr=0.02)
+
+    def thetas():
+        return torch.cat([t0, t0 + torch.cumsum(torch.nn.functional.softplus(dt), 1)], 1)
+
+    for _ in range(epochs):
+        s = torch.relu(xt @ w1 + b1) @ w2 + xt @ skip
+        cum = torch.sigmoid(thetas()[None, :, :] - s[:, None, None])  # [n, R, K]
+        ones = torch.ones_like(cum[..., :1])
+        upper = torch.cat([cum, ones], -1)  # P(y <= c), c = 0..K
+        lower = torch.cat([torch.zeros_like(ones), cum], -1)  # P(y <= c - 1)
+        p = (upper - lower).gather(-1, yt[..., None]).squeeze(-1).clamp_min(1e-9)
+        loss = -p.log().mean() + weight_decay * (w1.square().sum() + w2.square().sum() + skip.square().sum())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {"mean": mean.tolist(), "std": std.tolist(), "w1": w1.detach().numpy().tolist(),
+            "b1": b1.detach().numpy().tolist(), "w2": w2.detach().numpy().tolist(),
+            "skip": skip.detach().numpy().tolist(), "theta": thetas().detach().numpy().tolist()}
+
+
+def simulate(model: QualityModel, data: LadderData, rows: np.ndarray, retention: float, confidence: float,
+             correction: float | None) -> dict:
+    """What plan -> check -> correction does on ladder photos (rows of ``data``), read off their ladders: the final
+    ladder index per photo, its mean bpp, the share whose final encoding keeps ``retention``, encodes per photo.
+    ``correction=None``: the plan alone (no check)."""
+    cum = model.cumulative(data.features[rows], retention)
+    first = plan_index(cum, confidence)
+    final, encodes = first.copy(), np.ones(len(rows))
+    if correction is not None:
+        second = np.maximum(plan_index(cum, max(confidence, correction)), np.minimum(first + 1, cum.shape[1] - 1))
+        failed = data.retention[rows, first] < retention
+        final = np.where(failed, second, first)
+        encodes = np.where(failed & (second > first), 2.0, 1.0)
+    idx = np.arange(len(rows))
+    return {"index": final, "bpp": float(data.bpp[rows][idx, final].mean()),
+            "kept": float((data.retention[rows][idx, final] >= retention).mean()), "encodes": float(encodes.mean())}
+
+
+def train_rate_model(folders: Sequence[str | os.PathLike], network: str | None, codec: str = "jpeg",
+                     validation: float = 0.2, keep_share: float = 0.99, seed: int = 0, hidden: int = 16,
+                     epochs: int = 600, description: str | None = None) -> QualityModel:
+    """A :class:`QualityModel` for ``network`` (or the content alone, ``None``) from labelling folders; see the
+    module doc for the procedure."""
+    if not 0 < validation < 1 or not 0 < keep_share <= 1:
+        raise SettingError(f"validation must be in (0, 1) and keep_share in (0, 1], got {validation}, {keep_share}")
+    data = ladder_data(folders, network, codec)
+    n = len(data.keys)
+    if n < 50:
+        raise SettingError(f"{n} photos with a whole ladder: too few to train a rate model (label at least 50)")
+    # split by photo identity (the source file), so no photo is on both sides
+    order = np.argsort([hashlib.sha256(f"{seed}:{Path(s).name}".encode()).hexdigest() for s in data.sources])
+    n_val = max(10, int(round(validation * n)))
+    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    arrays = fit_ordinal(data.features[train], data.classes[train], len(data.ladder), hidden=hidden, epochs=epochs,
+                         seed=seed)
+    model = QualityModel(network=network, codec=codec, ladder=data.ladder, retentions=list(RETENTIONS),
+                         features=data.feature_names, confidence=0.5, correction_confidence=0.98, **arrays)
+    if network is not None:  # plan + check + correction: choose both confidences on the validation photos
+        options = []
+        for c in CONFIDENCES:
+            for c2 in CORRECTIONS:
+                res = simulate(model, data, val, DEFAULT_RETENTION, c, c2)
+                options.append((res["kept"] >= keep_share, -res["bpp"] if res["kept"] >= keep_share else res["kept"],
+                                c, c2, res))
+        ok, _, model.confidence, model.correction_confidence, chosen = max(options, key=lambda o: (o[0], o[1]))
+    else:  # the plan alone: the confidence that keeps every labeler's decision on keep_share of the photos
+        options = [(c, simulate(model, data, val, DEFAULT_RETENTION, c, None)) for c in (*CONFIDENCES, 0.95, 0.99)]
+        passing = [o for o in options if o[1]["kept"] >= keep_share]
+        model.confidence, chosen = min(passing, key=lambda o: o[1]["bpp"]) if passing else options[-1]
+        model.correction_confidence = model.confidence
+    folders_txt = [str(f) for f in folders]
+    model.card = {
+        "description": description or (f"plans each image's JPEG quality for {network} from one pass of it"
+                                       if network else "plans each image's quality from its content alone"),
+        "network": network, "codec": codec, "ladder": data.ladder, "retentions": list(RETENTIONS),
+        "default_retention": DEFAULT_RETENTION, "training_folders": folders_txt,
+        "photos": {"train": int(len(train)), "validation": int(len(val))},
+        "validation_procedure": (f"photos split by file name hash (seed {seed}), {validation:.0%} validation; "
+                                 f"confidences chosen on validation photos: fewest bits with the decision kept "
+                                 f"(retention {DEFAULT_RETENTION}) on >= {keep_share:.0%} of them"),
+        "validation": {"mean_bpp": chosen["bpp"], "kept_share": chosen["kept"], "encodes": chosen["encodes"],
+                       "fixed_top_bpp": float(data.bpp[val, -1].mean())},
+        "training_sources_sha": hashlib.sha256("\n".join(sorted(data.sources)).encode()).hexdigest()[:16],
+    }
+    model.card["sha"] = hashlib.sha256(json.dumps(arrays, sort_keys=True).encode()).hexdigest()[:16]
+    return model
