@@ -1,6 +1,10 @@
-"""Rate control cost: images/s of `imutility.compress` (bisection) against one plain encode + one predictor call.
+"""Rate control cost: images/s of every `imutility compress` mode against one plain encode (+ one network call).
 
-    python benchmarks/bench_compress.py [--n 32] [--t 0.5] [--batch 32] [--workers 0,2]
+    python benchmarks/bench_compress.py [--n 32] [--t 0.5] [--batch 32] [--workers 0,2] [--for mobilenet_v3_small]
+
+Modes and what one image costs (reported: images/s, encodes and network passes per image):
+``--for NET`` (plan, check, <= 1 correction), ``--target NET`` (bisection on the network's own utility), and
+``--min-utility`` (bisection on the utility predictor).
 
 Same photos, same predictor (ONNX Runtime on the CPU), same run. The ratio says how many "plain passes" the
 search costs per image; encodes per image are counted by the search itself. ``compress`` searches one image
@@ -27,6 +31,7 @@ def main() -> None:
     ap.add_argument("--t", type=float, default=0.5)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--workers", default="0,2")
+    ap.add_argument("--for", dest="for_network", default="mobilenet_v3_small")
     args = ap.parse_args()
     images = [load_image(f) for f in list_images(shared_data("imagenet-sample"))[: args.n]]
     pred = Predictor.load("default").use_onnx_runtime()
@@ -52,6 +57,39 @@ def main() -> None:
         same = all(many[i].data == r.data for i, r in enumerate(results))
         print(f"compress_many (batch {args.batch}, {workers} encoding threads): {len(images) / took:.2f} img/s = "
               f"{plain / took:.3f}x, {search / took:.2f}x compress; same bytes as compress: {same}")
+
+
+    network_modes(images, args.for_network, args.batch)
+
+
+def network_modes(images, network: str, batch: int) -> None:
+    """``--for NET`` against ``--target NET`` and one plain encode + one pass of NET, same photos, same run."""
+    from imutility import zoo
+    from imutility.rate import PLANNED, NetworkOracle
+    from imutility.rate.plan import QualityPlanner, load_rate_model
+
+    labeler = zoo.get_labeler(network)
+    labeler([images[0]])  # warm-up
+    t0 = time.perf_counter()
+    for im in images:
+        JPEG(75)(im).data  # noqa: B018
+    encode = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for im in images:
+        labeler([JPEG(75)(im).image])
+    plain = time.perf_counter() - t0
+    print(f"\n{network}: one plain JPEG encode {len(images) / encode:.1f} img/s; encode + one pass of {network} "
+          f"{len(images) / plain:.1f} img/s (1.00x)")
+    planner = QualityPlanner(load_rate_model(network), labeler, 0.5)
+    oracle = NetworkOracle([labeler])
+    for name, scorer, search, t in (("--for (plan, check, <= 1 correction)", planner, PLANNED, 0.5),
+                                    ("--target (bisection on its own utility)", oracle, "bisect", 0.9)):
+        t0 = time.perf_counter()
+        res = dict(compress_many(enumerate(images), t, scorer.scorer_for, search=search, batch_size=batch))
+        took = time.perf_counter() - t0
+        encodes = sum(r.encodes for r in res.values()) / len(res)
+        print(f"{name}: {len(images) / took:.2f} img/s = {plain / took:.3f}x; {encodes:.2f} encodes and "
+              f"{1 + encodes:.2f} passes of {network} per image")
 
 
 if __name__ == "__main__":

@@ -62,6 +62,22 @@ def test_benchmark_tables_match_direct_computation(held_out_labels, tmp_path, ca
         assert k == int((scored[(t["distortion"] == d).to_numpy()] < 0.5).sum())
     pooled = st["unseen"]["mobilenet_v3_small"]["auroc"]["bits per pixel"]["pooled"]["value"]
     assert pooled == pytest.approx(roc_auc_score(correct, t["bpp"]))
+    # the compression-blind control: the predictor's own score on each row's pristine photo
+    from imutility.predictor import Predictor
+
+    control = st["label_auroc"]["control: content on the pristine photo"]
+    assert control["pooled"]["value"] is not None
+    (ctl_cache,) = (out / "scores" / "labels-pristine").glob("content-*.parquet")
+    ctl = pd.read_parquet(ctl_cache).set_index("path")["score"]
+    first = sorted(set(t["source"]))[:2]
+    direct = Predictor.load("default")(first)
+    np.testing.assert_allclose(ctl.loc[first].to_numpy(), direct, atol=1e-5)
+    frr = st["pristine_false_rejects"]["content"]
+    right = t.drop_duplicates("source")
+    right = right[(right["mobilenet_v3_small.pristine_pred"] == right["target"]).to_numpy(dtype=bool)]
+    assert frr["n"] == len(right) and frr["rejected"] == int((ctl.loc[right["source"]] < 0.5).sum())
+    assert 0 < m["kept_share"]["pooled"] <= 1
+    assert "random" in m["top1"]
     report = (out / "report.md").read_text()
     assert "## labels" in report and "content" in report and (out / "within_level_auroc.png").stat().st_size > 10_000
     # a rerun reuses the cached scores
@@ -87,3 +103,16 @@ def test_one_predictor_in_two_precisions_side_by_side(held_out_labels, tmp_path,
     int8 = pd.read_parquet(next((out / "scores" / "labels").glob("int8-*-int8.parquet")))
     d = np.abs(fp32["score"].to_numpy() - int8["score"].to_numpy())
     assert d.max() > 1e-5 and d.mean() < 0.1
+
+
+def test_pristine_false_reject_rate_on_a_hand_made_table():
+    from imutility.evaluation.benchmark import pristine_false_rejects
+    from imutility.tasks import get_task
+
+    t = pd.DataFrame({"source": ["a", "a", "b", "b", "c", "c", "d", "d"],
+                      "target": [1, 1, 2, 2, 3, 3, 4, 4],
+                      "n1.pristine_pred": [1, 1, 2, 2, 0, 0, 4, 4],  # wrong on c
+                      "n2.pristine_pred": [1, 1, 2, 2, 3, 3, 0, 0]})  # wrong on d
+    control = np.array([0.2, 0.2, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1])  # a rejected; c and d too, but not counted
+    r = pristine_false_rejects(control, t, get_task("classification"), ["n1", "n2"])
+    assert r == {"n": 2, "rejected": 1, "rate": 0.5}

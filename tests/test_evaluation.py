@@ -71,3 +71,25 @@ def test_matched_rejection_hand_case():
 def test_reject_lowest_and_best_threshold():
     np.testing.assert_array_equal(reject_lowest(np.array([3, 1, 2, 1]), 2), [True, False, True, False])
     assert best_threshold(np.array([0.1, 0.2, 0.8, 0.9]), np.array([0, 0, 1, 1])) == 0.8
+
+
+def test_a_constant_score_on_class_ordered_rows_is_the_random_baseline():
+    """Rows sorted by class (as label tables are): position tie-breaking would reject whole classes; seeded random
+    tie-breaking makes a constant score random rejection, whose expected top-1 is the unfiltered top-1."""
+    n_class, per = 20, 30
+    rng = np.random.default_rng(3)
+    acc = np.linspace(0.1, 0.95, n_class)  # the first classes are the hard ones
+    correct = (rng.random((n_class, per)) < acc[:, None]).astype(float).ravel()
+    level = np.full(n_class * per, "q")
+    pred = np.full(n_class * per, 0.9)
+    pred[: n_class * per // 4] = 0.0  # the reference rejects a quarter
+    W = photo_bootstrap(np.arange(n_class * per), 300, seed=2)
+    r = matched_rejection({"pred": pred, "const": np.ones(n_class * per)}, "pred", correct, level, W, 0.5, ["q"])
+    unfiltered = correct.mean()
+    const, rand = r["top1"]["const"]["q"], r["top1"]["random"]["q"]
+    assert const.low <= unfiltered <= const.high and abs(const.value - unfiltered) < 0.02
+    assert abs(const.value - rand.value) < 0.02
+    # by position (the old behaviour) the constant would have rejected the hardest classes: far above random
+    by_position = correct[reject_lowest(np.ones(n_class * per), n_class * per // 4)].mean()
+    assert by_position > const.high
+    assert r["kept_share"]["q"] == pytest.approx(0.75)

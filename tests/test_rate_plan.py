@@ -106,6 +106,7 @@ def test_equal_top1_comparison_and_bd_rate_on_known_curves():
     rate, reached = fixed_rate_at(fixed_bpp, fixed_acc, 0.65)
     assert reached and rate == pytest.approx(np.sqrt(2.0))  # half-way in log-rate
     assert fixed_rate_at(fixed_bpp, fixed_acc, 0.9) == (4.0, False)
+    assert fixed_rate_at(fixed_bpp, np.array([0.5, 0.6, 0.73, 0.72]), 0.9) == (2.0, False)  # the best, not the top
     # a curve at exactly half the rate everywhere: BD-rate -50 %; the useful-range cut restricts the integral
     ref = [(r, a) for r, a in zip([0.5, 1, 2, 4, 8], [0.4, 0.5, 0.6, 0.7, 0.75], strict=True)]
     half = [(r / 2, a) for r, a in ref]

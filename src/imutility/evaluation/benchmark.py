@@ -6,7 +6,13 @@ unseen networks as ``--held-out``) with every predictor given, and sets beside t
 - the cheap rules: bits per pixel and the JPEG quality read from the file (:mod:`imutility.rules`);
 - the maximum softmax probability (MSP) of every classifier in the folder (one that defined no label is
   the bar a content-aware predictor must clear at equal cost);
-- any predictor named as a baseline (e.g. a pixel quality regressor trained with ``imutility train``).
+- any predictor named as a baseline (e.g. a pixel quality regressor trained with ``imutility train``);
+- the COMPRESSION-BLIND CONTROLS: every predictor's score, and every network's MSP, on the PRISTINE photo of the
+  row (one value for all levels of a photo): what a score adds over its control is what it reads of the
+  compression rather than of how recognisable the photo is;
+- a random baseline (``random`` in the matched-count tables: ties of every score are broken at random, averaged
+  over seeded draws), the share of images kept beside every matched-count gain, and each predictor's pristine
+  false-reject rate (pristine photos every held-out network gets right that it scores below 0.5).
 
 It reports, per folder: AUROC against the combined label within each level (the levels where both
 classes are at least ``min_share`` of the labelled images form the transition zone, whose mean is the
@@ -102,6 +108,50 @@ def cached_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, devi
     return scores
 
 
+def control_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, device: str,
+                   log: Callable[[str], None], precision: str = "fp32") -> np.ndarray:
+    """The COMPRESSION-BLIND CONTROL of a predictor: its score on each row's PRISTINE photo (the source), which
+    knows nothing of the distortion; one value per row (every level of a photo shares it). What a predictor adds
+    over it is what it reads of the compression. Cached like :func:`cached_scores` (set name + ``-pristine``)."""
+    import pandas as pd
+
+    from imutility.predictor.runtime.predictor import Predictor
+
+    sources = list(dict.fromkeys(table["source"].astype(str)))
+    pred = Predictor.load(where, device=device, precision=precision)
+    cache = score_cache(out, f"{s.name}-pristine", name, pred.card.weights_sha256, precision)
+    if cache.is_file():
+        old = pd.read_parquet(cache)
+        if set(sources) <= set(old["path"]):
+            m = dict(zip(old["path"], old["score"], strict=True))
+            return np.array([m[x] for x in table["source"].astype(str)], dtype=np.float64)
+    if device == "cpu":
+        pred.use_onnx_runtime()
+    log(f"[benchmark] {name} scoring the {len(sources)} pristine photos of {s.name} (the control)")
+    got = np.asarray([np.nan if v is None else v for _, v, _ in pred.predict_paths(sources, 64)], dtype=np.float64)
+    atomic.write_parquet(cache, pd.DataFrame({"path": sources, "score": got}))
+    m = dict(zip(sources, got, strict=True))
+    return np.array([m[x] for x in table["source"].astype(str)], dtype=np.float64)
+
+
+def pristine_false_rejects(control: np.ndarray, table, task, networks: Sequence[str], threshold: float = THRESHOLD,
+                           ) -> dict:
+    """Of the pristine photos every judging network gets right (classification: pristine top-1 == ground truth),
+    the share a predictor scores below ``threshold`` on the pristine photo (``filter`` would delete them)."""
+    first = ~table["source"].duplicated().to_numpy()
+    ok = np.ones(int(first.sum()), dtype=bool)
+    for net in networks:
+        col = f"{net}.pristine_pred"
+        if col not in table or "target" not in table:
+            return {"n": 0, "rate": float("nan")}
+        pred, target = table[col][first], table["target"][first]
+        ok &= (pred.notna() & target.notna() & (pred == target)).to_numpy(dtype=bool, na_value=False)
+    c = np.asarray(control, dtype=np.float64)[first][ok]
+    c = c[np.isfinite(c)]
+    return {"n": int(len(c)), "rejected": int((c < threshold).sum()),
+            "rate": float((c < threshold).mean()) if len(c) else float("nan")}
+
+
 def score_cache(out: Path, set_name: str, name: str, weights_sha256: str, precision: str = "fp32") -> Path:
     """Where :func:`cached_scores` keeps a predictor's scores on a set: one file per name, weights and precision."""
     tag = "" if precision == "fp32" else f"-{precision}"
@@ -179,6 +229,17 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
         scores["JPEG quality (file)"] = _jpeg_quality(s, table)
         for n in msp_nets:
             scores[f"MSP {n}" + (" (labeler)" if n in config["labelers"] else "")] = _msp(table, n)
+        # the compression-blind controls: the same scores on the pristine photo
+        controls = {}
+        for name, where in spec.predictors.items():
+            controls[name] = control_scores(s, table, name, where, out, spec.device, log,
+                                            spec.precisions.get(name, "fp32"))
+            scores[f"control: {name} on the pristine photo"] = controls[name]
+        for n in msp_nets:
+            col = f"{n}.pristine_p5"
+            if col in table:
+                scores[f"control: MSP {n} on the pristine photo"] = table[col].map(
+                    lambda v: float(v[0]) if v is not None and len(v) else np.nan).to_numpy(dtype=np.float64)
         levels = table["distortion"].to_numpy()
         order = list(dict.fromkeys(config["distortions"]))
         order = [d for d in order if d in set(levels)]
@@ -206,6 +267,7 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
                 mr = matched_rejection(contenders, ref, c, levels, W, THRESHOLD, trans or order)
                 unseen[net]["matched"][ref] = {
                     "levels": trans or order, "n_reject": mr["n_reject"], "n": mr["n"],
+                    "kept_share": mr["kept_share"],
                     "no_filter": {k: v.as_dict() for k, v in mr["no_filter"].items()},
                     "top1": {k: {lv: e.as_dict() for lv, e in per.items()} for k, per in mr["top1"].items()},
                     "gain": {b: {lv: e.as_dict() for lv, e in per.items()} for b, per in mr["gain"][ref].items()}}
@@ -227,6 +289,8 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
             "photos": n_photos, "images": int(len(table)),
             "labelled": {"useful": int((y == 1).sum()), "non_useful": int((y == 0).sum())},
             "labelers": config["labelers"], "held_out": held_out, "levels": order, "transition": trans,
+            "pristine_false_rejects": {name: pristine_false_rejects(c, table, task, held_out)
+                                       for name, c in controls.items()} if task.class_probabilities else {},
             "label_auroc": summarise(label_auroc), "label_auroc_transition": summarise(trans_auroc),
             "label_auroc_diff": diffs, "balanced_accuracy": summarise(bal), "unseen": unseen,
             "labelled_per_level": {d: {"useful": int((y[levels == d] == 1).sum()),

@@ -98,12 +98,26 @@ def weighted_mean(values: np.ndarray, mask: np.ndarray, weights: np.ndarray) -> 
         return (w * np.where(m, v, 0.0)).sum(1) / w.sum(1)
 
 
-def reject_lowest(scores: np.ndarray, n_reject: int) -> np.ndarray:
-    """Keep-mask that rejects the ``n_reject`` lowest scores (ties by position: deterministic)."""
+def reject_lowest(scores: np.ndarray, n_reject: int, seed: int | None = None) -> np.ndarray:
+    """Keep-mask that rejects the ``n_reject`` lowest scores. Ties are broken at random with ``seed`` (a seeded
+    permutation), by position without one: tables are ordered (by class, by photo), so position would reject
+    whole classes at a tie, and a constant score is then no random baseline."""
     keep = np.ones(len(scores), dtype=bool)
     if n_reject > 0:
-        keep[np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")[:n_reject]] = False
+        s = np.asarray(scores, dtype=np.float64)
+        if seed is None:
+            order = np.argsort(s, kind="stable")
+        else:
+            order = np.lexsort((np.random.default_rng((_TIE_SALT, seed)).random(len(s)), s))
+        keep[order[:n_reject]] = False
     return keep
+
+
+#: mixed into the tie-breaking seed, so draw d is not the stream of a caller's default_rng(d)
+_TIE_SALT = 0x7E5B
+
+#: seeded tie-breaking draws a matched rejection is averaged over
+TIE_DRAWS = 8
 
 
 def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
@@ -169,9 +183,13 @@ def balanced_accuracy_table(decisions: dict[str, np.ndarray], y: np.ndarray, lev
 
 
 def matched_rejection(scores: dict[str, np.ndarray], reference: str, correct: np.ndarray, levels: np.ndarray,
-                      weights: np.ndarray, threshold: float = 0.5, order: Sequence | None = None) -> dict:
+                      weights: np.ndarray, threshold: float = 0.5, order: Sequence | None = None,
+                      tie_draws: int = TIE_DRAWS) -> dict:
     """Top-1 of a network over the images kept when each score rejects, WITHIN each level, as many images
     as ``reference`` (a predictor) rejects at ``threshold`` there; and each score's gain over the others.
+    ``random`` (a constant score) is added: with ties broken at random (``tie_draws`` seeded draws, averaged, for
+    every score) it is random rejection, the baseline every other score must beat. ``kept_share``: the share of
+    the images kept, to read beside every gain.
 
     Returns ``{"n_reject": {level: k}, "top1": {score: {level|"pooled": Estimate}},
     "gain": {score: {other: {level|"pooled": Estimate}}}}``, where pooled pools the kept images of all
@@ -182,23 +200,30 @@ def matched_rejection(scores: dict[str, np.ndarray], reference: str, correct: np
     valid = np.isfinite(correct)
     keys = list(order) if order is not None else list(dict.fromkeys(levels.tolist()))
     ref = np.asarray(scores[reference], dtype=np.float64)
-    keeps = {name: np.ones(len(correct), dtype=bool) for name in scores}
-    n_reject = {}
-    for k in keys:
-        at = np.flatnonzero((levels == k) & valid)
-        n = int((ref[at] < threshold).sum())
-        n_reject[k] = n
-        for name, s in scores.items():
-            keeps[name][at] = reject_lowest(np.asarray(s, dtype=np.float64)[at], n)
-    curves = {}
-    for name, keep in keeps.items():
-        per = {k: weighted_mean(correct, keep & valid & (levels == k), weights) for k in keys}
-        per["pooled"] = weighted_mean(correct, keep & valid & np.isin(levels, keys), weights)
-        curves[name] = per
+    scores = {**scores, "random": np.zeros(len(correct))}
+    n_reject = {k: int((ref[np.flatnonzero((levels == k) & valid)] < threshold).sum()) for k in keys}
+    curves: dict[str, dict] = {}
+    draws = max(1, int(tie_draws))
+    for d in range(draws):
+        keeps = {name: np.ones(len(correct), dtype=bool) for name in scores}
+        for k in keys:
+            at = np.flatnonzero((levels == k) & valid)
+            for name, s in scores.items():
+                keeps[name][at] = reject_lowest(np.asarray(s, dtype=np.float64)[at], n_reject[k], seed=d)
+        for name, keep in keeps.items():
+            per = {k: weighted_mean(correct, keep & valid & (levels == k), weights) for k in keys}
+            per["pooled"] = weighted_mean(correct, keep & valid & np.isin(levels, keys), weights)
+            acc = curves.setdefault(name, {k: 0.0 for k in per})
+            for k, v in per.items():
+                acc[k] = acc[k] + np.asarray(v) / draws
     top1 = {name: {k: _estimate(v) for k, v in per.items()} for name, per in curves.items()}
     gain = {a: {b: {k: _estimate(curves[a][k] - curves[b][k]) for k in curves[a]} for b in scores if b != a}
             for a in scores}
     none = {k: _estimate(weighted_mean(correct, valid & (levels == k), weights)) for k in keys}
     none["pooled"] = _estimate(weighted_mean(correct, valid & np.isin(levels, keys), weights))
-    return {"n_reject": n_reject, "n": {k: int(((levels == k) & valid).sum()) for k in keys}, "no_filter": none,
-            "top1": top1, "gain": gain}
+    n_at = {k: int(((levels == k) & valid).sum()) for k in keys}
+    kept_share = {k: (n_at[k] - n_reject[k]) / n_at[k] if n_at[k] else float("nan") for k in keys}
+    total = sum(n_at.values())
+    kept_share["pooled"] = (total - sum(n_reject.values())) / total if total else float("nan")
+    return {"n_reject": n_reject, "n": n_at, "kept_share": kept_share, "no_filter": none, "top1": top1,
+            "gain": gain}

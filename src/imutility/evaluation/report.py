@@ -74,7 +74,9 @@ def render(results: dict) -> str:
                 lines += [f"The {st['success']} rate of {net} when every "
                           f"score rejects, within each level, as many images as {ref} "
                           f"(rejected per level: " + ", ".join(f"{_level(k)} {v}/{m['n'][k]}"
-                                                               for k, v in m["n_reject"].items()) + "):", "",
+                                                               for k, v in m["n_reject"].items())
+                          + (f"; kept: {m['kept_share']['pooled']:.1%} of the images" if "kept_share" in m else "")
+                          + "; ties broken at random, averaged over seeded draws; `random`: random rejection):", "",
                           "| filter | " + " | ".join(_level(t) for t in lv) + " | pooled | gain of "
                           f"{ref} over it (pooled) |", "|---|" + "---|" * (len(lv) + 2)]
                 lines.append("| no filter | " + " | ".join(_fmt(m["no_filter"].get(t), True) for t in lv)
@@ -84,6 +86,14 @@ def render(results: dict) -> str:
                     lines.append(f"| {s} | " + " | ".join(_fmt(per.get(t), True) for t in lv)
                                  + f" | {_fmt(per.get('pooled'), True)} | {gain} |")
                 lines.append("")
+        if st.get("pristine_false_rejects"):
+            lines += ["### Pristine false rejects", "",
+                      "Pristine photos every held-out network classifies correctly, scored below the threshold on the "
+                      "pristine photo (what `filter` would delete although nothing was lost):", ""]
+            for p_, r in st["pristine_false_rejects"].items():
+                rate = f"{r['rate']:.1%}" if r["n"] else "n/a"
+                lines.append(f"- {p_}: {r.get('rejected', 0)} of {r['n']} ({rate})")
+            lines.append("")
         lines += ["### Balanced accuracy at the threshold, per level", "",
                   "| predictor | " + " | ".join(_level(t) for t in st["levels"]) + " | pooled |",
                   "|---|" + "---|" * (len(st["levels"]) + 1)]
