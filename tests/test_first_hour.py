@@ -100,7 +100,8 @@ def test_measure_prints_the_normalised_utility_by_default(tmp_path, capsys):
     assert value == pytest.approx(1.0)
     assert main(["measure", str(photo), str(photo), "--task", "classification", "--labelers", "squeezenet1_1",
                  "--paper-form"]) == 0
-    paper = float(next(line for line in capsys.readouterr().out.splitlines() if line.startswith(photo.name)).split()[-1])
+    out = capsys.readouterr().out
+    paper = float(next(line for line in out.splitlines() if line.startswith(photo.name)).split()[-1])
     assert paper < 1.0  # Eq. 2 as printed is below 1 at no loss
 
 

@@ -55,8 +55,9 @@ def _toy_model(rng, n=400):
     x = rng.normal(size=(n, 3))
     cls = np.clip(np.round(2 + 1.5 * x[:, :1] + rng.normal(0, 0.3, (n, 1))), 0, 5).astype(int)
     arrays = fit_ordinal(x, np.repeat(cls, 2, 1), n_levels=5, hidden=4, epochs=300)
-    return QualityModel(network=None, codec="jpeg", ladder=[20, 40, 60, 80, 95], retentions=[0.5, 0.9],
-                        features=["a", "b", "c"], confidence=0.5, correction_confidence=0.9, **arrays), x, cls
+    return QualityModel(network=None, task="classification", codec="jpeg", ladder=[20, 40, 60, 80, 95],
+                        retentions=[0.5, 0.9], features=["a", "b", "c"], confidence=0.5, correction_confidence=0.9,
+                        **arrays), x, cls
 
 
 def test_the_ordinal_model_learns_the_order_and_round_trips(tmp_path):
@@ -149,7 +150,7 @@ def test_compress_for_a_known_network(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["compress", str(src), str(out), "--for", "mobilenet_v3_small", "--no-progress"]) == 0
     text = capsys.readouterr().out
-    assert "bytes in" in text
+    assert "KiB in" in text
     rows = (out / "manifest.csv").read_text().splitlines()
     assert len(rows) == 4 and all(int(r.split(",")[rows[0].split(",").index("encodes")]) <= 2 for r in rows[1:])
     for p in out.glob("*.jpg"):
@@ -169,8 +170,25 @@ def test_compress_refusals(tmp_path, capsys):
         == EXIT_USAGE
     assert main(["compress", str(src), str(tmp_path / "o3"), "--for", "mobilenet_v3_small", "--keep", "0"]) \
         == EXIT_USAGE
-    assert main(["compress", str(src), str(tmp_path / "o4")]) == EXIT_USAGE  # no mode chosen
+    capsys.readouterr()
+    assert main(["compress", str(src), str(tmp_path / "o4"), "--for", "mobilenet_v3_small", "--quality", "50"]) \
+        == EXIT_USAGE  # two modes
     assert "--for" in capsys.readouterr().err
+
+
+def test_compress_without_a_network_is_one_fixed_quality(tmp_path, capsys):
+    from imutility.rate.plan import DEFAULT_FIXED_QUALITY
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(2):
+        natural_image(seed=i).save(src / f"a{i}.png")
+    assert main(["compress", str(src), str(tmp_path / "o"), "--no-progress"]) == 0
+    assert f"one quality for every image, {DEFAULT_FIXED_QUALITY}" in capsys.readouterr().err
+    rows = (tmp_path / "o" / "manifest.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    assert all(r.split(",")[head.index("quality")] == str(DEFAULT_FIXED_QUALITY) for r in rows[1:])
+    assert all(r.split(",")[head.index("encodes")] == "1" for r in rows[1:])
 
 
 def test_the_planner_refuses_another_networks_model():

@@ -24,6 +24,7 @@ from imutility.cli.common import (
     workers_option,
 )
 from imutility.rate import CODECS, SEARCHES
+from imutility.rate.plan import DEFAULT_FIXED_QUALITY
 
 
 @cli.command("compress", short_help="Each image at the lowest quality a network still works on.")
@@ -35,9 +36,13 @@ from imutility.rate import CODECS, SEARCHES
                    "check, at most one correction. Measured on 600 ILSVRC val photos: see docs/compress.md.")
 @click.option("--keep", type=click.FloatRange(0, 1, min_open=True), default=None,
               help="With --for: the share of its pristine confidence the network must keep in its pristine "
-                   "decision (0.01: just the decision)  [default: the model's, 0.5].")
+                   "decision (0.01, the default: the decision itself; 0.5: with at least half its confidence).")
 @click.option("--rate-model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="With --for: a rate model file from `imutility train-rate` [default: the shipped one].")
+@click.option("--quality", type=click.IntRange(0, 100), default=None,
+              help="One quality for every image (one encode, no network). The default when no network is named: "
+                   f"{DEFAULT_FIXED_QUALITY}, which kept every measured network within 1 top-1 point of the "
+                   "pristine photos; no per-image mode beat one fixed quality for networks it was not made for.")
 @click.option("--min-utility", type=click.FloatRange(0, 1), default=None,
               help="Without --for: keep each image at the lowest quality the utility predictor (--model) scores "
                    "at least this; a binary 'still useful at all' score, flat where accuracy is kept (q 30-90): it "
@@ -64,8 +69,8 @@ from imutility.rate import CODECS, SEARCHES
 @labeler_spec_option
 @models_option
 @click.option("--no-progress", is_flag=True)
-def compress_cmd(src, out, for_network, keep, rate_model, min_utility, codec, min_quality, max_quality, search, model,
-                 target, device, precision,
+def compress_cmd(src, out, for_network, keep, rate_model, quality, min_utility, codec, min_quality, max_quality,
+                 search, model, target, device, precision,
                  batch_size, workers, memory_mb, models, no_progress) -> int:
     """Write every image of SRC into OUT at the lowest quality a network still works on, with OUT/manifest.csv
     (source, chosen quality, bytes, bpp, score, encodes) and OUT/qualities.png. Resumable; unreadable files are
@@ -76,16 +81,17 @@ def compress_cmd(src, out, for_network, keep, rate_model, min_utility, codec, mi
       model here trained on, for mobilenet_v3_small: see docs/compress.md for the bits saved at equal top-1.
     --target NETS: a full search with the networks' own utility, --min-utility the share kept [default 0.9]
       (about 8 encodes and passes per image).
+    --quality Q (the default, 90, when none of these is given): one quality for every image.
     --min-utility U: a search driven by the binary utility predictor; saves nothing over one fixed quality."""
     from imutility.jobs.compress import compress_folder
     from imutility.rate import PLANNED, NetworkOracle
 
-    chosen = [o for o, v in (("--for", for_network), ("--target", target),
+    chosen = [o for o, v in (("--for", for_network), ("--target", target), ("--quality", quality),
                              ("--min-utility", min_utility if target is None else None)) if v is not None]
-    if len(chosen) != 1:
-        raise click.UsageError("give one of --for NETWORK (plan for a known network), --target NETS (search with "
-                               "their own utility) or --min-utility U (search with the utility predictor)"
-                               + (f"; got {' and '.join(chosen)}" if chosen else ""))
+    if len(chosen) > 1:
+        raise click.UsageError("give one of --for NETWORK (plan for a known network), --quality Q (one quality), "
+                               "--target NETS (search with their own utility) or --min-utility U (search with the "
+                               f"utility predictor); got {' and '.join(chosen)}")
     if (keep is not None or rate_model is not None) and for_network is None:
         raise click.UsageError("--keep and --rate-model go with --for NETWORK")
     if min_utility is not None and not math.isfinite(min_utility):
@@ -94,12 +100,24 @@ def compress_cmd(src, out, for_network, keep, rate_model, min_utility, codec, mi
     if not lo <= min_quality <= max_quality <= hi:
         raise click.BadParameter(f"{codec} needs {lo} <= --min-quality <= --max-quality <= {hi}, got "
                                  f"{min_quality}..{max_quality}", param_hint="--min-quality/--max-quality")
-    if for_network is not None:
+    if not chosen:
+        quality = DEFAULT_FIXED_QUALITY
+        click.echo(f"no network named (--for NETWORK): one quality for every image, {quality} (docs/compress.md)",
+                   err=True)
+    if quality is not None:
+        from imutility.rate.plan import FixedQuality
+
+        lo, hi = CODECS[codec][1]
+        if not lo <= quality <= hi:
+            raise click.BadParameter(f"{codec} qualities run {lo}..{hi}", param_hint="--quality")
+        scorer, min_utility, search = FixedQuality(quality), 0.0, PLANNED
+        min_quality = max_quality = quality
+    elif for_network is not None:
         from imutility.rate.plan import QualityPlanner, load_rate_model
 
         rate = library_call(load_rate_model, rate_model or for_network)
         (labeler,) = labelers_of(for_network, models, device)
-        keep = rate.card.get("default_retention", 0.5) if keep is None else keep
+        keep = rate.card.get("default_retention", 0.01) if keep is None else keep
         scorer = library_call(QualityPlanner, rate, labeler, keep)
         min_utility, search = keep, PLANNED
     elif target:
@@ -155,8 +173,11 @@ def curves_cmd(labels, out, predictors, test_sources, oracles, useful_points, de
 @click.option("--codec", type=click.Choice(list(CODECS)), default="jpeg", show_default=True)
 @click.option("--validation", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2,
               show_default=True, help="Share of the photos (by photo) kept out for choosing the plan's confidences.")
+@click.option("--ensemble", default=None,
+              help="Without --for: the networks whose highest just-recognizable quality the content-only plan "
+                   "learns [default: the folders' labelers].")
 @click.option("--seed", type=int, default=0, show_default=True)
-def train_rate(labels, for_network, out, codec, validation, seed) -> None:
+def train_rate(labels, for_network, out, codec, validation, ensemble, seed) -> None:
     """A rate model (each image's just-recognizable quality from the pristine image) from folders labelled on a
     dense ladder: `imutility label OUT -p jpeg-dense --held-out NETWORK ...`. Then: imutility compress SRC DST --for
     NETWORK --rate-model OUT."""
@@ -164,7 +185,10 @@ def train_rate(labels, for_network, out, codec, validation, seed) -> None:
 
     if not out.endswith(".json"):
         raise click.BadParameter("the model file ends in .json", param_hint="--out")
-    model = library_call(train_rate_model, labels, for_network, codec, validation, seed=seed)
+    if ensemble and for_network:
+        raise click.UsageError("--ensemble is for a content-only plan (without --for)")
+    model = library_call(train_rate_model, labels, for_network, codec, validation, seed=seed,
+                         ensemble=ensemble.split(",") if ensemble else None)
     library_call(model.save, out)
     v = model.card["validation"]
     click.echo(f"validation photos ({model.card['photos']['validation']}): mean {v['mean_bpp']:.3f} bits/pixel "
@@ -181,8 +205,11 @@ def train_rate(labels, for_network, out, codec, validation, seed) -> None:
 @click.option("--content-model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A content-only rate model (train-rate without --for).")
 @click.option("--draws", type=click.IntRange(min=10), default=500, show_default=True, help="Bootstrap draws.")
+@click.option("--validation-photos-of", "validation_of", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Only the validation photos of this rate model (LABELS: its training folder): for choosing "
+                   "modes and defaults without touching test photos.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-def rate_benchmark_cmd(labels, judges, plans, content_model, draws, out) -> None:
+def rate_benchmark_cmd(labels, judges, plans, content_model, draws, validation_of, out) -> None:
     """Every rate-control mode (fixed quality, bit-rate rule, two-level check, plan, content plan, conservative
     mixes, oracles) against fixed quality at equal top-1 of each judge, with photo-bootstrap intervals, on a
     dense ladder labelled on TEST photos (never the rate models' training photos). Writes OUT/rate.json,
@@ -195,8 +222,9 @@ def rate_benchmark_cmd(labels, judges, plans, content_model, draws, out) -> None
         net, _, path = spec.partition("=")
         models[net] = library_call(load_rate_model, path or net)
     content = library_call(QualityModel.read, content_model) if content_model else None
+    photos = library_call(QualityModel.read, validation_of).card.get("validation_photos") if validation_of else None
     result = library_call(rate_benchmark, labels, judges.split(","), models, content, (), draws,
-                          lambda m: click.echo(m, err=True))
+                          lambda m: click.echo(m, err=True), photos)
     paths = library_call(write, result, out)
     click.echo(paths["table"].read_text())
     click.echo(f"-> {paths['json']}; table: {paths['table']}; figure: {paths['figure']}")

@@ -83,12 +83,10 @@ def _oracle_index(retention: np.ndarray, r: float) -> np.ndarray:
 
 
 def _plan_check(model: QualityModel, feats: np.ndarray, retention: np.ndarray, r: float) -> tuple[np.ndarray, float]:
-    cum = model.cumulative(feats, r)
-    first = plan_index(cum, model.confidence)
-    second = np.maximum(plan_index(cum, max(model.confidence, model.correction_confidence)),
-                        np.minimum(first + 1, cum.shape[1] - 1))
+    first = model.checked_plan_index(feats, r)
+    top = retention.shape[1] - 1
     failed = retention[np.arange(len(first)), first] < r
-    return np.where(failed, second, first), float(1 + (failed & (second > first)).mean())
+    return np.where(failed, top, first), float(1 + (failed & (first < top)).mean())
 
 
 def mode_choices(test: LadderData, nets: dict[str, LadderData], plans: dict[str, QualityModel],
@@ -158,13 +156,14 @@ def judge_correct(folder: Path, keys: Sequence[str], ladder: Sequence[int], judg
 
 def rate_benchmark(test_folder: str | os.PathLike, judges: Sequence[str], plans: dict[str, QualityModel],
                    content: QualityModel | None = None, networks: Sequence[str] = (), draws: int = 500,
-                   log: Callable[[str], None] = lambda m: None) -> dict:
+                   log: Callable[[str], None] = lambda m: None, photos: Sequence[str] | None = None) -> dict:
     """Every mode against fixed quality for every judge (see the module doc). ``networks``: the networks whose
     two-level check and oracle are measured (default: the plans' and the judges')."""
     folder = Path(test_folder)
     nets_needed = list(dict.fromkeys([*plans, *judges, *networks]))
     nets = {net: ladder_data([folder], net) for net in nets_needed}
-    keys = sorted(set.intersection(*(set(d.keys) for d in nets.values())))
+    keys = sorted(set.intersection(*(set(d.keys) for d in nets.values())) & (set(photos) if photos else {
+        k for d in nets.values() for k in d.keys}))
     nets = {net: _subset(d, keys) for net, d in nets.items()}
     test = next(iter(nets.values()))
     content_feats = test.features[:, :len(content.features)] if content is not None else None
@@ -200,7 +199,7 @@ def _subset(d: LadderData, keys: Sequence[str]) -> LadderData:
     pos = {k: i for i, k in enumerate(d.keys)}
     rows = np.array([pos[k] for k in keys])
     return LadderData(list(keys), [d.sources[i] for i in rows], d.features[rows], d.classes[rows],
-                      d.retention[rows], d.bpp[rows], d.ladder, d.feature_names)
+                      d.retention[rows], d.bpp[rows], d.ladder, d.feature_names, d.task)
 
 
 def table_markdown(result: dict) -> str:

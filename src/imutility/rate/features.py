@@ -6,9 +6,9 @@ block DCT in low, middle and high frequency bands, the share of flat and of text
 coefficients survive JPEG's quantiser at quality 50 and 90 (a proxy for the file's size at those qualities),
 gradient and chroma spread, and the image's size. Numpy only, about 10 ms for a 500x375 photo.
 
-``network_features(probs)``: from a classifier's probabilities on the pristine image (its top-5 suffice): the top-1
-probability, the top-1/top-2 margin and log ratio, the top-5 mass. A network keeps its decision under compression
-in proportion to how sure it was (the margin), so these carry most of a known network's need.
+What a plan reads of the network's own pristine output is the task's (``Task.plan_features``: a classifier's
+top-1 probability and margin, a detector's confident detections): a network keeps its decision under compression
+in proportion to how sure it was, so these carry most of a known network's need.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from PIL import Image
 
 CONTENT_FEATURES = ("log_pixels", "luma_std", "grad_mean", "dct_low", "dct_mid", "dct_high", "flat_share",
                     "textured_share", "nz_q50", "nz_q90", "chroma_std")
-NETWORK_FEATURES = ("p1", "margin", "log_ratio", "top5_mass")
 #: images are box-reduced below this many pixels before the content features (speed; the same in training)
 MAX_FEATURE_PIXELS = 1_100_000
 
@@ -65,11 +64,3 @@ def content_features(image: Image.Image) -> np.ndarray:
     return np.array([log_pixels, np.log1p(y.std()), np.log1p((gx + gy) / 2), np.log1p(low.mean()),
                      np.log1p(mid.mean()), np.log1p(high.mean()), float((ac < 1.0).mean()), float((high > 4.0).mean()),
                      np.log1p(nz50), np.log1p(nz90), np.log1p(chroma)], dtype=np.float64)
-
-
-def network_features(top_probs) -> np.ndarray:
-    """The :data:`NETWORK_FEATURES` from a classifier's pristine probabilities in descending order (at least the
-    top 2; the top 5 for the mass)."""
-    p = np.sort(np.asarray(top_probs, dtype=np.float64))[::-1]
-    p1, p2 = float(p[0]), float(p[1]) if len(p) > 1 else 0.0
-    return np.array([p1, p1 - p2, np.log((p1 + 1e-6) / (p2 + 1e-6)), float(p[:5].sum())], dtype=np.float64)

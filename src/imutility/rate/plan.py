@@ -13,7 +13,9 @@ of the network on the pristine image (its features and the reference of the chec
 quality whose ``P`` reaches the model's chosen confidence, and a correction quality at a higher confidence), then
 the search ``planned`` of :func:`imutility.rate.compress_many`: encode at the plan, one check pass (does the
 network keep its pristine decision with at least ``r`` of its confidence?), and only when the check fails one
-correction encode, which is kept unchecked. So <= 2 encodes and 2 network passes per image.
+correction encode at the ladder's top, kept unchecked. So <= 2 encodes and 2 network passes per image. The plan's
+quality is the one with the fewest EXPECTED bits: low qualities are cheap but fail the check more often, and a
+failure costs the top's bits (:meth:`QualityModel.checked_plan_index`).
 """
 
 from __future__ import annotations
@@ -30,9 +32,15 @@ from PIL import Image
 
 from imutility import atomic
 from imutility.errors import ImutilityError, SettingError
-from imutility.rate.features import content_features, network_features
+from imutility.rate.features import content_features
+from imutility.tasks import PRISTINE, get_task
 
 FORMAT = "imutility-rate-model/1"
+#: what ``imutility compress`` does without a network to plan for: one quality. 90 is the lowest ladder quality at
+#: which every network measured kept its top-1 within 1 point of the pristine photos' on the 600 ILSVRC val photos
+#: (mobilenet_v3_small, squeezenet1_1, efficientnet_lite0; docs/compress.md): no per-image mode beat one fixed
+#: quality for networks it was not made for
+DEFAULT_FIXED_QUALITY = 90
 
 
 class RateModelError(ImutilityError, ValueError):
@@ -47,7 +55,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 class QualityModel:
     """An ordinal JRQ model for one network (or, ``network`` empty, for the content alone) on one codec ladder."""
 
-    network: str | None  # whose pristine probabilities it reads (None: content features only)
+    network: str | None  # whose pristine output it reads (None: content features only)
+    task: str  # that network's task (its plan features and its retention)
     codec: str
     ladder: list[int]  # ascending qualities; class len(ladder) = beyond the top
     retentions: list[float]  # the retention levels r it was trained for (ascending)
@@ -59,9 +68,12 @@ class QualityModel:
     w2: list[float]  # [hidden] (+ a linear skip from the inputs below)
     skip: list[float]  # [features]
     theta: list[list[float]]  # [retentions, ladder]
-    confidence: float  # P the plan asks for (chosen on validation photos)
-    correction_confidence: float  # P the correction asks for
+    confidence: float  # content-only plans: the P the plan asks for (chosen on validation photos)
+    correction_confidence: float  # kept for older files; a checked plan corrects to the ladder's top
     card: dict = field(default_factory=dict)  # provenance and figures: training photos, ladder, validation, command
+    #: mean bits per pixel at each ladder quality relative to the top's, on the training photos (what a checked
+    #: plan weighs the chance of passing against)
+    relative_bpp: list[float] = field(default_factory=list)
 
     # ------------------------------------------------------------------ inference
     def score(self, x: np.ndarray) -> np.ndarray:
@@ -86,6 +98,14 @@ class QualityModel:
         """Per image, the lowest ladder quality whose ``P(JRQ_r <= q)`` reaches ``confidence`` (else the top)."""
         conf = self.confidence if confidence is None else confidence
         return np.asarray(self.ladder)[plan_index(self.cumulative(x, retention), conf)]
+
+    def checked_plan_index(self, x: np.ndarray, retention: float) -> np.ndarray:
+        """Per image, the ladder index a CHECKED plan encodes first: the one with the fewest expected bits when a
+        failed check is corrected to the ladder's top, ``rel[q] * P(kept at q) + 1 * (1 - P(kept at q))`` with
+        ``rel`` the training photos' mean bits relative to the top (:attr:`relative_bpp`)."""
+        cum = self.cumulative(x, retention)
+        rel = np.asarray(self.relative_bpp) if self.relative_bpp else np.linspace(0.2, 1.0, cum.shape[1])
+        return expected_bits_index(cum, rel)
 
     # ------------------------------------------------------------------ files
     def save(self, path: str | os.PathLike) -> Path:
@@ -114,14 +134,21 @@ class QualityModel:
             raise RateModelError(f"{path}: arrays do not match its {n_f} features, {n_r} retentions, {n_q} levels")
         return model
 
-    def featurize(self, image: Image.Image, probs: np.ndarray | None) -> np.ndarray:
-        """The model's input for one image: content features, then the network's (when it reads a network)."""
+    def featurize(self, image: Image.Image, pristine_record: dict | None) -> np.ndarray:
+        """The model's input for one image: content features, then the network's (its task's plan features of
+        the network's cache record on the pristine image), when it reads a network."""
         parts = [content_features(image)]
         if self.network is not None:
-            if probs is None:
+            if pristine_record is None:
                 raise RateModelError(f"the rate model for {self.network} needs that network's pristine output")
-            parts.append(network_features(np.sort(np.asarray(probs))[::-1][:5]))
+            parts.append(get_task(self.task).plan_features(pristine_record))
         return np.concatenate(parts)
+
+
+def expected_bits_index(cumulative: np.ndarray, relative_bpp: np.ndarray) -> np.ndarray:
+    """Per row, the column minimising ``rel * P + (1 - P)``: the expected bits of encoding there, kept with
+    probability ``P``, else corrected to the top (relative bits 1)."""
+    return np.argmin(relative_bpp[None, :] * cumulative + (1.0 - cumulative), axis=1)
 
 
 def plan_index(cumulative: np.ndarray, confidence: float) -> np.ndarray:
@@ -174,34 +201,50 @@ class _Planned:
 
 class QualityPlanner:
     """The plan-check-correct scorer for ``search="planned"`` (see the module doc): ``labeler`` is the network
-    (a zoo classifier, or the user's registered one), ``model`` its :class:`QualityModel`."""
+    (a zoo classifier or detector, or the user's registered one), ``model`` its :class:`QualityModel`."""
 
-    def __init__(self, model: QualityModel, labeler, retention: float, confidence: float | None = None):
-        if model.network is not None and model.network != labeler.name:
+    def __init__(self, model: QualityModel, labeler, retention: float):
+        if model.network is None:
+            raise RateModelError("a content-only rate model has no network to check with; use one made with "
+                                 "train-rate --for NETWORK")
+        if model.network != labeler.name:
             raise RateModelError(f"this rate model plans for {model.network}, not {labeler.name}")
         self.model, self.labeler, self.retention = model, labeler, float(retention)
-        self.confidence = model.confidence if confidence is None else float(confidence)
         model.retention_index(self.retention)  # refuse a retention it was not trained for, before any work
 
     @property
     def identity(self) -> str:
-        return f"plan:{self.labeler.name}:{self.model.card.get('sha', '')}:{self.confidence:g}"
+        return f"plan:{self.labeler.name}:{self.model.card.get('sha', '')}"
+
 
     def scorer_for(self, pristine: Image.Image) -> _Planned:
-        probs = np.asarray(self.labeler([pristine]))[0]
-        cls, ref = int(np.argmax(probs)), float(np.max(probs))
-        x = self.model.featurize(pristine, probs)
-        cum = self.model.cumulative(x, self.retention)
+        task = get_task(self.model.task)
+        out0 = self.labeler([pristine])[0]
+        (r0,) = task.records([("x", PRISTINE)], [out0], {}, {})
+        x = self.model.featurize(pristine, r0)
         ladder = np.asarray(self.model.ladder)
-        first = int(ladder[plan_index(cum, self.confidence)[0]])
-        second = int(ladder[plan_index(cum, max(self.model.correction_confidence, self.confidence))[0]])
-        if second <= first:  # the correction must be a step up
-            above = ladder[ladder > first]
-            second = int(above[0]) if len(above) else first
+        first = int(ladder[self.model.checked_plan_index(x, self.retention)[0]])
+        second = int(ladder[-1])  # a failed check is corrected to the ladder's top, not checked again
 
         def check(images):
-            p = np.asarray(self.labeler(images))
-            kept = p.argmax(1) == cls
-            return np.where(kept, np.minimum(1.0, p[:, cls] / max(ref, 1e-12)), 0.0)
+            outs = list(self.labeler(images))
+            recs = task.records([("x", PRISTINE)] + [("x", f"c{i}") for i in range(len(outs))], [out0, *outs],
+                                {}, {})
+            return np.array([task.retention(recs[0], r) for r in recs[1:]], dtype=np.float64)
 
         return _Planned(check, (first, second))
+
+
+class FixedQuality:
+    """One quality for every image (one encode, no network): the reference every mode is measured against, and
+    what ``imutility compress`` does without a network to plan for."""
+
+    def __init__(self, quality: int):
+        self.quality = int(quality)
+
+    @property
+    def identity(self) -> str:
+        return f"fixed:{self.quality}"
+
+    def scorer_for(self, pristine: Image.Image) -> _Planned:
+        return _Planned(lambda images: np.ones(len(images)), (self.quality, self.quality))

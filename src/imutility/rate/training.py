@@ -29,15 +29,14 @@ from imutility.errors import SettingError
 from imutility.images import load_image
 from imutility.labelling.jrq import ladders, retention_table
 from imutility.labelling.store import read_outputs
-from imutility.rate.features import CONTENT_FEATURES, NETWORK_FEATURES, content_features, network_features
+from imutility.rate.features import CONTENT_FEATURES, content_features
 from imutility.rate.plan import QualityModel, plan_index
-from imutility.tasks import PRISTINE
+from imutility.tasks import PRISTINE, get_task
 
 #: the retention levels a model plans for: 0.01 ~ "keeps its top-1 decision"; higher keep more confidence
 RETENTIONS = (0.01, 0.5, 0.8, 0.9, 0.95)
-DEFAULT_RETENTION = 0.5
-CONFIDENCES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-CORRECTIONS = (0.9, 0.95, 0.98, 0.99, 0.995)
+DEFAULT_RETENTION = 0.01  # "keeps its pristine decision"; chosen on validation photos (docs/compress.md)
+CONFIDENCES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
 @dataclass
@@ -52,6 +51,7 @@ class LadderData:
     bpp: np.ndarray  # [n, K]
     ladder: list[int]
     feature_names: list[str]
+    task: str = "classification"
 
 
 def jrq_classes(retention: np.ndarray, levels: Sequence[float]) -> np.ndarray:
@@ -82,7 +82,7 @@ def ladder_data(folders: Sequence[str | os.PathLike], network: str | None, codec
     ``network=None``, for the content alone against ``networks`` (default: each folder's labelers): their
     minimum retention, so the JRQ is the highest of theirs."""
     rows = {"keys": [], "sources": [], "features": [], "retention": [], "bpp": []}
-    ladder = None
+    ladder, task = None, None
     for folder in folders:
         folder = Path(folder)
         config = json.loads((folder / "config.json").read_text())
@@ -93,6 +93,9 @@ def ladder_data(folders: Sequence[str | os.PathLike], network: str | None, codec
         if ladder is not None and qs != ladder:
             raise SettingError(f"{folder}: its {codec} ladder {qs} differs from the first folder's {ladder}")
         ladder = qs
+        if task is not None and config["task"] != task.name:
+            raise SettingError(f"{folder} is a {config['task']} folder; the first one is {task.name}")
+        task = get_task(config["task"])
         nets = [network] if network is not None else list(networks or config["labelers"])
         have = {*config["labelers"], *config.get("held_out", [])}
         if missing := [n for n in nets if n not in have]:
@@ -111,7 +114,7 @@ def ladder_data(folders: Sequence[str | os.PathLike], network: str | None, codec
                 r0 = pristine.get((key, PRISTINE))
                 if r0 is None or "error" in r0:
                     continue
-                feats.append(network_features(r0["p"]))
+                feats.append(task.plan_features(r0))
             rows["keys"].append(str(key))
             rows["sources"].append(str(g["source"].iloc[0]))
             rows["features"].append(np.concatenate(feats))
@@ -120,9 +123,9 @@ def ladder_data(folders: Sequence[str | os.PathLike], network: str | None, codec
     if not rows["keys"]:
         raise SettingError("no photo with a whole ladder in the folders given")
     retention = np.stack(rows["retention"])
-    names = list(CONTENT_FEATURES) + (list(NETWORK_FEATURES) if network is not None else [])
+    names = list(CONTENT_FEATURES) + (list(task.plan_feature_names) if network is not None else [])
     return LadderData(rows["keys"], rows["sources"], np.stack(rows["features"]),
-                      jrq_classes(retention, RETENTIONS), retention, np.stack(rows["bpp"]), ladder, names)
+                      jrq_classes(retention, RETENTIONS), retention, np.stack(rows["bpp"]), ladder, names, task.name)
 
 
 def fit_ordinal(x: np.ndarray, classes: np.ndarray, n_levels: int, hidden: int = 16, epochs: int = 600,
@@ -164,67 +167,78 @@ def fit_ordinal(x: np.ndarray, classes: np.ndarray, n_levels: int, hidden: int =
             "skip": skip.detach().numpy().tolist(), "theta": thetas().detach().numpy().tolist()}
 
 
-def simulate(model: QualityModel, data: LadderData, rows: np.ndarray, retention: float, confidence: float,
-             correction: float | None) -> dict:
-    """What plan -> check -> correction does on ladder photos (rows of ``data``), read off their ladders: the final
-    ladder index per photo, its mean bpp, the share whose final encoding keeps ``retention``, encodes per photo.
-    ``correction=None``: the plan alone (no check)."""
-    cum = model.cumulative(data.features[rows], retention)
-    first = plan_index(cum, confidence)
-    final, encodes = first.copy(), np.ones(len(rows))
-    if correction is not None:
-        second = np.maximum(plan_index(cum, max(confidence, correction)), np.minimum(first + 1, cum.shape[1] - 1))
+def simulate(model: QualityModel, data: LadderData, rows: np.ndarray, retention: float,
+             confidence: float | None = None) -> dict:
+    """What the plan does on ladder photos (rows of ``data``), read off their ladders: the final ladder index per
+    photo, its mean bpp, the share whose final encoding keeps ``retention``, encodes per photo. A network's plan is
+    checked (:meth:`QualityModel.checked_plan_index`, a failure corrected to the top); ``confidence`` given: the
+    content-only plan at that confidence, unchecked."""
+    if confidence is None:
+        first = model.checked_plan_index(data.features[rows], retention)
         failed = data.retention[rows, first] < retention
-        final = np.where(failed, second, first)
-        encodes = np.where(failed & (second > first), 2.0, 1.0)
+        top = data.bpp.shape[1] - 1
+        final = np.where(failed, top, first)
+        encodes = np.where(failed & (first < top), 2.0, 1.0)
+    else:
+        final, encodes = plan_index(model.cumulative(data.features[rows], retention), confidence), np.ones(len(rows))
     idx = np.arange(len(rows))
     return {"index": final, "bpp": float(data.bpp[rows][idx, final].mean()),
             "kept": float((data.retention[rows][idx, final] >= retention).mean()), "encodes": float(encodes.mean())}
 
 
+def split_photos(sources: Sequence[str], validation: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) split by photo identity (the source file's name, hashed with ``seed``), so
+    no photo is on both sides and the split does not depend on the order of the rows."""
+    order = np.argsort([hashlib.sha256(f"{seed}:{Path(s).name}".encode()).hexdigest() for s in sources])
+    n_val = max(10, int(round(validation * len(sources))))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
 def train_rate_model(folders: Sequence[str | os.PathLike], network: str | None, codec: str = "jpeg",
                      validation: float = 0.2, keep_share: float = 0.99, seed: int = 0, hidden: int = 16,
-                     epochs: int = 600, description: str | None = None) -> QualityModel:
+                     epochs: int = 600, description: str | None = None,
+                     ensemble: Sequence[str] | None = None) -> QualityModel:
     """A :class:`QualityModel` for ``network`` (or the content alone, ``None``) from labelling folders; see the
     module doc for the procedure."""
     if not 0 < validation < 1 or not 0 < keep_share <= 1:
         raise SettingError(f"validation must be in (0, 1) and keep_share in (0, 1], got {validation}, {keep_share}")
-    data = ladder_data(folders, network, codec)
+    data = ladder_data(folders, network, codec, ensemble)
     n = len(data.keys)
     if n < 50:
         raise SettingError(f"{n} photos with a whole ladder: too few to train a rate model (label at least 50)")
-    # split by photo identity (the source file), so no photo is on both sides
-    order = np.argsort([hashlib.sha256(f"{seed}:{Path(s).name}".encode()).hexdigest() for s in data.sources])
-    n_val = max(10, int(round(validation * n)))
-    val, train = np.sort(order[:n_val]), np.sort(order[n_val:])
+    train, val = split_photos(data.sources, validation, seed)
     arrays = fit_ordinal(data.features[train], data.classes[train], len(data.ladder), hidden=hidden, epochs=epochs,
                          seed=seed)
-    model = QualityModel(network=network, codec=codec, ladder=data.ladder, retentions=list(RETENTIONS),
-                         features=data.feature_names, confidence=0.5, correction_confidence=0.98, **arrays)
-    if network is not None:  # plan + check + correction: choose both confidences on the validation photos
-        options = []
-        for c in CONFIDENCES:
-            for c2 in CORRECTIONS:
-                res = simulate(model, data, val, DEFAULT_RETENTION, c, c2)
-                options.append((res["kept"] >= keep_share, -res["bpp"] if res["kept"] >= keep_share else res["kept"],
-                                c, c2, res))
-        ok, _, model.confidence, model.correction_confidence, chosen = max(options, key=lambda o: (o[0], o[1]))
-    else:  # the plan alone: the confidence that keeps every labeler's decision on keep_share of the photos
-        options = [(c, simulate(model, data, val, DEFAULT_RETENTION, c, None)) for c in (*CONFIDENCES, 0.95, 0.99)]
-        passing = [o for o in options if o[1]["kept"] >= keep_share]
+    model = QualityModel(network=network, task=data.task, codec=codec, ladder=data.ladder, retentions=list(RETENTIONS),
+                         features=data.feature_names, confidence=0.5, correction_confidence=1.0, **arrays,
+                         relative_bpp=(data.bpp[train] / data.bpp[train][:, -1:]).mean(0).tolist())
+    # what can be kept at all: the photos whose ladder top keeps the retention (the others keep it nowhere)
+    reachable = float((data.retention[val, -1] >= DEFAULT_RETENTION).mean())
+    need = keep_share * reachable
+    if network is not None:  # plan + check + correction to the top: the validation figures of the checked plan
+        chosen = simulate(model, data, val, DEFAULT_RETENTION)
+    else:  # the plan alone: the confidence that keeps every labeler's decision on keep_share of what can be kept
+        options = [(c, simulate(model, data, val, DEFAULT_RETENTION, c)) for c in CONFIDENCES]
+        passing = [o for o in options if o[1]["kept"] >= need]
         model.confidence, chosen = min(passing, key=lambda o: o[1]["bpp"]) if passing else options[-1]
         model.correction_confidence = model.confidence
     folders_txt = [str(f) for f in folders]
     model.card = {
         "description": description or (f"plans each image's JPEG quality for {network} from one pass of it"
                                        if network else "plans each image's quality from its content alone"),
-        "network": network, "codec": codec, "ladder": data.ladder, "retentions": list(RETENTIONS),
+        "network": network, "ensemble": None if network else list(ensemble or []) or "the folders' labelers",
+        "codec": codec, "ladder": data.ladder, "retentions": list(RETENTIONS),
         "default_retention": DEFAULT_RETENTION, "training_folders": folders_txt,
         "photos": {"train": int(len(train)), "validation": int(len(val))},
+        "validation_photos": sorted(data.keys[i] for i in val),
         "validation_procedure": (f"photos split by file name hash (seed {seed}), {validation:.0%} validation; "
-                                 f"confidences chosen on validation photos: fewest bits with the decision kept "
-                                 f"(retention {DEFAULT_RETENTION}) on >= {keep_share:.0%} of them"),
-        "validation": {"mean_bpp": chosen["bpp"], "kept_share": chosen["kept"], "encodes": chosen["encodes"],
+                                 + ("the checked plan (fewest expected bits, a failed check corrected to the "
+                                    "ladder's top) simulated on the validation photos" if network is not None else
+                                    f"the confidence chosen on validation photos: fewest bits with every labeler's "
+                                    f"decision kept (retention {DEFAULT_RETENTION}) on >= {keep_share:.0%} of the "
+                                    f"photos whose ladder top keeps it")),
+        "validation": {"mean_bpp": chosen["bpp"], "kept_share": chosen["kept"], "keepable_share": reachable,
+                       "encodes": chosen["encodes"],
                        "fixed_top_bpp": float(data.bpp[val, -1].mean())},
         "training_sources_sha": hashlib.sha256("\n".join(sorted(data.sources)).encode()).hexdigest()[:16],
     }

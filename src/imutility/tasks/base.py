@@ -152,6 +152,14 @@ class Task(ABC):
                 thresholds: Thresholds, reference: str, ref_data) -> NetworkColumns:
         """Add network ``name``'s columns to ``rows`` and return its label / utility / confidences."""
 
+    #: the names of :meth:`plan_features`
+    plan_feature_names: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def plan_features(self, pristine: dict) -> np.ndarray:
+        """What a rate plan (:mod:`imutility.rate.plan`) reads of a network's own output on the PRISTINE image,
+        from its cache record: how sure it is, which is how much compression its decision survives."""
+
     @abstractmethod
     def retention(self, pristine: dict, distorted: dict, score_threshold: float = 0.5) -> float:
         """How much of a network's own decision on the pristine image it keeps on the distorted one, in [0, 1],

@@ -169,6 +169,14 @@ class ClassificationTask(Task):
         rows[f"{name}.label"] = label.copy()
         return NetworkColumns(label=label, utility=util, confidence=phi, confidence_ref=phi_ref)
 
+    plan_feature_names = ("p1", "margin", "log_ratio", "top5_mass")
+
+    def plan_features(self, pristine: dict) -> np.ndarray:
+        """The top-1 probability, the top-1/top-2 margin and log ratio, the top-5 mass."""
+        p = np.sort(np.asarray(pristine["p"], dtype=np.float64))[::-1]
+        p1, p2 = float(p[0]), float(p[1]) if len(p) > 1 else 0.0
+        return np.array([p1, p1 - p2, np.log((p1 + 1e-6) / (p2 + 1e-6)), float(p[:5].sum())], dtype=np.float64)
+
     def retention(self, pristine: dict, distorted: dict, score_threshold: float = 0.5) -> float:
         """0 when the top-1 class changed; else the share of its pristine probability the pristine top-1 keeps,
         at most 1."""

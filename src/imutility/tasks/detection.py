@@ -134,6 +134,20 @@ class DetectionTask(Task):
         rows[f"{name}.label"] = label.copy()
         return NetworkColumns(label=label, utility=util, confidence=num["phi"], confidence_ref=num["phi_ref"])
 
+    plan_feature_names = ("log_n_confident", "max_score", "mean_confident", "min_confident", "log_n_any",
+                          "log_box_area")
+
+    def plan_features(self, pristine: dict) -> np.ndarray:
+        """How many confident (>= 0.5) detections, the highest, mean and lowest confident score, how many
+        detections at all, and the log mean area of the confident boxes (small objects break first)."""
+        s = np.asarray(pristine["s"], dtype=np.float64)
+        b = np.asarray(pristine["b"], dtype=np.float64).reshape(-1, 4)
+        conf = s >= 0.5
+        area = ((b[conf, 2] - b[conf, 0]).clip(0) * (b[conf, 3] - b[conf, 1]).clip(0)) if conf.any() else [1.0]
+        return np.array([np.log1p(conf.sum()), s.max() if len(s) else 0.0, s[conf].mean() if conf.any() else 0.0,
+                         s[conf].min() if conf.any() else 0.0, np.log1p(len(s)), np.log(np.mean(area) + 1.0)],
+                        dtype=np.float64)
+
     def retention(self, pristine: dict, distorted: dict, score_threshold: float = 0.5) -> float:
         """The confidence-weighted recall of the network's own confident pristine detections (score >=
         ``score_threshold``) on the distorted image, over the same on the pristine one, at most 1; 1 when it
