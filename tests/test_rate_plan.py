@@ -121,11 +121,11 @@ def test_a_mode_that_is_fixed_quality_saves_nothing_and_a_cheaper_one_saves():
     n, k = 200, 4
     bpp = np.sort(rng.uniform(0.2, 3, (n, k)), 1)
     correct = (rng.uniform(size=(n, k)) < np.array([0.3, 0.6, 0.75, 0.8])).astype(float)
-    same = evaluate_point(bpp, correct, np.full(n, 2), draws=50)
+    same = evaluate_point(correct, bpp, np.full(n, 2), draws=50)
     assert same["saving"] == pytest.approx(0.0, abs=1e-9)
     # the same top-1 for less: photos correct at level 1 stay there, the others go to level 2
     smart = np.where(correct[:, 1] == correct[:, 2], 1, 2)
-    better = evaluate_point(bpp, correct, smart, draws=50)
+    better = evaluate_point(correct, bpp, smart, draws=50)
     assert better["top1"] == pytest.approx(same["top1"]) and better["saving"] > 0.1
     assert better["saving_ci"][0] <= better["saving"] <= better["saving_ci"][1]
 

@@ -55,25 +55,73 @@ def fixed_rate_at(fixed_bpp: np.ndarray, fixed_acc: np.ndarray, acc: float) -> t
     return float(10 ** ((1 - t) * np.log10(fixed_bpp[i - 1]) + t * np.log10(fixed_bpp[i]))), True
 
 
-def _saving(bpp: np.ndarray, correct: np.ndarray, choice: np.ndarray, rows: np.ndarray) -> tuple[float, float, float,
-                                                                                                   bool]:
-    idx = np.arange(len(rows))
-    b, c = bpp[rows], correct[rows]
-    rate, acc = float(b[idx, choice[rows]].mean()), float(c[idx, choice[rows]].mean())
-    fixed, reached = fixed_rate_at(b.mean(0), c.mean(0), acc)
+class CorrectnessJudge:
+    """A classifier judging: its top-1 correctness per photo and ladder quality; the metric of a choice is the mean
+    over the chosen encodings."""
+
+    def __init__(self, correct: np.ndarray, pristine: np.ndarray):
+        self.correct, self.pristine_correct = correct, pristine
+
+    def metric(self, rows: np.ndarray, choice: np.ndarray) -> float:
+        return float(self.correct[rows, choice].mean())
+
+    def pristine(self, rows: np.ndarray) -> float:
+        return float(self.pristine_correct[rows].mean())
+
+
+class DetectionJudge:
+    """A detector judging: COCO mAP@[.5:.95] (pycocotools) of its cached detections on the chosen encodings
+    against the photos' ground truth; a photo drawn twice by the bootstrap counts as two images."""
+
+    def __init__(self, records: list[list[dict]], pristine: list[dict], ground_truth: list[tuple]):
+        self.records, self.pristine_records, self.gt = records, pristine, ground_truth
+
+    def metric(self, rows: np.ndarray, choice: np.ndarray) -> float:
+        from imutility.filtering import CocoScorer
+
+        return CocoScorer([self.gt[i] for i in rows]).score([self.records[i][c] for i, c in zip(rows, choice,
+                                                                                               strict=True)])[0]
+
+    def pristine(self, rows: np.ndarray) -> float:
+        from imutility.filtering import CocoScorer
+
+        return CocoScorer([self.gt[i] for i in rows]).score([self.pristine_records[i] for i in rows])[0]
+
+
+def _fixed_metric(judge, rows: np.ndarray, k: int) -> np.ndarray:
+    """The judge's metric at every fixed quality over ``rows``, memoised on the judge: the modes' bootstraps draw the
+    same photo resamples (one seed), so each draw's fixed curve is computed once."""
+    cache = judge.__dict__.setdefault("_fixed", {})
+    key = np.asarray(rows, dtype=np.int64).tobytes()
+    if key not in cache:
+        cache[key] = np.array([judge.metric(rows, np.full(len(rows), j)) for j in range(k)])
+    return cache[key]
+
+
+def _saving(judge, bpp: np.ndarray, choice: np.ndarray, rows: np.ndarray) -> tuple[float, float, float, bool]:
+    k = bpp.shape[1]
+    rate, acc = float(bpp[rows, choice[rows]].mean()), judge.metric(rows, choice[rows])
+    fixed_bpp = bpp[rows].mean(0)
+    fixed_acc = _fixed_metric(judge, rows, k)
+    fixed, reached = fixed_rate_at(fixed_bpp, fixed_acc, acc)
     return rate, acc, 1 - rate / fixed, reached
 
 
-def evaluate_point(bpp: np.ndarray, correct: np.ndarray, choice: np.ndarray, draws: int = 500,
-                   seed: int = 0) -> dict:
-    """One mode's point (a ladder index per photo) against fixed quality at equal top-1, with a photo bootstrap."""
+def evaluate_point(judge, bpp: np.ndarray, choice: np.ndarray, draws: int = 500, seed: int = 0) -> dict:
+    """One mode's point (a ladder index per photo) against fixed quality at equal metric, with a photo bootstrap
+    (``draws`` = 0: no interval). ``judge``: a :class:`CorrectnessJudge` (or an array of correctness per photo and
+    quality), a :class:`DetectionJudge`."""
+    if isinstance(judge, np.ndarray):
+        judge = CorrectnessJudge(judge, np.full(len(judge), np.nan))
     n = len(choice)
-    rate, acc, saving, reached = _saving(bpp, correct, choice, np.arange(n))
-    rng = np.random.default_rng(seed)
-    boots = [_saving(bpp, correct, choice, rng.integers(0, n, n))[2] for _ in range(draws)]
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"bpp": rate, "top1": acc, "saving": saving, "saving_ci": [float(lo), float(hi)],
-            "fixed_reaches_top1": reached}
+    rate, acc, saving, reached = _saving(judge, bpp, choice, np.arange(n))
+    out = {"bpp": rate, "top1": acc, "saving": saving, "fixed_reaches_top1": reached}
+    if draws:
+        rng = np.random.default_rng(seed)
+        boots = [_saving(judge, bpp, choice, rng.integers(0, n, n))[2] for _ in range(draws)]
+        lo, hi = np.percentile(boots, [2.5, 97.5])
+        out["saving_ci"] = [float(lo), float(hi)]
+    return out
 
 
 def _oracle_index(retention: np.ndarray, r: float) -> np.ndarray:
@@ -94,6 +142,9 @@ def mode_choices(test: LadderData, nets: dict[str, LadderData], plans: dict[str,
                                                                                                dict]]]:
     """Every mode's sweep: name -> [(setting, ladder index per photo, cost)]; cost: encodes and network passes
     per photo."""
+    from imutility.tasks import get_task
+
+    r_check = get_task(test.task).plan_retention
     n, k = test.bpp.shape
     out: dict[str, list] = {"bit-rate rule": []}
     for b in np.quantile(test.bpp, np.linspace(0.02, 0.98, 25)):
@@ -105,7 +156,7 @@ def mode_choices(test: LadderData, nets: dict[str, LadderData], plans: dict[str,
                                   for r in RETENTIONS]
         lows = []
         for j in range(k - 1):
-            failed = data.retention[:, j] < 0.01
+            failed = data.retention[:, j] < r_check
             lows.append((f"q={test.ladder[j]}", np.where(failed, k - 1, j),
                          {"encodes": float(1 + failed.mean()), "passes": 2}))
         out[f"two-level check ({net})"] = lows
@@ -116,7 +167,7 @@ def mode_choices(test: LadderData, nets: dict[str, LadderData], plans: dict[str,
                 pts.append((f"r={r}", choice, {"encodes": encodes, "passes": 2}))
             out[f"plan ({net})"] = pts
     if content is not None:
-        cum = content.cumulative(content_feats, 0.01)
+        cum = content.cumulative(content_feats, r_check)
         out["plan (content)"] = [(f"P={c}", plan_index(cum, c), {"encodes": 1, "passes": 0})
                                  for c in (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)]
         base = plan_index(cum, content.confidence)
@@ -125,10 +176,53 @@ def mode_choices(test: LadderData, nets: dict[str, LadderData], plans: dict[str,
                                          for j in range(k)]
     for net in plans:
         if net in nets:
-            base, encodes = _plan_check(plans[net], nets[net].features, nets[net].retention, 0.5)
+            base, encodes = _plan_check(plans[net], nets[net].features, nets[net].retention, r_check)
             out[f"conservative (plan {net})"] = [(f"floor q={test.ladder[j]}", np.maximum(base, j),
                                                   {"encodes": encodes, "passes": 2}) for j in range(k)]
     return out
+
+
+def make_judge(folder: Path, keys: Sequence[str], ladder: Sequence[int], judge: str, codec: str = "jpeg"):
+    """The judge of a labelling folder's task for network ``judge``, and the rows it can judge (a boolean mask)."""
+    config = json.loads((folder / "config.json").read_text())
+    return _JUDGES[config["task"]](folder, config, keys, ladder, judge, codec)
+
+
+def _correctness_judge(folder, config, keys, ladder, judge, codec):
+    correct, pristine = judge_correct(folder, keys, ladder, judge, codec)
+    ok = np.isfinite(correct).all(1) & np.isfinite(pristine)
+    return CorrectnessJudge(correct, pristine), ok
+
+
+def _detection_judge(folder, config, keys, ladder, judge, codec):
+    from imutility.distort import parse_distortion
+    from imutility.labelling.store import read_outputs, read_sources
+    from imutility.tasks import PRISTINE
+
+    cache = read_outputs(folder, judge)
+    sources = {s.key: s for s in read_sources(folder)}
+    spec = {int(parse_distortion(d).level): d for d in config["distortions"]
+            if parse_distortion(d).family == codec and int(parse_distortion(d).level) in set(ladder)}
+    empty = {"b": [], "l": [], "s": []}
+
+    def rec(key, dist):
+        r = cache.get((key, dist))
+        return r if r is not None and "error" not in r else None
+
+    records, pristine, gt, ok = [], [], [], []
+    for key in keys:
+        row = [rec(key, spec[q]) for q in ladder]
+        p0 = rec(key, PRISTINE)
+        ok.append(p0 is not None and all(r is not None for r in row))
+        records.append([r or empty for r in row])
+        pristine.append(p0 or empty)
+        s = sources[key]
+        gt.append((np.asarray(s.boxes or (), dtype=float).reshape(-1, 4), list(s.labels or ())))
+    return DetectionJudge(records, pristine, gt), np.array(ok)
+
+
+#: how each task's folder is judged (a table, not a comparison of task names)
+_JUDGES = {"classification": _correctness_judge, "detection": _detection_judge}
 
 
 def judge_correct(folder: Path, keys: Sequence[str], ladder: Sequence[int], judge: str, codec: str = "jpeg"):
@@ -168,22 +262,31 @@ def rate_benchmark(test_folder: str | os.PathLike, judges: Sequence[str], plans:
     test = next(iter(nets.values()))
     content_feats = test.features[:, :len(content.features)] if content is not None else None
     choices = mode_choices(test, nets, plans, content, content_feats)
-    result = {"test_folder": str(folder), "photos": len(keys), "ladder": test.ladder, "useful_points": USEFUL_POINTS,
+    from imutility.tasks import get_task
+
+    metric = get_task(test.task).metric_name
+    result = {"test_folder": str(folder), "photos": len(keys), "task": test.task, "metric": metric,
+              "ladder": test.ladder, "useful_points": USEFUL_POINTS,
               "judges": {}}
     for judge in judges:
-        correct, pristine = judge_correct(folder, keys, test.ladder, judge)
-        ok = np.isfinite(correct).all(1) & np.isfinite(pristine)
-        c, b = correct[ok], test.bpp[ok]
-        p_top1 = float(pristine[ok].mean())
-        fixed = [(float(b[:, j].mean()), float(c[:, j].mean())) for j in range(len(test.ladder))]
+        full, ok = make_judge(folder, keys, test.ladder, judge)
+        rows = np.flatnonzero(ok)
+        j_ = _restrict(full, rows)
+        b = test.bpp[ok]
+        p_top1 = j_.pristine(np.arange(len(rows)))
+        fixed = [(float(b[:, j].mean()), j_.metric(np.arange(len(rows)), np.full(len(rows), j)))
+                 for j in range(len(test.ladder))]
         modes = {}
         for name, sweep in choices.items():
             pts = []
             for setting, choice, cost in sweep:
-                pt = evaluate_point(b, c, choice[ok], draws=draws)
+                pt = evaluate_point(j_, b, choice[ok], draws=0)
                 pts.append({"setting": setting, **pt, **cost})
             useful = [p for p in pts if p["top1"] >= p_top1 - USEFUL_POINTS / 100]
             best = max(useful, key=lambda p: p["saving"]) if useful else None
+            if best is not None:  # the interval of the headline point (bootstrap over photos)
+                i = pts.index(best)
+                best.update(evaluate_point(j_, b, sweep[i][1][ok], draws=draws))
             modes[name] = {"points": pts, "useful_best": best,
                            "bd_rate_all": bd_rate(fixed, [(p["bpp"], p["top1"]) for p in pts])}
             log(f"{judge}: {name}: " + (f"{best['setting']} top-1 {best['top1']:.3f} saving {best['saving']:+.1%} "
@@ -195,6 +298,13 @@ def rate_benchmark(test_folder: str | os.PathLike, judges: Sequence[str], plans:
     return result
 
 
+def _restrict(judge, rows: np.ndarray):
+    if isinstance(judge, CorrectnessJudge):
+        return CorrectnessJudge(judge.correct[rows], judge.pristine_correct[rows])
+    return DetectionJudge([judge.records[i] for i in rows], [judge.pristine_records[i] for i in rows],
+                          [judge.gt[i] for i in rows])
+
+
 def _subset(d: LadderData, keys: Sequence[str]) -> LadderData:
     pos = {k: i for i, k in enumerate(d.keys)}
     rows = np.array([pos[k] for k in keys])
@@ -204,10 +314,11 @@ def _subset(d: LadderData, keys: Sequence[str]) -> LadderData:
 
 def table_markdown(result: dict) -> str:
     lines = []
+    m_ = result.get("metric", "top-1")
     for judge, r in result["judges"].items():
-        lines.append(f"\n**Judged by {judge}** ({r['photos']} photos, pristine top-1 {r['pristine_top1']:.3f}); "
-                     f"useful range: top-1 >= {r['pristine_top1'] - USEFUL_POINTS / 100:.3f}\n")
-        lines.append("| mode | setting | top-1 | bits/pixel | saving vs fixed quality at equal top-1 (95 % CI) | "
+        lines.append(f"\n**Judged by {judge}** ({r['photos']} photos, pristine {m_} {r['pristine_top1']:.3f}); "
+                     f"useful range: {m_} >= {r['pristine_top1'] - USEFUL_POINTS / 100:.3f}\n")
+        lines.append(f"| mode | setting | {m_} | bits/pixel | saving vs fixed quality at equal {m_} (95 % CI) | "
                      "encodes / passes per image |")
         lines.append("|---|---|---|---|---|---|")
         for name, m in r["modes"].items():

@@ -35,7 +35,7 @@ from imutility.tasks import PRISTINE, get_task
 
 #: the retention levels a model plans for: 0.01 ~ "keeps its top-1 decision"; higher keep more confidence
 RETENTIONS = (0.01, 0.5, 0.8, 0.9, 0.95)
-DEFAULT_RETENTION = 0.01  # "keeps its pristine decision"; chosen on validation photos (docs/compress.md)
+DEFAULT_RETENTION = 0.01  # a classifier's: "keeps its pristine decision" (each task's: Task.plan_retention)
 CONFIDENCES = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
@@ -213,12 +213,13 @@ def train_rate_model(folders: Sequence[str | os.PathLike], network: str | None, 
                          features=data.feature_names, confidence=0.5, correction_confidence=1.0, **arrays,
                          relative_bpp=(data.bpp[train] / data.bpp[train][:, -1:]).mean(0).tolist())
     # what can be kept at all: the photos whose ladder top keeps the retention (the others keep it nowhere)
-    reachable = float((data.retention[val, -1] >= DEFAULT_RETENTION).mean())
+    r_default = get_task(data.task).plan_retention
+    reachable = float((data.retention[val, -1] >= r_default).mean())
     need = keep_share * reachable
     if network is not None:  # plan + check + correction to the top: the validation figures of the checked plan
-        chosen = simulate(model, data, val, DEFAULT_RETENTION)
+        chosen = simulate(model, data, val, r_default)
     else:  # the plan alone: the confidence that keeps every labeler's decision on keep_share of what can be kept
-        options = [(c, simulate(model, data, val, DEFAULT_RETENTION, c)) for c in CONFIDENCES]
+        options = [(c, simulate(model, data, val, r_default, c)) for c in CONFIDENCES]
         passing = [o for o in options if o[1]["kept"] >= need]
         model.confidence, chosen = min(passing, key=lambda o: o[1]["bpp"]) if passing else options[-1]
         model.correction_confidence = model.confidence
@@ -228,14 +229,14 @@ def train_rate_model(folders: Sequence[str | os.PathLike], network: str | None, 
                                        if network else "plans each image's quality from its content alone"),
         "network": network, "ensemble": None if network else list(ensemble or []) or "the folders' labelers",
         "codec": codec, "ladder": data.ladder, "retentions": list(RETENTIONS),
-        "default_retention": DEFAULT_RETENTION, "training_folders": folders_txt,
+        "default_retention": r_default, "training_folders": folders_txt,
         "photos": {"train": int(len(train)), "validation": int(len(val))},
         "validation_photos": sorted(data.keys[i] for i in val),
         "validation_procedure": (f"photos split by file name hash (seed {seed}), {validation:.0%} validation; "
                                  + ("the checked plan (fewest expected bits, a failed check corrected to the "
                                     "ladder's top) simulated on the validation photos" if network is not None else
                                     f"the confidence chosen on validation photos: fewest bits with every labeler's "
-                                    f"decision kept (retention {DEFAULT_RETENTION}) on >= {keep_share:.0%} of the "
+                                    f"decision kept (retention {r_default}) on >= {keep_share:.0%} of the "
                                     f"photos whose ladder top keeps it")),
         "validation": {"mean_bpp": chosen["bpp"], "kept_share": chosen["kept"], "keepable_share": reachable,
                        "encodes": chosen["encodes"],

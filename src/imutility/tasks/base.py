@@ -154,6 +154,8 @@ class Task(ABC):
 
     #: the names of :meth:`plan_features`
     plan_feature_names: ClassVar[tuple[str, ...]]
+    #: the retention a rate plan checks by default (chosen on validation photos: docs/compress.md)
+    plan_retention: ClassVar[float]
 
     @abstractmethod
     def plan_features(self, pristine: dict) -> np.ndarray:

@@ -170,6 +170,7 @@ class ClassificationTask(Task):
         return NetworkColumns(label=label, utility=util, confidence=phi, confidence_ref=phi_ref)
 
     plan_feature_names = ("p1", "margin", "log_ratio", "top5_mass")
+    plan_retention = 0.01  # the pristine top-1 kept (with any confidence): top-1 as pristine at the fewest bits
 
     def plan_features(self, pristine: dict) -> np.ndarray:
         """The top-1 probability, the top-1/top-2 margin and log ratio, the top-5 mass."""

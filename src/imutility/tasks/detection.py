@@ -136,6 +136,7 @@ class DetectionTask(Task):
 
     plan_feature_names = ("log_n_confident", "max_score", "mean_confident", "min_confident", "log_n_any",
                           "log_box_area")
+    plan_retention = 0.8  # 80 % of the confidence-weighted recall of its own confident pristine detections
 
     def plan_features(self, pristine: dict) -> np.ndarray:
         """How many confident (>= 0.5) detections, the highest, mean and lowest confident score, how many
