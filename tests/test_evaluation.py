@@ -93,3 +93,31 @@ def test_a_constant_score_on_class_ordered_rows_is_the_random_baseline():
     by_position = correct[reject_lowest(np.ones(n_class * per), n_class * per // 4)].mean()
     assert by_position > const.high
     assert r["kept_share"]["q"] == pytest.approx(0.75)
+
+
+def test_dedup_finds_a_resized_recompressed_copy_and_not_a_different_photo(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from conftest import require_shared
+    from imutility.evaluation.dedup import dhash, near_copies
+
+    src = require_shared("data", "imagenet-sample")
+    photos = sorted(src.iterdir())[:20]
+    train, test = tmp_path / "train", tmp_path / "test"
+    train.mkdir()
+    test.mkdir()
+    for p in photos[:10]:
+        (train / p.name).write_bytes(p.read_bytes())
+    original = Image.open(photos[3]).convert("RGB")
+    copy = original.resize((original.width * 2 // 3, original.height * 2 // 3))
+    buf = io.BytesIO()
+    copy.save(buf, "JPEG", quality=40)
+    (test / "renamed_copy.jpg").write_bytes(buf.getvalue())
+    for p in photos[10:]:  # different photos (other classes)
+        (test / p.name).write_bytes(p.read_bytes())
+    found = near_copies(sorted(test.iterdir()), sorted(train.iterdir()))
+    assert list(found) == [str(test / "renamed_copy.jpg")]
+    assert found[str(test / "renamed_copy.jpg")][0] == str(train / photos[3].name)
+    assert bin(dhash(original) ^ dhash(Image.open(photos[15]).convert("RGB"))).count("1") > 10

@@ -199,3 +199,32 @@ def test_the_planner_refuses_another_networks_model():
 
     with pytest.raises(ValueError, match="plans for mobilenet_v3_small"):
         QualityPlanner(model, Other(), 0.5)
+
+
+def test_label_stores_the_jrq_and_relabel_recomputes_it_without_inference(tmp_path, capsys, monkeypatch):
+    import pandas as pd
+
+    from conftest import require_shared
+
+    src = require_shared("data", "imagenet-sample")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in sorted(src.iterdir())[:4]:
+        (photos / p.name).write_bytes(p.read_bytes())
+    out = tmp_path / "labels"
+    assert main(["label", str(out), "--task", "classification", "--data", str(photos), "--labelers",
+                 "squeezenet1_1", "-d", "jpeg:q=10", "-d", "jpeg:q=50", "-d", "jpeg:q=90", "--no-progress"]) == 0
+    jrq = pd.read_parquet(out / "jrq.parquet")
+    assert len(jrq) == 4 and set(jrq["retention"]) == {0.9} and jrq["jrq"].dropna().isin([10.0, 50.0, 90.0]).all()
+    # relabel at another retention: no network is built (the zoo is made unusable), the table follows
+    from imutility import zoo
+
+    monkeypatch.setattr(zoo, "get_labeler", lambda *a, **k: (_ for _ in ()).throw(AssertionError("inference")))
+    assert main(["relabel", str(out), "--retention", "0.01"]) == 0
+    again = pd.read_parquet(out / "jrq.parquet")
+    assert set(again["retention"]) == {0.01}
+    assert (again["jrq"].fillna(1000) <= jrq["jrq"].fillna(1000)).all()  # a lower bar: never a higher quality
+    capsys.readouterr()
+    assert main(["train-rate", str(out), "--for", "squeezenet1_1", "-o", str(tmp_path / "m.json")]) == EXIT_ERROR
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "too few" in err[0] and not (tmp_path / "m.json").exists()

@@ -53,3 +53,30 @@ def presets() -> None:
     for name in list_presets():
         p = get_preset(name)
         click.echo(f"{name:14s} {p.description}")
+
+
+@cli.command(short_help="Find test photos that are copies of training photos (perceptual hash).")
+@click.argument("test", type=click.Path(exists=True, file_okay=False))
+@click.option("--against", "train", multiple=True, required=True, type=click.Path(exists=True, file_okay=False),
+              help="A folder of training photos (repeatable).")
+@click.option("--max-bits", type=click.IntRange(0, 64), default=6, show_default=True,
+              help="Hamming distance of the 64-bit difference hashes at or below which two photos are one.")
+@click.option("--out", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write the copies as JSON (test path -> [training path, bits]); an existing file is replaced "
+                   "atomically.")
+def dedup(test: str, train: tuple[str, ...], max_bits: int, out: str | None) -> None:
+    """List the photos of TEST that are resized or recompressed copies of a photo under --against, to drop them
+    from a test set (a network, a predictor or a rate model trained on that photo has seen it)."""
+    import json
+
+    from imutility import atomic
+    from imutility.evaluation.dedup import folder_images, near_copies
+
+    train_paths = [p for folder in train for p in folder_images(folder)]
+    copies = library_call(near_copies, folder_images(test), train_paths, max_bits)
+    for t, (s, bits) in sorted(copies.items()):
+        click.echo(f"{t}\t{s}\t{bits}")
+    if out:
+        library_call(atomic.write_text, out, json.dumps({k: list(v) for k, v in copies.items()}, indent=1) + "\n")
+    click.echo(f"{len(copies)} of the test photos are copies of training photos (<= {max_bits} bits)"
+               + (f"; -> {out}" if out else ""), err=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imutility.errors import SettingError
+from imutility.errors import InvalidInputError, SettingError
 from imutility.images import load_image
 from imutility.labelling.jrq import ladders, retention_table
 from imutility.labelling.store import read_outputs
@@ -88,18 +88,18 @@ def ladder_data(folders: Sequence[str | os.PathLike], network: str | None, codec
         config = json.loads((folder / "config.json").read_text())
         lad = ladders(config["distortions"]).get(codec)
         if not lad:
-            raise SettingError(f"{folder} holds no {codec} quality ladder (label it with -p {codec}-dense)")
+            raise InvalidInputError(f"{folder} holds no {codec} quality ladder (label it with -p {codec}-dense)")
         qs = [int(q) for q, _ in lad]
         if ladder is not None and qs != ladder:
-            raise SettingError(f"{folder}: its {codec} ladder {qs} differs from the first folder's {ladder}")
+            raise InvalidInputError(f"{folder}: its {codec} ladder {qs} differs from the first folder's {ladder}")
         ladder = qs
         if task is not None and config["task"] != task.name:
-            raise SettingError(f"{folder} is a {config['task']} folder; the first one is {task.name}")
+            raise InvalidInputError(f"{folder} is a {config['task']} folder; the first one is {task.name}")
         task = get_task(config["task"])
         nets = [network] if network is not None else list(networks or config["labelers"])
         have = {*config["labelers"], *config.get("held_out", [])}
         if missing := [n for n in nets if n not in have]:
-            raise SettingError(f"{folder} has no outputs of {', '.join(missing)} (label with --held-out "
+            raise InvalidInputError(f"{folder} has no outputs of {', '.join(missing)} (label with --held-out "
                                f"{','.join(missing)})")
         long = retention_table(folder, nets)
         long = long[long["codec"] == codec]
@@ -121,7 +121,7 @@ def ladder_data(folders: Sequence[str | os.PathLike], network: str | None, codec
             rows["retention"].append(ret.to_numpy(float).min(0))
             rows["bpp"].append(bpp)
     if not rows["keys"]:
-        raise SettingError("no photo with a whole ladder in the folders given")
+        raise InvalidInputError("no photo with a whole ladder in the folders given")
     retention = np.stack(rows["retention"])
     names = list(CONTENT_FEATURES) + (list(task.plan_feature_names) if network is not None else [])
     return LadderData(rows["keys"], rows["sources"], np.stack(rows["features"]),
@@ -205,7 +205,7 @@ def train_rate_model(folders: Sequence[str | os.PathLike], network: str | None, 
     data = ladder_data(folders, network, codec, ensemble)
     n = len(data.keys)
     if n < 50:
-        raise SettingError(f"{n} photos with a whole ladder: too few to train a rate model (label at least 50)")
+        raise InvalidInputError(f"{n} photos with a whole ladder: too few to train a rate model (label at least 50)")
     train, val = split_photos(data.sources, validation, seed)
     arrays = fit_ordinal(data.features[train], data.classes[train], len(data.ladder), hidden=hidden, epochs=epochs,
                          seed=seed)
