@@ -88,8 +88,9 @@ def network_modes(images, network: str, batch: int) -> None:
         res = dict(compress_many(enumerate(images), t, scorer.scorer_for, search=search, batch_size=batch))
         took = time.perf_counter() - t0
         encodes = sum(r.encodes for r in res.values()) / len(res)
+        checks = sum(r.encodes - (search == PLANNED and not r.satisfied and r.encodes > 1) for r in res.values())
         print(f"{name}: {len(images) / took:.2f} img/s = {plain / took:.3f}x; {encodes:.2f} encodes and "
-              f"{1 + encodes:.2f} passes of {network} per image")
+              f"{1 + checks / len(res):.2f} passes of {network} per image")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ def test_the_planned_search_takes_at_most_two_encodes():
 
     out = dict(compress_many(images, 0.5, scorer_for, search=PLANNED))
     assert all(r.quality == 70 and r.encodes == 2 and not r.satisfied for r in out.values())
+    assert sum(calls) == 3  # one check per image: the correction runs no network
+    assert all(np.isnan(r.utility) for r in out.values())
 
     def passing(img):
         return _Planned(lambda batch: np.ones(len(batch)), (30, 70))

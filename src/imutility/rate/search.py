@@ -131,7 +131,12 @@ def compress_many(items: Iterable[tuple[Any, Image.Image]], min_utility: float,
                 for i in range(0, len(group), batch_size):
                     part = group[i:i + batch_size]
                     encoded = encode([(cls(q), s.image) for s, q in part])
-                    values = np.asarray(part[0][0].scorer([e.image for e in encoded]), dtype=np.float64)
+                    # a plan's correction (its second encode) is kept unchecked: no network pass for it
+                    check = [j for j, (s, _) in enumerate(part) if not (search == PLANNED and s.found)]
+                    values = np.full(len(part), np.nan)
+                    if check:
+                        values[check] = np.asarray(part[0][0].scorer([encoded[j].image for j in check]),
+                                                   dtype=np.float64)
                     for (s, q), res, value in zip(part, encoded, values, strict=True):
                         s.found[q] = (res.data, res.bpp, res.suffix, float(value))
             still = []
@@ -174,14 +179,14 @@ def _qualities(min_utility: float, lo: int, hi: int, search: str) -> Generator[l
 
 
 def _planned(min_utility: float, plan: tuple[int, int], lo: int, hi: int) -> Generator[list[int], dict, int | None]:
-    """A plan's search: its first quality, checked; when the check fails, its correction quality, not checked
-    again (the image is flagged unsatisfied when the correction's score is below ``min_utility`` too)."""
+    """A plan's search: its first quality, checked; when the check fails, its correction quality, encoded but not
+    checked (no second network pass; the image is flagged ``satisfied=False``, its utility NaN)."""
     first, second = (min(max(int(q), lo), hi) for q in plan)
     scores = yield [first]
     if scores[first] >= min_utility or second <= first:
         return first if scores[first] >= min_utility else None
-    scores = yield [second]
-    return second if scores[second] >= min_utility else None
+    yield [second]  # encoded, not scored (compress_many runs no network on a correction)
+    return None  # kept, and flagged unsatisfied: nothing checked it
 
 
 class _Search:
