@@ -230,3 +230,19 @@ def test_label_stores_the_jrq_and_relabel_recomputes_it_without_inference(tmp_pa
     assert main(["train-rate", str(out), "--for", "squeezenet1_1", "-o", str(tmp_path / "m.json")]) == EXIT_ERROR
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "too few" in err[0] and not (tmp_path / "m.json").exists()
+
+
+def test_compress_for_a_detector(tmp_path, capsys):
+    from conftest import require_shared
+
+    coco = require_shared("data", "coco2017-val128", "images")
+    src = tmp_path / "src"
+    src.mkdir()
+    for p in sorted(coco.iterdir())[:2]:
+        (src / p.name).write_bytes(p.read_bytes())
+    model = load_rate_model("fastestdet")
+    assert model.task == "detection" and model.card["network"] == "fastestdet"
+    assert main(["compress", str(src), str(tmp_path / "out"), "--for", "fastestdet", "--no-progress"]) == 0
+    rows = (tmp_path / "out" / "manifest.csv").read_text().splitlines()
+    head = rows[0].split(",")
+    assert len(rows) == 3 and all(1 <= int(r.split(",")[head.index("encodes")]) <= 2 for r in rows[1:])
