@@ -52,6 +52,14 @@ def natural_image(w: int = 160, h: int = 120, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.clip(base + tex, 0, 255).astype(np.uint8), "RGB")
 
 
+def photo_folder(folder: Path, n: int, w: int = 160, h: int = 120) -> Path:
+    """A folder of ``n`` natural test images (PNG), made if missing."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        natural_image(w, h, seed=i).save(folder / f"p{i}.png")
+    return folder
+
+
 @pytest.fixture
 def bad_folder(tmp_path: Path) -> dict[str, Path]:
     """Valid photos mixed with every kind of bad or unusual file the foundation must survive."""

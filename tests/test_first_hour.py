@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import natural_image, require_shared
+from conftest import natural_image, photo_folder, require_shared
 from imutility.cli import EXIT_ERROR, EXIT_USAGE, main
 
 
@@ -32,10 +32,7 @@ def test_predict_says_what_the_score_means(tmp_path, capsys):
 
 # 3. compress ends with a summary and a figure
 def test_compress_prints_a_summary_and_names_its_figure(tmp_path, capsys):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(3):
-        natural_image(96, 80, seed=i).save(src / f"p{i}.png")
+    src = photo_folder(tmp_path / "src", 3, 96, 80)
     out = tmp_path / "out"
     assert main(["compress", str(src), str(out), "--min-utility", "0.5", "--no-progress"]) == 0
     text = capsys.readouterr().out

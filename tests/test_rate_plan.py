@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import natural_image
+from conftest import natural_image, photo_folder
 from imutility.cli import EXIT_ERROR, EXIT_USAGE, main
 from imutility.evaluation.curves import bd_rate
 from imutility.evaluation.rate_modes import evaluate_point, fixed_rate_at
@@ -145,10 +145,7 @@ def test_the_shipped_rate_model_records_its_network_photos_and_ladder():
 
 
 def test_compress_for_a_known_network(tmp_path, capsys):
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(3):
-        natural_image(120, 96, seed=i).save(src / f"p{i}.png")
+    src = photo_folder(tmp_path / "src", 3, 120, 96)
     out = tmp_path / "out"
     assert main(["compress", str(src), str(out), "--for", "mobilenet_v3_small", "--no-progress"]) == 0
     text = capsys.readouterr().out
@@ -246,3 +243,13 @@ def test_compress_for_a_detector(tmp_path, capsys):
     rows = (tmp_path / "out" / "manifest.csv").read_text().splitlines()
     head = rows[0].split(",")
     assert len(rows) == 3 and all(1 <= int(r.split(",")[head.index("encodes")]) <= 2 for r in rows[1:])
+
+
+def test_a_rate_model_plans_one_codec(tmp_path):
+    model = load_rate_model("mobilenet_v3_small")
+    assert model.codec == "jpeg"
+    path = model.save(tmp_path / "m.json")
+    with pytest.raises(ValueError, match="plans jpeg qualities, not webp"):
+        load_rate_model(path, "webp")
+    with pytest.raises(ValueError, match="no webp rate model for 'squeezenet1_1'"):
+        load_rate_model("squeezenet1_1", "webp")

@@ -115,7 +115,7 @@ def compress_cmd(src, out, for_network, keep, rate_model, quality, min_utility, 
     elif for_network is not None:
         from imutility.rate.plan import QualityPlanner, load_rate_model
 
-        rate = library_call(load_rate_model, rate_model or for_network)
+        rate = library_call(load_rate_model, rate_model or for_network, codec)
         (labeler,) = labelers_of(for_network, models, device)
         keep = rate.card.get("default_retention", 0.01) if keep is None else keep
         scorer = library_call(QualityPlanner, rate, labeler, keep)
@@ -205,11 +205,13 @@ def train_rate(labels, for_network, out, codec, validation, ensemble, seed) -> N
 @click.option("--content-model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A content-only rate model (train-rate without --for).")
 @click.option("--draws", type=click.IntRange(min=10), default=500, show_default=True, help="Bootstrap draws.")
+@click.option("--codec", type=click.Choice(list(CODECS)), default="jpeg", show_default=True,
+              help="Which ladder of LABELS to judge on.")
 @click.option("--validation-photos-of", "validation_of", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Only the validation photos of this rate model (LABELS: its training folder): for choosing "
                    "modes and defaults without touching test photos.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-def rate_benchmark_cmd(labels, judges, plans, content_model, draws, validation_of, out) -> None:
+def rate_benchmark_cmd(labels, judges, plans, content_model, draws, codec, validation_of, out) -> None:
     """Every rate-control mode (fixed quality, bit-rate rule, two-level check, plan, content plan, conservative
     mixes, oracles) against fixed quality at equal top-1 of each judge, with photo-bootstrap intervals, on a
     dense ladder labelled on TEST photos (never the rate models' training photos). Writes OUT/rate.json,
@@ -220,11 +222,11 @@ def rate_benchmark_cmd(labels, judges, plans, content_model, draws, validation_o
     models = {}
     for spec in plans:
         net, _, path = spec.partition("=")
-        models[net] = library_call(load_rate_model, path or net)
+        models[net] = library_call(load_rate_model, path or net, codec)
     content = library_call(QualityModel.read, content_model) if content_model else None
     photos = library_call(QualityModel.read, validation_of).card.get("validation_photos") if validation_of else None
     result = library_call(rate_benchmark, labels, judges.split(","), models, content, (), draws,
-                          lambda m: click.echo(m, err=True), photos)
+                          lambda m: click.echo(m, err=True), photos, codec)
     paths = library_call(write, result, out)
     click.echo(paths["table"].read_text())
     click.echo(f"-> {paths['json']}; table: {paths['table']}; figure: {paths['figure']}")

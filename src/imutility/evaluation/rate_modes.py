@@ -250,12 +250,13 @@ def judge_correct(folder: Path, keys: Sequence[str], ladder: Sequence[int], judg
 
 def rate_benchmark(test_folder: str | os.PathLike, judges: Sequence[str], plans: dict[str, QualityModel],
                    content: QualityModel | None = None, networks: Sequence[str] = (), draws: int = 500,
-                   log: Callable[[str], None] = lambda m: None, photos: Sequence[str] | None = None) -> dict:
+                   log: Callable[[str], None] = lambda m: None, photos: Sequence[str] | None = None,
+                   codec: str = "jpeg") -> dict:
     """Every mode against fixed quality for every judge (see the module doc). ``networks``: the networks whose
     two-level check and oracle are measured (default: the plans' and the judges')."""
     folder = Path(test_folder)
     nets_needed = list(dict.fromkeys([*plans, *judges, *networks]))
-    nets = {net: ladder_data([folder], net) for net in nets_needed}
+    nets = {net: ladder_data([folder], net, codec) for net in nets_needed}
     keys = sorted(set.intersection(*(set(d.keys) for d in nets.values())) & (set(photos) if photos else {
         k for d in nets.values() for k in d.keys}))
     nets = {net: _subset(d, keys) for net, d in nets.items()}
@@ -269,7 +270,7 @@ def rate_benchmark(test_folder: str | os.PathLike, judges: Sequence[str], plans:
               "ladder": test.ladder, "useful_points": USEFUL_POINTS,
               "judges": {}}
     for judge in judges:
-        full, ok = make_judge(folder, keys, test.ladder, judge)
+        full, ok = make_judge(folder, keys, test.ladder, judge, codec)
         rows = np.flatnonzero(ok)
         j_ = _restrict(full, rows)
         b = test.bpp[ok]

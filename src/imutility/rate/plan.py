@@ -163,7 +163,7 @@ def _shipped_dir() -> Path:
 
 
 def list_rate_models() -> dict[str, str]:
-    """Networks with a shipped rate model -> its one-line description."""
+    """Shipped rate models, ``NETWORK`` (JPEG) or ``NETWORK-CODEC`` -> its one-line description."""
     out = {}
     for p in sorted(_shipped_dir().glob("*.json")):
         model = QualityModel.read(p)
@@ -171,19 +171,27 @@ def list_rate_models() -> dict[str, str]:
     return out
 
 
-def load_rate_model(network_or_path: str | os.PathLike) -> QualityModel:
-    """The shipped rate model for a network (``mobilenet_v3_small``), or a model file written by
-    ``imutility train-rate``."""
+def load_rate_model(network_or_path: str | os.PathLike, codec: str = "jpeg") -> QualityModel:
+    """The shipped rate model of a network for a codec (``mobilenet_v3_small``: ``mobilenet_v3_small-webp.json``,
+    else ``mobilenet_v3_small.json``, whichever plans that codec), or a model file written by ``imutility
+    train-rate`` (which must plan ``codec``)."""
     path = Path(network_or_path)
     if path.suffix == ".json" and path.is_file():
-        return QualityModel.read(path)
-    shipped = _shipped_dir() / f"{network_or_path}.json"
-    if shipped.is_file():
-        return QualityModel.read(shipped)
+        candidates = [path]
+    else:
+        candidates = [_shipped_dir() / f"{network_or_path}-{codec}.json", _shipped_dir() / f"{network_or_path}.json"]
+    for c in candidates:
+        if c.is_file():
+            model = QualityModel.read(c)
+            if model.codec == codec:
+                return model
+            if c == path:
+                raise RateModelError(f"{path} plans {model.codec} qualities, not {codec} (--codec {model.codec})")
     have = ", ".join(list_rate_models()) or "none"
-    raise RateModelError(f"no rate model for {network_or_path!r} (shipped: {have}); make one from a labelled "
-                         f"quality ladder: imutility label OUT -p jpeg-dense --held-out {network_or_path} ... then "
-                         f"imutility train-rate OUT --for {network_or_path} -o MODEL.json (docs/compress.md)")
+    raise RateModelError(f"no {codec} rate model for {network_or_path!r} (shipped: {have}); make one from a "
+                         f"labelled quality ladder: imutility label OUT -p {codec}-dense --held-out {network_or_path} "
+                         f"... then imutility train-rate OUT --for {network_or_path} --codec {codec} -o MODEL.json "
+                         "(docs/compress.md)")
 
 
 # ---------------------------------------------------------------------- the scorer compress drives
