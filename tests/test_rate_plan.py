@@ -253,3 +253,14 @@ def test_a_rate_model_plans_one_codec(tmp_path):
         load_rate_model(path, "webp")
     with pytest.raises(ValueError, match="no webp rate model for 'squeezenet1_1'"):
         load_rate_model("squeezenet1_1", "webp")
+
+
+def test_metric_gained_at_equal_bits_on_a_known_case():
+    # two photos, three qualities; the mode picks level 0 for the photo right everywhere, level 2 for the other
+    bpp = np.array([[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]])
+    correct = np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    pt = evaluate_point(correct, bpp, np.array([0, 2]), draws=0)
+    assert pt["bpp"] == pytest.approx(2.5) and pt["top1"] == pytest.approx(1.0)
+    # fixed quality at 2.5 bits (log-interpolated between 2 and 4): top-1 0.5 + 0.5 * log(1.25) / log(2)
+    assert pt["gain_at_equal_bits"] == pytest.approx(1.0 - (0.5 + 0.5 * np.log(1.25) / np.log(2)))
+    assert pt["saving"] == pytest.approx(1 - 2.5 / 4.0)

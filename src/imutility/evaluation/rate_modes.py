@@ -98,13 +98,15 @@ def _fixed_metric(judge, rows: np.ndarray, k: int) -> np.ndarray:
     return cache[key]
 
 
-def _saving(judge, bpp: np.ndarray, choice: np.ndarray, rows: np.ndarray) -> tuple[float, float, float, bool]:
+def _saving(judge, bpp: np.ndarray, choice: np.ndarray, rows: np.ndarray) -> tuple[float, float, float, bool, float]:
+    """(rate, metric, bits saved at equal metric, whether fixed quality reaches it, metric gained at equal bits)."""
     k = bpp.shape[1]
     rate, acc = float(bpp[rows, choice[rows]].mean()), judge.metric(rows, choice[rows])
     fixed_bpp = bpp[rows].mean(0)
     fixed_acc = _fixed_metric(judge, rows, k)
     fixed, reached = fixed_rate_at(fixed_bpp, fixed_acc, acc)
-    return rate, acc, 1 - rate / fixed, reached
+    at_rate = float(np.interp(np.log(rate), np.log(fixed_bpp), fixed_acc))  # fixed quality's metric at these bits
+    return rate, acc, 1 - rate / fixed, reached, acc - at_rate
 
 
 def evaluate_point(judge, bpp: np.ndarray, choice: np.ndarray, draws: int = 500, seed: int = 0) -> dict:
@@ -114,13 +116,13 @@ def evaluate_point(judge, bpp: np.ndarray, choice: np.ndarray, draws: int = 500,
     if isinstance(judge, np.ndarray):
         judge = CorrectnessJudge(judge, np.full(len(judge), np.nan))
     n = len(choice)
-    rate, acc, saving, reached = _saving(judge, bpp, choice, np.arange(n))
-    out = {"bpp": rate, "top1": acc, "saving": saving, "fixed_reaches_top1": reached}
+    rate, acc, saving, reached, gain = _saving(judge, bpp, choice, np.arange(n))
+    out = {"bpp": rate, "top1": acc, "saving": saving, "fixed_reaches_top1": reached, "gain_at_equal_bits": gain}
     if draws:
         rng = np.random.default_rng(seed)
-        boots = [_saving(judge, bpp, choice, rng.integers(0, n, n))[2] for _ in range(draws)]
-        lo, hi = np.percentile(boots, [2.5, 97.5])
-        out["saving_ci"] = [float(lo), float(hi)]
+        boots = np.array([_saving(judge, bpp, choice, rng.integers(0, n, n)) for _ in range(draws)], dtype=float)
+        out["saving_ci"] = np.percentile(boots[:, 2], [2.5, 97.5]).tolist()
+        out["gain_ci"] = np.percentile(boots[:, 4], [2.5, 97.5]).tolist()
     return out
 
 
@@ -320,16 +322,18 @@ def table_markdown(result: dict) -> str:
         lines.append(f"\n**Judged by {judge}** ({r['photos']} photos, pristine {m_} {r['pristine_top1']:.3f}); "
                      f"useful range: {m_} >= {r['pristine_top1'] - USEFUL_POINTS / 100:.3f}\n")
         lines.append(f"| mode | setting | {m_} | bits/pixel | saving vs fixed quality at equal {m_} (95 % CI) | "
-                     "encodes / passes per image |")
-        lines.append("|---|---|---|---|---|---|")
+                     f"{m_} gained at equal bits, points (95 % CI) | encodes / passes per image |")
+        lines.append("|---|---|---|---|---|---|---|")
         for name, m in r["modes"].items():
             b = m["useful_best"]
             if b is None:
-                lines.append(f"| {name} | - | never within {USEFUL_POINTS:g} point of pristine | | | |")
+                lines.append(f"| {name} | - | never within {USEFUL_POINTS:g} point of pristine | | | | |")
                 continue
             flag = "" if b["fixed_reaches_top1"] else " (above every fixed quality: vs the best of them)"
             lines.append(f"| {name} | {b['setting']} | {b['top1']:.3f} | {b['bpp']:.3f} | {b['saving']:+.1%} "
-                         f"[{b['saving_ci'][0]:+.1%}, {b['saving_ci'][1]:+.1%}]{flag} | {b['encodes']:.2f} / "
+                         f"[{b['saving_ci'][0]:+.1%}, {b['saving_ci'][1]:+.1%}]{flag} | "
+                         f"{100 * b['gain_at_equal_bits']:+.1f} [{100 * b['gain_ci'][0]:+.1f}, "
+                         f"{100 * b['gain_ci'][1]:+.1f}] | {b['encodes']:.2f} / "
                          f"{b['passes']} |")
     return "\n".join(lines) + "\n"
 
