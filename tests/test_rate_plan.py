@@ -56,7 +56,7 @@ def _toy_model(rng, n=400):
     cls = np.clip(np.round(2 + 1.5 * x[:, :1] + rng.normal(0, 0.3, (n, 1))), 0, 5).astype(int)
     arrays = fit_ordinal(x, np.repeat(cls, 2, 1), n_levels=5, hidden=4, epochs=300)
     return QualityModel(network=None, task="classification", codec="jpeg", ladder=[20, 40, 60, 80, 95],
-                        retentions=[0.5, 0.9], features=["a", "b", "c"], confidence=0.5, correction_confidence=0.9,
+                        retentions=[0.5, 0.9], features=["a", "b", "c"], confidence=0.5,
                         **arrays), x, cls
 
 

@@ -69,7 +69,6 @@ class QualityModel:
     skip: list[float]  # [features]
     theta: list[list[float]]  # [retentions, ladder]
     confidence: float  # content-only plans: the P the plan asks for (chosen on validation photos)
-    correction_confidence: float  # kept for older files; a checked plan corrects to the ladder's top
     card: dict = field(default_factory=dict)  # provenance and figures: training photos, ladder, validation, command
     #: mean bits per pixel at each ladder quality relative to the top's, on the training photos (what a checked
     #: plan weighs the chance of passing against)

@@ -210,7 +210,7 @@ def train_rate_model(folders: Sequence[str | os.PathLike], network: str | None, 
     arrays = fit_ordinal(data.features[train], data.classes[train], len(data.ladder), hidden=hidden, epochs=epochs,
                          seed=seed)
     model = QualityModel(network=network, task=data.task, codec=codec, ladder=data.ladder, retentions=list(RETENTIONS),
-                         features=data.feature_names, confidence=0.5, correction_confidence=1.0, **arrays,
+                         features=data.feature_names, confidence=0.5, **arrays,
                          relative_bpp=(data.bpp[train] / data.bpp[train][:, -1:]).mean(0).tolist())
     # what can be kept at all: the photos whose ladder top keeps the retention (the others keep it nowhere)
     r_default = get_task(data.task).plan_retention
@@ -222,7 +222,6 @@ def train_rate_model(folders: Sequence[str | os.PathLike], network: str | None, 
         options = [(c, simulate(model, data, val, r_default, c)) for c in CONFIDENCES]
         passing = [o for o in options if o[1]["kept"] >= need]
         model.confidence, chosen = min(passing, key=lambda o: o[1]["bpp"]) if passing else options[-1]
-        model.correction_confidence = model.confidence
     folders_txt = [str(f) for f in folders]
     model.card = {
         "description": description or (f"plans each image's JPEG quality for {network} from one pass of it"
