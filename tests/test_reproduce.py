@@ -253,6 +253,13 @@ def test_study_writes_every_table_and_figure(tiny_study):
             assert tested <= split
             assert card["data"]["train_sources"] + card["data"]["test_sources"] <= len(
                 {p for p in pd.read_parquet(study.labels_dir(task) / "labels.parquet")["source"]})
+            # and by photo identity, not only by name: no test photo is a (resized, recompressed) copy of a
+            # training photo (a 64-bit difference hash within 6 bits)
+            from imutility.evaluation.dedup import near_copies
+
+            all_sources = set(pd.read_parquet(study.labels_dir(task) / "labels.parquet")["source"])
+            assert all_sources & tested and all_sources - tested  # both sides are photos of the table
+            assert not near_copies(sorted(all_sources & tested), sorted(all_sources - tested))
     assert res["table1"][-1]["paper_accuracy"] == 0.933
     lv = {r["distortion"] for r in res["labels"]["classification"]["per_level"]}
     assert lv == {"jpeg:q=2", "jpeg:q=50"}
