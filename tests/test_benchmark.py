@@ -116,3 +116,28 @@ def test_pristine_false_reject_rate_on_a_hand_made_table():
     control = np.array([0.2, 0.2, 0.9, 0.9, 0.1, 0.1, 0.1, 0.1])  # a rejected; c and d too, but not counted
     r = pristine_false_rejects(control, t, get_task("classification"), ["n1", "n2"])
     assert r == {"n": 2, "rejected": 1, "rate": 0.5}
+
+
+def test_photo_collections_name_the_data_entry_of_each_photo():
+    from imutility.evaluation.benchmark import photo_collections
+
+    t = pd.DataFrame({"source": ["/d/val600/images/a.JPEG", "/d/coco/images/b.jpg", "/elsewhere/c.jpg",
+                                 "/d/val600/images/sub/e.JPEG"]})
+    got = photo_collections(t, {"dataset": "/d/val600/images;/d/coco/instances.json"})
+    assert got.tolist() == ["images", "coco", "other", "images"]
+    assert photo_collections(t, {}).tolist() == ["other"] * 4
+
+
+def test_figures_per_photo_collection_on_two_coco_sets(tmp_path):
+    train = require_shared("data", "coco2017-train128", "instances.json")
+    val = require_shared("data", "coco2017-val128", "instances.json")
+    out = tmp_path / "l"
+    assert main(["label", str(out), "--task", "detection", "--data", str(train), "--data", str(val), "--limit", "6",
+                 "--labelers", "fastestdet", "--held-out", "yolox_nano", "-d", "jpeg:q=3", "-d", "jpeg:q=8",
+                 "--no-progress"]) == 0
+    assert main(["benchmark", str(out), "--out", str(tmp_path / "b"), "--predictor", "d=default-detection",
+                 "--bootstrap", "20"]) == 0
+    st = json.loads((tmp_path / "b" / "results.json").read_text())["sets"]["l"]
+    by = st["unseen"]["yolox_nano"]["by_collection"]
+    assert set(by) == {"coco2017-train128", "coco2017-val128"} and all(v["photos"] == 6 for v in by.values())
+    assert "Per photo collection" in (tmp_path / "b" / "report.md").read_text()

@@ -179,6 +179,22 @@ def _msp(table, network: str) -> np.ndarray:
         dtype=np.float64)
 
 
+def photo_collections(table, config: dict) -> np.ndarray:
+    """Per row, which of the labelled data entries its photo came from (the entry folder's name; a COCO json's
+    folder), so figures can be given per collection (real val photos apart from network-training photos)."""
+    entries = [e for e in str(config.get("dataset", "")).split(";") if e]
+    roots = [(Path(e).parent if e.endswith(".json") else Path(e)) for e in entries]
+    names = [r.name or str(r) for r in roots]
+
+    def which(source: str) -> str:
+        for root, name in zip(roots, names, strict=True):
+            if Path(source).is_relative_to(root):
+                return name
+        return "other"
+
+    return np.array([which(str(s)) for s in table["source"]])
+
+
 def transition_levels(table, min_share: float) -> list[str]:
     """Distortions where both label classes make at least ``min_share`` of the labelled images."""
     out = []
@@ -245,6 +261,7 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
         order = [d for d in order if d in set(levels)]
         trans = transition_levels(table, spec.min_share)
         W = photo_bootstrap(table["source"].to_numpy(), spec.n_boot, spec.seed)
+        collections = photo_collections(table, config)
         y = table["label"].to_numpy(dtype=np.float64)
 
         def summarise(tab: dict) -> dict:
@@ -261,7 +278,14 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
             c = task.success(table, net)
             unseen[net] = {"auroc": summarise(auroc_table(scores, c, levels, W, order)),
                            "auroc_transition": summarise(auroc_table(scores, c, levels, W, trans)) if trans else {},
-                           "matched": {}}
+                           "by_collection": {}, "matched": {}}
+            if len(set(collections)) > 1:  # the same AUROCs per photo collection (e.g. val vs train photos)
+                for name in sorted(set(collections)):
+                    m = collections == name
+                    unseen[net]["by_collection"][name] = {
+                        "photos": int(table["source"][m].nunique()),
+                        "auroc": summarise(auroc_table({k: v[m] for k, v in scores.items()}, c[m], levels[m],
+                                                       W[:, m], trans or order))}
             for ref in spec.predictors:
                 contenders = {k: v for k, v in scores.items() if k == ref or k not in spec.predictors}
                 mr = matched_rejection(contenders, ref, c, levels, W, THRESHOLD, trans or order)

@@ -69,6 +69,16 @@ def render(results: dict) -> str:
                              + f" | **{_fmt(per.get('mean'))}** | {_fmt(allv.get('mean'))} "
                              f"| {_fmt(allv.get('pooled'))} |")
             lines.append("")
+            if u.get("by_collection"):
+                names = list(u["by_collection"])
+                lines += [f"Per photo collection (mean AUROC over the {'transition' if trans else 'all'} levels for "
+                          f"{net}'s {st['success']}):", "",
+                          "| score | " + " | ".join(f"{n} ({u['by_collection'][n]['photos']} photos)" for n in names)
+                          + " |", "|---|" + "---|" * len(names)]
+                for s in tab:
+                    lines.append(f"| {s} | " + " | ".join(_fmt(u["by_collection"][n]["auroc"].get(s, {}).get("mean"))
+                                                         for n in names) + " |")
+                lines.append("")
             for ref, m in u["matched"].items():
                 lv = m["levels"]
                 lines += [f"The {st['success']} rate of {net} when every "
