@@ -103,7 +103,7 @@ def test_measure_prints_the_normalised_utility_by_default(tmp_path, capsys):
 
 
 # 7. too little data is said loudly
-def test_train_warns_and_records_too_few_test_photos():
+def test_too_few_test_photos_give_loud_warnings():
     from imutility.predictor.training.split import sample_warnings
 
     few = sample_warnings(6, {"n_useful": 3, "n_non_useful": 3, "balanced_accuracy": 0.5})

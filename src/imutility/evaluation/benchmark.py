@@ -85,53 +85,52 @@ def load_set(s: BenchmarkSet):
     return config, table
 
 
-def cached_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, device: str,
-                  log: Callable[[str], None], precision: str = "fp32") -> np.ndarray:
-    """A predictor's scores on a set's test images, cached in
-    ``out/scores/<set>/<name>-<weights hash>[-<precision>].parquet``."""
+def _predictions(pred, cache: Path, keys: list[str], paths: list[str], log: Callable[[str], None],
+                 what: str) -> dict[str, float]:
+    """``pred``'s score per key (``paths[i]`` is scored for ``keys[i]``), from ``cache`` when it holds every key,
+    else scored once and cached there (the one cache scheme of the benchmark's scores)."""
     import pandas as pd
 
-    from imutility.predictor.runtime.predictor import Predictor
-
-    pred = Predictor.load(where, device=device, precision=precision)
-    cache = score_cache(out, s.name, name, pred.card.weights_sha256, precision)
     if cache.is_file():
         old = pd.read_parquet(cache)
-        if set(table["path"]) <= set(old["path"]):
-            return old.set_index("path").loc[table["path"], "score"].to_numpy(dtype=np.float64)
-    if device == "cpu":
+        if set(keys) <= set(old["path"]):
+            return dict(zip(old["path"], old["score"].astype(float), strict=True))
+    if pred.placement.on_cpu:
         pred.use_onnx_runtime()
-    log(f"[benchmark] {name} scoring {len(table)} images of {s.name}")
-    paths = [str(s.labels / p) for p in table["path"]]
-    scores = np.asarray([np.nan if v is None else v for _, v, _ in pred.predict_paths(paths, 64)], dtype=np.float64)
-    atomic.write_parquet(cache, pd.DataFrame({"path": table["path"].to_numpy(), "score": scores}))
-    return scores
+    log(f"[benchmark] scoring {what}")
+    got = [np.nan if v is None else v for _, v, _ in pred.predict_paths(paths, 64)]
+    atomic.write_parquet(cache, pd.DataFrame({"path": keys, "score": np.asarray(got, dtype=np.float64)}))
+    return dict(zip(keys, got, strict=True))
+
+
+def _load(where: str, device: str, precision: str):
+    from imutility.predictor.runtime.predictor import Predictor
+
+    return Predictor.load(where, device=device, precision=precision)
+
+
+def cached_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, device: str,
+                  log: Callable[[str], None], precision: str = "fp32", pred=None) -> np.ndarray:
+    """A predictor's scores on a set's test images, cached in
+    ``out/scores/<set>/<name>-<weights hash>[-<precision>].parquet``."""
+    pred = pred or _load(where, device, precision)
+    keys = [str(p) for p in table["path"]]
+    got = _predictions(pred, score_cache(out, s.name, name, pred.card.weights_sha256, precision), keys,
+                       [str(s.labels / p) for p in keys], log, f"{len(keys)} images of {s.name} with {name}")
+    return np.array([got[k] for k in keys], dtype=np.float64)
 
 
 def control_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, device: str,
-                   log: Callable[[str], None], precision: str = "fp32") -> np.ndarray:
+                   log: Callable[[str], None], precision: str = "fp32", pred=None) -> np.ndarray:
     """The COMPRESSION-BLIND CONTROL of a predictor: its score on each row's PRISTINE photo (the source), which
     knows nothing of the distortion; one value per row (every level of a photo shares it). What a predictor adds
     over it is what it reads of the compression. Cached like :func:`cached_scores` (set name + ``-pristine``)."""
-    import pandas as pd
-
-    from imutility.predictor.runtime.predictor import Predictor
-
+    pred = pred or _load(where, device, precision)
     sources = list(dict.fromkeys(table["source"].astype(str)))
-    pred = Predictor.load(where, device=device, precision=precision)
-    cache = score_cache(out, f"{s.name}-pristine", name, pred.card.weights_sha256, precision)
-    if cache.is_file():
-        old = pd.read_parquet(cache)
-        if set(sources) <= set(old["path"]):
-            m = dict(zip(old["path"], old["score"], strict=True))
-            return np.array([m[x] for x in table["source"].astype(str)], dtype=np.float64)
-    if device == "cpu":
-        pred.use_onnx_runtime()
-    log(f"[benchmark] {name} scoring the {len(sources)} pristine photos of {s.name} (the control)")
-    got = np.asarray([np.nan if v is None else v for _, v, _ in pred.predict_paths(sources, 64)], dtype=np.float64)
-    atomic.write_parquet(cache, pd.DataFrame({"path": sources, "score": got}))
-    m = dict(zip(sources, got, strict=True))
-    return np.array([m[x] for x in table["source"].astype(str)], dtype=np.float64)
+    got = _predictions(pred, score_cache(out, f"{s.name}-pristine", name, pred.card.weights_sha256, precision),
+                       sources, sources, log, f"the {len(sources)} pristine photos of {s.name} with {name} "
+                       "(the control)")
+    return np.array([got[x] for x in table["source"].astype(str)], dtype=np.float64)
 
 
 def pristine_false_rejects(control: np.ndarray, table, task, networks: Sequence[str], threshold: float = THRESHOLD,
@@ -228,6 +227,8 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
     results: dict = {"predictors": dict(spec.predictors), "baselines": dict(spec.baselines),
                      "precisions": dict(spec.precisions), "sets": {},
                      "n_boot": spec.n_boot, "threshold": THRESHOLD, "min_share": spec.min_share}
+    loaded = {name: _load(where, spec.device, spec.precisions.get(name, "fp32"))
+              for name, where in {**spec.predictors, **spec.baselines}.items()}  # each loaded once, for every set
     for s in spec.sets:
         config, table = load_set(s)
         held_out = config.get("held_out", [])
@@ -240,7 +241,7 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
         scores: dict[str, np.ndarray] = {}
         for name, where in {**spec.predictors, **spec.baselines}.items():
             scores[name] = cached_scores(s, table, name, where, out, spec.device, log,
-                                         spec.precisions.get(name, "fp32"))
+                                         spec.precisions.get(name, "fp32"), loaded[name])
         scores["bits per pixel"] = table["bpp"].to_numpy(dtype=np.float64)
         scores["JPEG quality (file)"] = _jpeg_quality(s, table)
         for n in msp_nets:
@@ -249,7 +250,7 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
         controls = {}
         for name, where in spec.predictors.items():
             controls[name] = control_scores(s, table, name, where, out, spec.device, log,
-                                            spec.precisions.get(name, "fp32"))
+                                            spec.precisions.get(name, "fp32"), loaded[name])
             scores[f"control: {name} on the pristine photo"] = controls[name]
         for n in msp_nets:
             col = f"{n}.pristine_p5"

@@ -163,15 +163,24 @@ def rate_accuracy(labels: str | os.PathLike, predictors: dict[str, np.ndarray], 
     return result
 
 
-def plot(result: dict, path: str | os.PathLike) -> None:
+def rate_axes(panels: Sequence[str], width: float = 5.5, height: float = 4.6):
+    """A figure with one rate-accuracy panel (log-rate x axis) per name: ``(fig, {name: ax})``; the curves and the
+    rate-mode benchmark draw on it."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    nets = list(result["networks"])
-    fig, axes = plt.subplots(1, len(nets), figsize=(5.5 * len(nets), 4.6), squeeze=False)
-    for ax, net in zip(axes[0], nets, strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
+    for ax in axes[0]:
+        ax.set_xscale("log")
+        ax.set_xlabel("mean bits per pixel")
+    return fig, dict(zip(panels, axes[0], strict=True))
+
+
+def plot(result: dict, path: str | os.PathLike) -> None:
+    fig, axes = rate_axes(list(result["networks"]))
+    for net, ax in axes.items():
         r = result["networks"][net]
         for name, pts in r["curves"].items():
             x = [p[0] for p in pts]
@@ -182,8 +191,6 @@ def plot(result: dict, path: str | os.PathLike) -> None:
             ax.plot(x, y, label=label, **style)
         ax.axhline(100 * r["pristine"], color="grey", ls="--", lw=0.8, label="pristine")
         ax.axhline(100 * r["useful_from"], color="grey", ls=":", lw=0.8, label="useful range from")
-        ax.set_xscale("log")
-        ax.set_xlabel("mean bits per pixel")
         ax.set_ylabel(f"{result['metric']} of {net} (x100)")
         ax.set_title(net, fontsize=9)
         ax.legend(fontsize=7)

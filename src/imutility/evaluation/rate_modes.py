@@ -339,14 +339,10 @@ def table_markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: str | os.PathLike) -> None:
-    import matplotlib
+    from imutility.evaluation.curves import rate_axes
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    judges = list(result["judges"])
-    fig, axes = plt.subplots(1, len(judges), figsize=(6 * len(judges), 4.8), squeeze=False)
-    for ax, judge in zip(axes[0], judges, strict=True):
+    fig, axes = rate_axes(list(result["judges"]), 6, 4.8)
+    for judge, ax in axes.items():
         r = result["judges"][judge]
         ax.plot([f["bpp"] for f in r["fixed"]], [100 * f["top1"] for f in r["fixed"]], "k.-", lw=2,
                 label="fixed quality")
@@ -355,9 +351,7 @@ def plot(result: dict, path: str | os.PathLike) -> None:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1, label=name)
         ax.axhline(100 * (r["pristine_top1"] - USEFUL_POINTS / 100), color="grey", ls=":", lw=0.8,
                    label="useful range from")
-        ax.set_xscale("log")
-        ax.set_xlabel("mean bits per pixel")
-        ax.set_ylabel(f"top-1 of {judge} (x100)")
+        ax.set_ylabel(f"{result.get('metric', 'top-1')} of {judge} (x100)")
         ax.set_ylim(bottom=max(0, 100 * r["pristine_top1"] - 15))
         ax.set_title(f"judged by {judge}", fontsize=9)
         ax.legend(fontsize=6)

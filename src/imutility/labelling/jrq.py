@@ -67,9 +67,11 @@ def lowest_from_which(kept: np.ndarray) -> int | None:
     return i
 
 
-def retention_table(out: str | os.PathLike, networks: Sequence[str] | None = None):
+def retention_table(out: str | os.PathLike, networks: Sequence[str] | None = None,
+                    caches: dict[str, dict] | None = None):
     """Long table of retentions on every ladder: ``key``, ``source``, ``network``, ``codec``, ``quality``,
-    ``distortion``, ``bpp``, ``retention`` (NaN where a record failed)."""
+    ``distortion``, ``bpp``, ``retention`` (NaN where a record failed). ``caches``: networks' outputs already read
+    (:func:`~imutility.labelling.store.read_outputs`), not read again."""
     import pandas as pd
 
     out = Path(out)
@@ -82,7 +84,7 @@ def retention_table(out: str | os.PathLike, networks: Sequence[str] | None = Non
     sources = {s.key: s.path for s in read_sources(out) if s.augment is None}
     rows = []
     for net in nets:
-        cache = read_outputs(out, net)
+        cache = caches[net] if caches and net in caches else read_outputs(out, net)
         for family, ladder in ladders(config["distortions"]).items():
             for key, source in sources.items():
                 r0 = cache.get((key, PRISTINE))

@@ -93,11 +93,6 @@ class QualityModel:
         theta = np.asarray(self.theta)[self.retention_index(retention)]
         return _sigmoid(theta[None, :] - self.score(x)[:, None])
 
-    def plan(self, x: np.ndarray, retention: float, confidence: float | None = None) -> np.ndarray:
-        """Per image, the lowest ladder quality whose ``P(JRQ_r <= q)`` reaches ``confidence`` (else the top)."""
-        conf = self.confidence if confidence is None else confidence
-        return np.asarray(self.ladder)[plan_index(self.cumulative(x, retention), conf)]
-
     def checked_plan_index(self, x: np.ndarray, retention: float) -> np.ndarray:
         """Per image, the ladder index a CHECKED plan encodes first: the one with the fewest expected bits when a
         failed check is corrected to the ladder's top, ``rel[q] * P(kept at q) + 1 * (1 - P(kept at q))`` with

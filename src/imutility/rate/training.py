@@ -101,9 +101,9 @@ def ladder_data(folders: Sequence[str | os.PathLike], network: str | None, codec
         if missing := [n for n in nets if n not in have]:
             raise InvalidInputError(f"{folder} has no outputs of {', '.join(missing)} (label with --held-out "
                                f"{','.join(missing)})")
-        long = retention_table(folder, nets)
+        pristine = read_outputs(folder, network) if network is not None else None  # read once, used twice
+        long = retention_table(folder, nets, {network: pristine} if network is not None else None)
         long = long[long["codec"] == codec]
-        pristine = read_outputs(folder, network) if network is not None else None
         for key, g in long.groupby("key", sort=True):
             ret = g.pivot_table(index="network", columns="quality", values="retention", aggfunc="first")
             if ret.shape != (len(nets), len(qs)) or ret.isna().to_numpy().any():
