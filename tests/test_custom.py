@@ -139,7 +139,7 @@ def test_a_changed_file_fails_the_hash_check(tiny_onnx):
 
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.replace('format = "onnx"', 'format = "keras"'), "format must be one of"),
-    (lambda s: s.replace('task = "classification"', 'task = "segmentation"'), "task must be"),
+    (lambda s: s.replace('task = "classification"', 'task = "depth"'), "task must be"),
     (lambda s: s.replace('name = "tiny-onnx"', 'name = "efficientnet_lite0"'), "zoo labeler's name"),
     (lambda s: s.replace('name = "tiny-onnx"', 'name = "../evil"'), "name must be"),
     (lambda s: "\n".join(line for line in s.splitlines() if not line.startswith("sha256")), "sha256 is missing"),

@@ -44,7 +44,8 @@ def test_registry_lists_every_network():
     assert zoo.list_labelers("detection", paper=True) == PAPER_DETECTORS
     assert zoo.list_labelers("classification", paper=False) == OFFLINE_CLASSIFIERS
     assert zoo.list_labelers("detection", paper=False) == OFFLINE_DETECTORS
-    assert len(zoo.list_labelers()) == 25
+    assert zoo.list_labelers("segmentation") == ["deeplabv3_mnv2_voc", "deeplabv3_mnv2_dm05_voc", "deeplabv3_257_voc"]
+    assert len(zoo.list_labelers()) == 28
 
 
 def test_unknown_names_suggest():

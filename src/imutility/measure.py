@@ -20,8 +20,9 @@ from PIL import Image
 
 from imutility.errors import InvalidInputError
 from imutility.images import list_images, load_image
-from imutility.utility import PAPER_DET_IOU, classification_utility, combine, detection_utility
-from imutility.zoo import Classifier, Detector, Labeler
+from imutility.tasks import get_task
+from imutility.utility import PAPER_DET_IOU, combine
+from imutility.zoo import Labeler
 
 
 @dataclass
@@ -56,46 +57,18 @@ def measure_pairs(pristine: Sequence[Image.Image], distorted: Sequence[Image.Ima
     tasks = {lab.task for lab in labelers}
     if len(tasks) != 1:
         raise InvalidInputError(f"labelers of one task only, got {sorted(tasks)}")
-    own = [lab.name for lab in labelers if isinstance(lab, Classifier) and lab.spec.label_space is not None]
-    if targets is not None and own:
-        raise InvalidInputError(f"{', '.join(own)} answer(s) in their own classes, so ImageNet ground-truth "
-                                "targets do not apply: measure against each network's own pristine prediction "
-                                "(no targets)")
     n = len(pristine)
     names = names or [(str(i), str(i)) for i in range(n)]
     per: dict[str, np.ndarray] = {}
     details: list[dict[str, dict[str, float]]] = [{} for _ in range(n)]
+    task = get_task(next(iter(tasks)))  # the task decides what a network's utility is, once
     for lab in labelers:
-        if isinstance(lab, Classifier):
-            p0, p1 = lab(list(pristine)), lab(list(distorted))
-            t = np.asarray(targets) if targets is not None else None
-            per[lab.name] = np.asarray(classification_utility(p0, p1, t, phi_rec), dtype=np.float64)
-            ref = t if t is not None else p0.argmax(1)
-            for i in range(n):
-                details[i][lab.name] = {"phi": float(p1[i, ref[i]]), "phi_ref": float(p0[i, ref[i]]),
-                                        "reference_class": int(ref[i]), "distorted_class": int(p1[i].argmax())}
-        elif isinstance(lab, Detector):
-            d0, d1 = lab(list(pristine)), lab(list(distorted))
-            vals = []
-            for i in range(n):
-                if annotations is not None:
-                    gt_b, gt_l = annotations[i]["boxes"], annotations[i]["labels"]
-                else:
-                    keep = d0[i].scores >= reference_score
-                    gt_b, gt_l = d0[i].boxes[keep], d0[i].labels[keep]
-                r = detection_utility(gt_b, gt_l, d0[i].as_dict(), d1[i].as_dict(), iou_threshold, phi_rec)
-                details[i][lab.name] = {**r, "n_reference": int(len(gt_l))}
-                vals.append(r["utility"])
-            per[lab.name] = np.asarray(vals, dtype=np.float64)
-        else:  # pragma: no cover - the zoo only makes these two
-            raise TypeError(f"unsupported labeler {lab!r}")
-    if normalised:
-        from imutility.utility import normalised_confidence_utility
-
-        for lab in labelers:
-            phi = np.array([details[i][lab.name]["phi"] for i in range(n)], dtype=np.float64)
-            ref = np.array([details[i][lab.name]["phi_ref"] for i in range(n)], dtype=np.float64)
-            per[lab.name] = np.asarray(normalised_confidence_utility(phi, ref, phi_rec), dtype=np.float64)
+        values, info = task.measure(lab, list(pristine), list(distorted), targets=targets, annotations=annotations,
+                                    phi_rec=phi_rec, reference_score=reference_score, iou_threshold=iou_threshold,
+                                    normalised=normalised)
+        per[lab.name] = np.asarray(values, dtype=np.float64)
+        for i in range(n):
+            details[i][lab.name] = info[i]
     matrix = np.stack([per[lab.name] for lab in labelers], axis=1)
     combined = combine(matrix, op)
     return [PairUtility(names[i][0], names[i][1], {k: float(v[i]) for k, v in per.items()}, float(combined[i]),

@@ -234,7 +234,9 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
         held_out = config.get("held_out", [])
         networks = config["labelers"] + held_out
         task = get_task(config["task"])
-        msp_nets = list(spec.msp) if spec.msp is not None else (networks if task.class_probabilities else [])
+        # a network's own confidence is a baseline wherever the folder holds it (classifiers' top-5 probabilities;
+        # score-output segmenters' mean pixel confidence): the same ``N.p5`` column for every task
+        msp_nets = list(spec.msp) if spec.msp is not None else [n for n in networks if f"{n}.p5" in table]
         missing = [n for n in msp_nets if f"{n}.p5" not in table]
         if missing:
             raise InvalidInputError(f"{s.labels} has no outputs of {missing} (networks there: {', '.join(networks)})")

@@ -187,7 +187,7 @@ def mode_choices(test: LadderData, nets: dict[str, LadderData], plans: dict[str,
 def make_judge(folder: Path, keys: Sequence[str], ladder: Sequence[int], judge: str, codec: str = "jpeg"):
     """The judge of a labelling folder's task for network ``judge``, and the rows it can judge (a boolean mask)."""
     config = json.loads((folder / "config.json").read_text())
-    return _JUDGES[config["task"]](folder, config, keys, ladder, judge, codec)
+    return _JUDGES.get(config["task"], _metric_judge)(folder, config, keys, ladder, judge, codec)
 
 
 def _correctness_judge(folder, config, keys, ladder, judge, codec):
@@ -223,7 +223,50 @@ def _detection_judge(folder, config, keys, ladder, judge, codec):
     return DetectionJudge(records, pristine, gt), np.array(ok)
 
 
-#: how each task's folder is judged (a table, not a comparison of task names)
+class MetricJudge:
+    """Any task's network judging by the task's own metric of a selection of images
+    (:meth:`imutility.tasks.Task.selection_metric`, e.g. segmentation's dataset mIoU), from the labels table: the
+    judge of every task without a faster one of its own."""
+
+    def __init__(self, task, table, grid: np.ndarray, network: str, outputs, sources):
+        self.task, self.table, self.grid, self.network = task, table, grid, network
+        self.outputs, self.sources = outputs, sources
+
+    def metric(self, rows: np.ndarray, choice: np.ndarray) -> float:
+        rows = np.asarray(rows)
+        sel = self.table.iloc[self.grid[rows, np.asarray(choice)]]
+        return self.task.selection_metric(sel, self.network, self.outputs, self.sources)
+
+    def pristine(self, rows: np.ndarray) -> float:
+        sel = self.table.iloc[self.grid[np.asarray(rows), 0]]
+        return self.task.selection_metric(sel, self.network, self.outputs, self.sources, pristine=True)
+
+
+def _metric_judge(folder, config, keys, ladder, judge, codec):
+    from functools import lru_cache
+
+    import pandas as pd
+
+    from imutility.distort import parse_distortion
+    from imutility.labelling.store import read_outputs, read_sources
+    from imutility.tasks import get_task
+
+    table = pd.read_parquet(folder / "labels.parquet")
+    table = table[table["augment"].isna()].reset_index(drop=True)
+    pos, qpos = {k: i for i, k in enumerate(keys)}, {q: j for j, q in enumerate(ladder)}
+    grid = np.full((len(keys), len(ladder)), -1, dtype=np.int64)
+    for i, (k, d) in enumerate(zip(table["key"], table["distortion"], strict=True)):
+        spec = parse_distortion(d)
+        if spec.family == codec and k in pos and int(spec.level) in qpos:
+            grid[pos[k], qpos[int(spec.level)]] = i
+    ok = (grid >= 0).all(1)
+    sources = {s.key: s for s in read_sources(folder)}
+    outputs = lru_cache(maxsize=None)(lambda net: read_outputs(folder, net))
+    return MetricJudge(get_task(config["task"]), table, grid.clip(0), judge, outputs, sources), ok
+
+
+#: the tasks whose folders have a faster judge of their own (a table, not a comparison of task names); every
+#: other task is judged by its selection metric (:class:`MetricJudge`)
 _JUDGES = {"classification": _correctness_judge, "detection": _detection_judge}
 
 

@@ -249,7 +249,8 @@ def as_scorer(scorer):
 class NetworkOracle:
     """Networks' own full-reference utility against the pristine image: the share of its pristine confidence
     each keeps in its pristine decision (classification: min(1, p(class) / p'(class)) for its pristine top-1
-    class; detection: the retained confidence-weighted recall of its own confident pristine detections),
+    class; any other task: its :meth:`~imutility.tasks.Task.retention`, e.g. detection's retained
+    confidence-weighted recall of its own confident pristine detections, segmentation's mIoU of the two masks),
     averaged over the networks given (one network, or an ensemble)."""
 
     def __init__(self, labelers, score_threshold: float = 0.5):
@@ -280,17 +281,16 @@ class NetworkOracle:
                 return np.minimum(1.0, p[:, cls] / max(ref, 1e-12))
 
             return score
-        from imutility.utility import detection_utility
+        # any other task: its own retention, read from the records it caches when labelling (detection: the
+        # retained confidence-weighted recall of its confident pristine detections; segmentation: the mIoU of the
+        # distorted mask against the pristine one), so compress and jrq.parquet measure the same thing
+        from imutility.tasks import PRISTINE, get_task
 
-        d0 = labeler([pristine])[0]
-        keep = d0.scores >= self.score_threshold
-        gt_b, gt_l = d0.boxes[keep], d0.labels[keep]
+        task = get_task(labeler.task)
+        rec0 = task.records([("image", PRISTINE)], labeler([pristine]), {}, {})[0]
 
-        def score_det(images):
-            out = []
-            for d1 in labeler(images):
-                u = detection_utility(gt_b, gt_l, d0.as_dict(), d1.as_dict())
-                out.append(1.0 if not len(gt_l) else min(1.0, u["phi"] / max(u["phi_ref"], 1e-12)))
-            return np.asarray(out, dtype=np.float64)
+        def score_task(images):
+            recs = task.records([("image", "distorted")] * len(images), labeler(images), {}, {})
+            return np.asarray([task.retention(rec0, r, self.score_threshold) for r in recs], dtype=np.float64)
 
-        return score_det
+        return score_task

@@ -20,8 +20,9 @@ from imutility.tasks.base import (
 )
 from imutility.tasks.classification import ClassificationTask
 from imutility.tasks.detection import DetectionTask
+from imutility.tasks.segmentation import SegmentationTask
 
-_TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(), DetectionTask())}
+_TASKS: dict[str, Task] = {t.name: t for t in (ClassificationTask(), DetectionTask(), SegmentationTask())}
 
 #: the task names, in a fixed order (the order studies run them in)
 TASK_NAMES: tuple[str, ...] = tuple(_TASKS)

@@ -38,6 +38,7 @@ class Source:
     target: int | None = None  # classification
     boxes: tuple[tuple[float, float, float, float], ...] | None = None  # detection, xyxy
     labels: tuple[int, ...] | None = None
+    mask: str | None = None  # segmentation: the ground-truth class grid (tasks.segmentation.encode_mask)
     augment: str | None = None
     distortions: tuple[str, ...] | None = None  # a subset of the run's (balancing); None = all
 
@@ -66,6 +67,12 @@ class Thresholds:
     #: the share of its pristine decision a network must keep for an image's just-recognizable quality
     #: (:mod:`imutility.labelling.jrq`)
     retention: float = 0.9
+    #: segmentation (:mod:`imutility.tasks.segmentation`): useful when a network keeps >= seg_th of its pristine
+    #: mask quality, non-useful below seg_tl, excluded between; with ground truth, photos whose pristine mask
+    #: scores below seg_min (mean IoU) are excluded
+    seg_th: float = 0.9
+    seg_tl: float = 0.75
+    seg_min: float = 0.5
 
 
 #: the paper's thresholds (Section IV): the default of every labelling and relabel
@@ -167,6 +174,16 @@ class Task(ABC):
         """How much of a network's own decision on the pristine image it keeps on the distorted one, in [0, 1],
         from its two cache records: what a just-recognizable quality (:mod:`imutility.labelling.jrq`) and a
         network's own rate oracle are measured by."""
+
+    # ------------------------------------------------------------------ full reference, on images
+    @abstractmethod
+    def measure(self, labeler, pristine: Sequence, distorted: Sequence, *, targets=None, annotations=None,
+                phi_rec: float = 0.5, reference_score: float = 0.5, iou_threshold: float = PAPER_DET_IOU,
+                normalised: bool = False) -> tuple[np.ndarray, list[dict]]:
+        """One network's utility of each distorted image against its pristine one, run on the images
+        (``imutility measure``): the values and, per pair, what they were computed from. ``targets`` /
+        ``annotations``: ground truth where the task takes it (else the network's own pristine output is the
+        reference)."""
 
     # ------------------------------------------------------------------ judging
     @abstractmethod

@@ -185,6 +185,29 @@ class ClassificationTask(Task):
             return 0.0
         return float(min(1.0, float(distorted["pr"]) / max(float(pristine["p"][0]), 1e-12)))
 
+    # ------------------------------------------------------------------ full reference, on images
+    def measure(self, labeler, pristine, distorted, *, targets=None, annotations=None, phi_rec=0.5,
+                reference_score=0.5, iou_threshold=0.5, normalised=False):
+        """phi / phi': the probability of the reference class (the ground truth, else the network's pristine top-1)
+        on the distorted / pristine image; Eq. 2 of them, or its normalised form."""
+        from imutility.errors import InvalidInputError
+        from imutility.utility import classification_utility, normalised_confidence_utility
+
+        if targets is not None and labeler.spec.label_space is not None:
+            raise InvalidInputError(f"{labeler.name} answers in its own classes, so ImageNet ground-truth targets "
+                                    "do not apply: measure against each network's own pristine prediction "
+                                    "(no targets)")
+        p0, p1 = labeler(list(pristine)), labeler(list(distorted))
+        t = np.asarray(targets) if targets is not None else None
+        ref = t if t is not None else p0.argmax(1)
+        idx = np.arange(len(ref))
+        phi, phi_ref = p1[idx, ref].astype(np.float64), p0[idx, ref].astype(np.float64)
+        values = (normalised_confidence_utility(phi, phi_ref, phi_rec) if normalised
+                  else classification_utility(p0, p1, t, phi_rec))
+        info = [{"phi": float(phi[i]), "phi_ref": float(phi_ref[i]), "reference_class": int(ref[i]),
+                 "distorted_class": int(p1[i].argmax())} for i in idx]
+        return np.asarray(values, dtype=np.float64), info
+
     # ------------------------------------------------------------------ judging
     def success(self, table, network: str) -> np.ndarray:
         """1 where the network's top-1 on the distorted image is the reference class, NaN where unknown."""

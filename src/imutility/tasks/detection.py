@@ -166,6 +166,27 @@ class DetectionTask(Task):
         u = detection_utility(d0["boxes"][keep], d0["labels"][keep], d0, d1)
         return float(min(1.0, u["phi"] / max(u["phi_ref"], 1e-12)))
 
+    # ------------------------------------------------------------------ full reference, on images
+    def measure(self, labeler, pristine, distorted, *, targets=None, annotations=None, phi_rec=0.5,
+                reference_score=0.5, iou_threshold=0.5, normalised=False):
+        """Reference objects: the annotations, else the network's own pristine detections scoring >=
+        ``reference_score``; phi: their confidence-weighted recall (:func:`~imutility.utility.detection_utility`)."""
+        from imutility.utility import detection_utility, normalised_confidence_utility
+
+        d0, d1 = labeler(list(pristine)), labeler(list(distorted))
+        values, info = [], []
+        for i in range(len(d0)):
+            if annotations is not None:
+                gt_b, gt_l = annotations[i]["boxes"], annotations[i]["labels"]
+            else:
+                keep = d0[i].scores >= reference_score
+                gt_b, gt_l = d0[i].boxes[keep], d0[i].labels[keep]
+            r = detection_utility(gt_b, gt_l, d0[i].as_dict(), d1[i].as_dict(), iou_threshold, phi_rec)
+            info.append({**r, "n_reference": int(len(gt_l))})
+            values.append(float(normalised_confidence_utility(r["phi"], r["phi_ref"], phi_rec)) if normalised
+                          else r["utility"])
+        return np.asarray(values, dtype=np.float64), info
+
     # ------------------------------------------------------------------ judging
     def success(self, table, network: str) -> np.ndarray:
         """The network's own Eq. 6 label: a reference object found in the pristine and the distorted image."""

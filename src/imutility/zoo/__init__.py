@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from imutility.names import UnknownNameError
-from imutility.zoo.base import COCO80_IDS, Classifier, Detections, Detector, Labeler, LabelerRecipe, LabelerSpec
+from imutility.zoo.base import (
+    COCO80_IDS,
+    VOC_CLASSES,
+    Classifier,
+    Detections,
+    Detector,
+    Labeler,
+    LabelerRecipe,
+    LabelerSpec,
+    Segmentation,
+    Segmenter,
+)
 from imutility.zoo.preprocess import Preprocess
 from imutility.zoo.weights import (
     WeightsError,
@@ -28,13 +39,14 @@ from imutility.zoo.weights import (
 )
 
 __all__ = [
-    "COCO80_IDS", "Classifier", "Detections", "Detector", "Labeler", "LabelerSpec", "Preprocess",
+    "COCO80_IDS", "VOC_CLASSES", "Segmentation", "Segmenter",
+    "Classifier", "Detections", "Detector", "Labeler", "LabelerSpec", "Preprocess",
     "WeightsError", "WeightsHashError", "WeightsNotFoundError", "WeightsSpec", "Availability",
     "LabelerRecipe", "availability", "get_labeler", "get_spec", "list_labelers", "models_dir", "rebuild",
     "register",
 ]
 
-TASKS = ("classification", "detection")
+TASKS = ("classification", "detection", "segmentation")
 
 
 @lru_cache(maxsize=1)
@@ -153,5 +165,5 @@ def describe(name: str) -> dict[str, object]:
             "weights": {"file": s.weights.file, "sha256": s.weights.sha256, "source": s.weights.source,
                         "license": s.weights.license, "url": s.weights.url},
             "metrics": s.metrics, "classes": list(s.classes) if s.classes is not None else
-            {"classification": "imagenet-1k", "detection": "coco"}[s.task]}
+            {"classification": "imagenet-1k", "detection": "coco"}.get(s.task)}
 

@@ -14,9 +14,14 @@ from PIL import Image
 from imutility.zoo.preprocess import Preprocess
 from imutility.zoo.weights import WeightsSpec
 
-Task = Literal["classification", "detection"]
+Task = Literal["classification", "detection", "segmentation"]
 IMAGENET_CLASSES = 1000
 ImageInput = Image.Image | np.ndarray
+
+#: PASCAL VOC's 21 segmentation classes in the standard output order (0 = background)
+VOC_CLASSES: tuple[str, ...] = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor")
 
 #: The 80 official COCO category ids in sorted order: index i of an 80-class model is COCO80_IDS[i].
 COCO80_IDS: tuple[int, ...] = tuple(i for i in range(1, 91) if i not in {12, 26, 29, 30, 45, 66, 68, 69, 71, 83})
@@ -39,7 +44,8 @@ class LabelerOptions:
     arch: str | None = None  # torchvision / EfficientNet-Lite architecture name
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra builder arguments (torchvision)
     state_dict_fixup: str | None = None  # a named key fix-up for old checkpoint layouts (torchvision)
-    output: Literal["probs", "logits"] = "logits"  # what the classifier graph outputs (TFLite entries declare it)
+    #: what the graph outputs: class probabilities or logits; a segmenter may also output a class map
+    output: Literal["probs", "logits", "classmap"] = "logits"
     score_threshold: float | None = None  # detectors: the lowest score kept
     nms_iou: float = 0.45  # detectors decoded by imutility: NMS IoU
     max_detections: int = 100
@@ -181,6 +187,55 @@ class Detector(Labeler):
         for i in range(0, len(pil), self.batch_size):
             out += self._detect(pil[i:i + self.batch_size])
         return out
+
+
+@dataclass
+class Segmentation:
+    """One image's semantic segmentation: a class index per pixel of the network's output grid, which covers the
+    WHOLE image stretched to it (segmenters take a plain resize, no crop or letterbox), and, for networks that
+    output scores, the mean over pixels of the winning class's probability (``None`` for class-map outputs)."""
+
+    mask: np.ndarray  # (H, W) uint8 class indices into the spec's classes
+    confidence: float | None = None
+
+
+class Segmenter(Labeler):
+    """Images -> per image :class:`Segmentation` over ``spec.classes`` (PASCAL VOC's 21 for the zoo's)."""
+
+    @abstractmethod
+    def _raw(self, batch: np.ndarray) -> list[np.ndarray]:
+        """Preprocessed batch -> per image the network's output: a class map or class scores (logits/probs)."""
+
+    def __call__(self, images: Sequence[ImageInput]) -> list[Segmentation]:
+        out: list[Segmentation] = []
+        for i in range(0, len(images), self.batch_size):
+            for y in self._raw(self.preprocess(images[i:i + self.batch_size])):
+                out.append(decode_segmentation(y, self.spec.num_classes, self.spec.options.output, self.name))
+        return out
+
+
+def decode_segmentation(y: np.ndarray, num_classes: int, kind: str, name: str = "segmenter") -> Segmentation:
+    """One image's raw segmenter output -> :class:`Segmentation`. ``kind`` ``"classmap"``: (H, W) class indices
+    (a leading 1 is dropped); ``"logits"`` / ``"probs"``: class scores with the class axis first (C, H, W) or last
+    (H, W, C). Anything else, or indices outside the classes, is one :class:`ValueError` naming the network."""
+    y = np.asarray(y)
+    while y.ndim > 2 and y.shape[0] == 1 and kind == "classmap":
+        y = y[0]
+    if kind == "classmap":
+        if y.ndim != 2:
+            raise ValueError(f"{name}: a class-map output must be (H, W), got shape {tuple(y.shape)}")
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise ValueError(f"{name}: class map holds index {int(y.max())}, but the spec declares {num_classes} "
+                             "classes")
+        return Segmentation(y.astype(np.uint8))
+    if y.ndim == 4 and y.shape[0] == 1:
+        y = y[0]
+    if y.ndim != 3 or num_classes not in (y.shape[0], y.shape[-1]):
+        raise ValueError(f"{name}: a {kind} output must be (C, H, W) or (H, W, C) with C = {num_classes} classes, "
+                         f"got shape {tuple(y.shape)}")
+    scores = (np.moveaxis(y, 0, -1) if y.shape[-1] != num_classes else y).astype(np.float32)
+    probs = softmax(scores) if kind == "logits" else scores
+    return Segmentation(scores.argmax(-1).astype(np.uint8), float(probs.max(-1).mean()))
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

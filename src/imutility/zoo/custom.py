@@ -4,8 +4,8 @@ A spec is a TOML file beside (or pointing at) the model file; it declares the sa
 entries (:mod:`imutility.zoo.entries`): the file and its SHA-256, the preprocessing, what the output is::
 
     name = "nette-lite0"            # how --labelers refers to it; must not be a zoo name
-    task = "classification"         # or "detection"
-    format = "onnx"                 # onnx | torchvision (a state dict + `arch`) | torchscript
+    task = "classification"         # or "detection" or "segmentation"
+    format = "onnx"                 # onnx | torchvision (a state dict + `arch`) | torchscript | tflite
     file = "nette_lite0.onnx"       # relative to this spec file
     sha256 = "6f1c..."              # the file's full SHA-256 (`sha256sum`); checked at every build
     description = "EfficientNet-Lite0 restricted to the 10 Imagenette classes"
@@ -24,6 +24,9 @@ entries (:mod:`imutility.zoo.entries`): the file and its SHA-256, the preprocess
     # detection instead: decoder = "xyxy_score_class" (one (N, 6) output: x1 y1 x2 y2 in network pixels,
     # score, class) or "yolox" | "nanodet" | "fastestdet"; classes = "coco80" (class i = the i-th COCO id)
     # or "coco-ids" (the official ids themselves)
+    # segmentation instead: kind = "classmap" (an (H, W) class index per pixel) | "logits" | "probs" (class scores,
+    # (C, H, W) or (H, W, C)); classes = "voc" (PASCAL VOC's 21, 0 = background) or a names file; the whole photo
+    # is resized to the input (resize = "stretch"), so the output grid covers all of it
 
     [options]                       # optional: batch_size, arch, num_classes (torchvision), score_threshold, nms_iou
 
@@ -59,10 +62,11 @@ from imutility.zoo.base import LabelerOptions, LabelerSpec
 from imutility.zoo.preprocess import Preprocess
 from imutility.zoo.weights import WeightsSpec
 
-FORMATS = ("onnx", "torchvision", "torchscript")
+FORMATS = ("onnx", "torchvision", "torchscript", "tflite")
 DETECTION_DECODERS = ("xyxy_score_class", "yolox", "nanodet", "fastestdet")
 IMAGENET = "imagenet-1k"
 DETECTION_CLASSES = ("coco80", "coco-ids")
+SEGMENTATION_KINDS = ("classmap", "logits", "probs")
 _TOP_KEYS = {"name", "task", "format", "file", "sha256", "description", "preprocess", "output", "options",
              "trust_code"}
 #: formats whose files are programs (run their author's code when loaded or called)
@@ -150,7 +154,7 @@ def load_spec(path: str | os.PathLike) -> LabelerSpec:
     _check_options(path, opts_raw)
     if fmt == "torchvision" and not opts_raw.get("arch"):
         raise CustomSpecError(f"{path}: format 'torchvision' needs options.arch (e.g. 'resnet18')")
-    options, classes, builder, backend = read_output(path, out, opts_raw, fmt, need)
+    options, classes, builder, backend = read_output(path, out, opts_raw, fmt, need, pre)
     weights = WeightsSpec(file=str(model_file), sha256=sha, source=f"custom labeler spec {path}",
                           license="(the user's)")
     try:
@@ -206,7 +210,7 @@ def probe(labeler) -> None:
                               f"({type(e).__name__}: {first[:300]})") from e
 
 
-def _classifier_output(path: Path, out: dict, opts_raw: dict, fmt: str, need):
+def _classifier_output(path: Path, out: dict, opts_raw: dict, fmt: str, need, pre: Preprocess):
     """A classifier's ``[output]``: logits or probabilities over ImageNet-1k or its own class list."""
     from imutility.zoo.backends.custom_builders import CLASSIFIER_BUILDERS
 
@@ -215,21 +219,14 @@ def _classifier_output(path: Path, out: dict, opts_raw: dict, fmt: str, need):
     if kind not in ("logits", "probs"):
         raise CustomSpecError(f"{path}: output.kind must be logits or probs, got {kind!r}")
     cls = need(out, "classes", str, "output.")
-    classes = None
-    if cls != IMAGENET:
-        names_file = path.parent / cls
-        try:
-            classes = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
-        except OSError as e:
-            raise CustomSpecError(f"{path}: output.classes: cannot read {names_file} "
-                                  f"({e.strerror or e}); or give {IMAGENET!r}") from e
-        if len(classes) < 2 or len(set(classes)) != len(classes):
-            raise CustomSpecError(f"{path}: {names_file} must list at least 2 distinct class names, one per line")
+    classes = None if cls == IMAGENET else _read_classes(path, cls, IMAGENET)
+    if fmt not in CLASSIFIER_BUILDERS:
+        raise CustomSpecError(f"{path}: custom classifiers are {', '.join(CLASSIFIER_BUILDERS)} files, not {fmt!r}")
     return (LabelerOptions(output=kind, kwargs=kwargs, **opts_raw), classes, CLASSIFIER_BUILDERS[fmt],
             f"custom-{fmt}")
 
 
-def _detector_output(path: Path, out: dict, opts_raw: dict, fmt: str, need):
+def _detector_output(path: Path, out: dict, opts_raw: dict, fmt: str, need, pre: Preprocess):
     """A detector's ``[output]``: a decoder (the generic (N, 6) or one of the zoo's) and its class ids."""
     from imutility.zoo.backends.custom_builders import DETECTOR_BUILDERS
 
@@ -248,6 +245,43 @@ def _detector_output(path: Path, out: dict, opts_raw: dict, fmt: str, need):
             f"custom-{fmt}-{decoder}")
 
 
+def _segmenter_output(path: Path, out: dict, opts_raw: dict, fmt: str, need, pre: Preprocess):
+    """A segmenter's ``[output]``: a class map or class scores over VOC's 21 classes or its own list."""
+    from imutility.zoo.backends.segmenters import SEGMENTER_BUILDERS
+    from imutility.zoo.base import VOC_CLASSES
+
+    opts_raw.pop("num_classes", None)
+    kind = need(out, "kind", str, "output.")
+    if kind not in SEGMENTATION_KINDS:
+        raise CustomSpecError(f"{path}: output.kind must be one of {', '.join(SEGMENTATION_KINDS)}, got {kind!r}")
+    if pre.resize != "stretch":
+        raise CustomSpecError(f"{path}: a segmenter's preprocess.resize must be 'stretch' (its output grid must cover "
+                              f"the whole photo), got {pre.resize!r}")
+    if fmt not in SEGMENTER_BUILDERS:
+        raise CustomSpecError(f"{path}: custom segmenters are {', '.join(SEGMENTER_BUILDERS)} files, not {fmt!r}")
+    cls = out.get("classes", "voc")
+    classes = VOC_CLASSES if cls == "voc" else _read_classes(path, cls, "voc")
+    return LabelerOptions(output=kind, **opts_raw), classes, SEGMENTER_BUILDERS[fmt], f"custom-{fmt}-segmenter"
+
+
+def _read_classes(path: Path, cls: str, standard: str) -> tuple[str, ...]:
+    names_file = path.parent / cls
+    try:
+        classes = tuple(line.strip() for line in names_file.read_text().splitlines() if line.strip())
+    except OSError as e:
+        raise CustomSpecError(f"{path}: output.classes: cannot read {names_file} "
+                              f"({e.strerror or e}); or give {standard!r}") from e
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise CustomSpecError(f"{path}: {names_file} must list at least 2 distinct class names, one per line")
+    return classes
+
+
+def _segmenter_draft(session) -> list[str]:
+    shape = session.get_outputs()[0].shape
+    return ['kind = "logits"                   # CHECK: or classmap (an ArgMax in the graph) or probs',
+            f'classes = "voc"                  # CHECK: or a names file (the output is {shape})']
+
+
 def _classifier_draft(session) -> list[str]:
     n_out = session.get_outputs()[0].shape[-1]
     classes = "imagenet-1k" if n_out in (1000, 1001) else "classes.txt"
@@ -263,7 +297,8 @@ def _detector_draft(session) -> list[str]:
 #: each task's ``[output]`` table: the fields it may hold, its reader (options, classes, builder, backend) and
 #: what ``imutility zoo spec`` drafts of it from an ONNX session
 _OUTPUTS = {"classification": ({"kind", "classes"}, _classifier_output, _classifier_draft),
-            "detection": ({"decoder", "classes"}, _detector_output, _detector_draft)}
+            "detection": ({"decoder", "classes"}, _detector_output, _detector_draft),
+            "segmentation": ({"kind", "classes"}, _segmenter_output, _segmenter_draft)}
 
 
 def draft_spec(model_file: str | os.PathLike, task: str = "classification", name: str | None = None) -> str:

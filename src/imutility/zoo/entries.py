@@ -11,6 +11,7 @@ import re
 
 from imutility.zoo.backends.onnx_detectors import build_fastestdet, build_nanodet, build_yolox
 from imutility.zoo.backends.opencv_ssd import build_opencv_ssd
+from imutility.zoo.backends.segmenters import build_tflite_segmenter
 from imutility.zoo.backends.tflite import build_tflite_classifier
 from imutility.zoo.backends.torch_models import (
     build_efficientnet_lite,
@@ -18,7 +19,7 @@ from imutility.zoo.backends.torch_models import (
     build_torchvision_classifier,
     build_torchvision_detector,
 )
-from imutility.zoo.base import LabelerOptions, LabelerSpec
+from imutility.zoo.base import VOC_CLASSES, LabelerOptions, LabelerSpec
 from imutility.zoo.preprocess import Preprocess
 from imutility.zoo.weights import WeightsSpec
 
@@ -89,7 +90,8 @@ def _paper_entries() -> list[LabelerSpec]:
 
 
 #: Measured by `imutility zoo eval NAME` (docs/zoo.md): top-1/top-5 on the 1000 imagenet-sample photos,
-#: mAP@0.5 and mAP@[.5:.95] on the 128 coco2017-val128 photos. Data, shown by `imutility zoo info`.
+#: mAP@0.5 and mAP@[.5:.95] on the 128 coco2017-val128 photos, mIoU on the 128 coco2017-train128 photos. Data,
+#: shown by `imutility zoo info`.
 MEASURED: dict[str, dict[str, float]] = {
     "efficientnet_lite0": {"imagenet_sample_top1": 0.886, "imagenet_sample_top5": 0.973},
     "efficientnet_lite1": {"imagenet_sample_top1": 0.890, "imagenet_sample_top5": 0.978},
@@ -104,6 +106,11 @@ MEASURED: dict[str, dict[str, float]] = {
     "yolox_nano": {"coco_val128_mAP50": 0.482, "coco_val128_mAP": 0.325},
     "nanodet_m": {"coco_val128_mAP50": 0.393, "coco_val128_mAP": 0.239},
     "fastestdet": {"coco_val128_mAP50": 0.352, "coco_val128_mAP": 0.203},
+    # segmenters: dataset mIoU and pixel accuracy on the 128 coco2017-train128 photos (COCO polygons mapped to VOC,
+    # crowds and non-VOC objects ignored; 128x128 grid)
+    "deeplabv3_mnv2_voc": {"coco_train128_mIoU": 0.615, "coco_train128_pixel_accuracy": 0.926},
+    "deeplabv3_mnv2_dm05_voc": {"coco_train128_mIoU": 0.518, "coco_train128_pixel_accuracy": 0.902},
+    "deeplabv3_257_voc": {"coco_train128_mIoU": 0.351, "coco_train128_pixel_accuracy": 0.882},
 }
 
 
@@ -209,8 +216,37 @@ def _offline_entries() -> list[LabelerSpec]:
     ]
 
 
+def _deeplab(name: str, file: str, sha: str, size: int, output: str, description: str, source: str,
+             **pre: object) -> LabelerSpec:
+    """A PASCAL VOC DeepLabV3 TFLite segmenter: a plain resize of the whole photo (MODELS.md)."""
+    return LabelerSpec(
+        name=name, task="segmentation", backend="tflite", builder=build_tflite_segmenter,
+        preprocess=Preprocess(size=(size, size), resize="stretch", interpolation="bilinear", layout="NHWC", **pre),
+        weights=WeightsSpec(file=f"segmentation/{file}", sha256=sha, source=source, license="Apache-2.0"),
+        description=description, classes=VOC_CLASSES,
+        options=LabelerOptions(output=output, requires=("ai_edge_litert",)))
+
+
+def _segmentation_entries() -> list[LabelerSpec]:
+    coral = "google-coral/test_data @104342d2"
+    return [
+        _deeplab("deeplabv3_mnv2_voc", "deeplabv3_mnv2_pascal_quant.tflite",
+                 "350af47fd346ea6d74b58833a351f583ba860e9806ec5bd292ff8d8f1f249398", 513, "classmap",
+                 "DeepLabV3 MobileNetV2 PASCAL VOC 513, uint8 TFLite (ArgMax in the graph)", coral, dtype="uint8"),
+        _deeplab("deeplabv3_mnv2_dm05_voc", "deeplabv3_mnv2_dm05_pascal_quant.tflite",
+                 "0470d2a782aa54eeeb99d32e7b6b3fb7722905c7c4f5d26bd957ec861366d48b", 513, "classmap",
+                 "DeepLabV3 MobileNetV2 depth 0.5 PASCAL VOC 513, uint8 TFLite (ArgMax in the graph)", coral,
+                 dtype="uint8"),
+        _deeplab("deeplabv3_257_voc", "deeplabv3_257_mv_gpu.tflite",
+                 "68a539782c2c6a72f8aac3724600124a85ed977162b44e84cbae5db717c933c6", 257, "logits",
+                 "DeepLabV3 MobileNet PASCAL VOC 257, float TFLite (logits)",
+                 "TF-Lite example model (Qengineering/TensorFlow_Lite_Segmentation_RPi_64-bit @27b08919)",
+                 scale=1 / 127.5, mean=(1.0, 1.0, 1.0)),
+    ]
+
+
 def all_entries() -> list[LabelerSpec]:
     from dataclasses import replace
 
     return _paper_entries() + [replace(e, metrics={**e.metrics, **MEASURED.get(e.name, {})})
-                               for e in _offline_entries()]
+                               for e in _offline_entries() + _segmentation_entries()]

@@ -39,9 +39,16 @@ def _torchscript_classifier(spec: LabelerSpec, weights_path: Path | None, device
     return TorchClassifier(spec, model, device)
 
 
+def _tflite_classifier(spec: LabelerSpec, weights_path: Path | None, **_: object) -> Labeler:
+    from imutility.zoo.backends.tflite import build_tflite_classifier
+
+    return build_tflite_classifier(spec, weights_path)
+
+
 #: a custom classifier's builder, by file format
 CLASSIFIER_BUILDERS: dict[str, Callable[..., Labeler]] = {
-    "onnx": _onnx_classifier, "torchvision": _torchvision_classifier, "torchscript": _torchscript_classifier}
+    "onnx": _onnx_classifier, "torchvision": _torchvision_classifier, "torchscript": _torchscript_classifier,
+    "tflite": _tflite_classifier}
 
 
 def _detector(decoder: str) -> Callable[..., Labeler]:
