@@ -159,19 +159,20 @@ def build_results(study: Study) -> dict:
         marker = study.out / "stages" / f"{s}.json"
         if marker.is_file():
             stages[s] = json.loads(marker.read_text())["seconds"]
-    tables = {t: eval_table(study, t) for t in TASKS}
-    fig2 = {t: _fig2(study, t, tables[t]) for t in TASKS}
+    tables = {t: eval_table(study, t) for t in cfg.tasks}
+    fig2 = {t: _fig2(study, t, tables[t]) for t in cfg.tasks}
     res = {
         "config": cfg.as_dict(),
         "environment": {"imutility": __version__, "torch": torch.__version__, "python": platform.python_version(),
                         "machine": platform.machine(), "cpu_count": __import__("os").cpu_count(),
                         "device": study.device, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "stage_seconds": stages,
-        "labels": {t: _labels(study, t) for t in TASKS},
-        **{get_task(t).paper_tables[0]: _predictor_table(study, t) for t in TASKS},
-        "heldout_levels": {t: _heldout_level_accuracy(study, t, tables[t]) for t in TASKS},
+        "labels": {t: _labels(study, t) for t in cfg.tasks},
+        **{get_task(t).paper_tables[0]: _predictor_table(study, t) for t in cfg.tasks},
+        "heldout_levels": {t: _heldout_level_accuracy(study, t, tables[t]) for t in cfg.tasks},
         "fig2": fig2,
-        **{get_task(t).paper_tables[1]: _inter_task(study, fig2[t], t) for t in TASKS},
+        **{get_task(t).paper_tables[1]: _inter_task(study, fig2[t], t) for t in cfg.tasks},
+        "tasks": list(cfg.tasks),
         "fig1": _fig1(study),
         "paper": PAPER,
     }

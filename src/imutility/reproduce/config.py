@@ -22,7 +22,9 @@ from imutility.names import UnknownNameError, unknown_name_message
 from imutility.predictor.training.config import MIN_SIZE
 from imutility.tasks import TASK_NAMES, get_task
 
-TASKS = TASK_NAMES  # a study runs every task, in this order
+TASKS = TASK_NAMES  # the tasks a study may run, in this order
+#: the paper's two tasks: every study runs them; the others (segmentation, an extension) when the config names them
+REQUIRED_TASKS = ("classification", "detection")
 
 
 class ConfigError(ImutilityError, ValueError):
@@ -75,10 +77,16 @@ class ReproduceConfig:
     random_draws: int = 5  # draws of the random-replacement baseline (detection)
     test_fraction: float = 0.2
     seed: int = 0
+    segmentation: TaskSettings | None = None  # an extension of the paper's protocol (docs/segmentation.md)
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        """The tasks this study runs, in :data:`TASKS` order: the paper's two and any other its config names."""
+        return tuple(t for t in TASKS if getattr(self, t, None) is not None)
 
     def task(self, task: str) -> TaskSettings:
-        if task not in TASKS:
-            raise UnknownNameError("task", task, TASKS)
+        if task not in self.tasks:
+            raise UnknownNameError("task", task, self.tasks)
         return getattr(self, task)
 
     def as_dict(self) -> dict[str, Any]:
@@ -87,7 +95,9 @@ class ReproduceConfig:
     def fingerprint(self, *keys: str) -> str:
         """A short hash of the named top-level settings: what a stage depends on."""
         d = self.as_dict()
-        blob = json.dumps({k: d[k] for k in keys}, sort_keys=True, default=str)
+        # a task the config does not name (None) leaves the hash as it was before that task existed: studies run
+        # before segmentation was added resume without relabelling
+        blob = json.dumps({k: d[k] for k in keys if d[k] is not None}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -193,7 +203,9 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
     tasks = {}
     for task in TASKS:
         if task not in raw:
-            raise ConfigError(f"{where}: the [{task}] section is missing")
+            if task in REQUIRED_TASKS:
+                raise ConfigError(f"{where}: the [{task}] section is missing")
+            continue
         sec = dict(raw[task])
         _check_keys(sec, [f.name for f in fields(TaskSettings)], f"{where} [{task}]")
         for key in ("data", "labelers", "held_out"):
@@ -259,7 +271,7 @@ def parse_config(raw: dict[str, Any], default_name: str = "custom", where: str =
         raise ConfigError(f"{where}: ood_network: {e}") from None
     cfg = ReproduceConfig(
         name=raw.get("name", default_name), description=raw.get("description", ""),
-        classification=tasks["classification"], detection=tasks["detection"],
+        classification=tasks["classification"], detection=tasks["detection"], segmentation=tasks.get("segmentation"),
         train_distortions=train, heldout_distortions=held, predictor=ps, ood_network=ood,
         fig1_max_images=raw.get("fig1_max_images", 800), random_draws=raw.get("random_draws", 5),
         test_fraction=float(raw.get("test_fraction", 0.2)), seed=raw.get("seed", 0))

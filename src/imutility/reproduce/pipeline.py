@@ -33,7 +33,7 @@ from imutility.reproduce.study import COMBINED, STAGES, Study, eval_table, predi
 
 #: the top-level settings each stage reads (earlier stages' settings reach it through the chained fingerprint)
 STAGE_SETTINGS: dict[str, tuple[str, ...]] = {
-    "label": ("classification", "detection", "train_distortions", "test_fraction", "seed"),
+    "label": (*TASKS, "train_distortions", "test_fraction", "seed"),
     "train": ("predictor",),
     "evaluate": ("heldout_distortions",),
     "baselines": ("ood_network", "fig1_max_images"),
@@ -83,7 +83,7 @@ def preflight(study: Study) -> None:
     from imutility import zoo
 
     cfg = study.config
-    names = [n for t in TASKS for n in (*cfg.task(t).labelers, *cfg.task(t).held_out)] + [cfg.ood_network]
+    names = [n for t in cfg.tasks for n in (*cfg.task(t).labelers, *cfg.task(t).held_out)] + [cfg.ood_network]
     missing = [(a.name, a.detail) for a in (zoo.availability(n, study.models) for n in dict.fromkeys(names))
                if not a.ok]
     backbone = _backbone_problem(cfg.predictor) if cfg.predictor.pretrained or cfg.predictor.architecture == "content" \
@@ -95,7 +95,7 @@ def preflight(study: Study) -> None:
         raise NetworkUnavailableError(f"config {cfg.name!r} needs networks that are not available here:\n{lines}\n"
                                       "Put the weight files in your torch cache or pass --models DIR "
                                       "(`imutility zoo list` shows what is found).")
-    for t in TASKS:
+    for t in cfg.tasks:
         ts = study.config.task(t)
         for d in ts.data:
             if not resolve_data(d, study.shared).exists():
@@ -139,7 +139,7 @@ def stage_label(study: Study) -> dict:
 
     cfg = study.config
     info = {}
-    for task in TASKS:
+    for task in cfg.tasks:
         sources, described = build_sources(study, task)
         labs = [study.labeler(n) for n in cfg.task(task).labelers]
         study.log(f"[label] {task}: {len(sources)} photos x {len(cfg.train_distortions)} levels, "
@@ -166,7 +166,7 @@ def stage_train(study: Study) -> dict:
 
     cfg, ps = study.config, study.config.predictor
     info = {}
-    for task in TASKS:
+    for task in cfg.tasks:
         for name in study.predictors(task):
             folder = study.predictor_dir(task, name)
             if (folder / "card.json").is_file() or (folder / "skipped.json").is_file():
@@ -201,7 +201,7 @@ def stage_evaluate(study: Study) -> dict:
 
     cfg = study.config
     info = {}
-    for task in TASKS:
+    for task in cfg.tasks:
         ts = cfg.task(task)
         test = set(json.loads(study.split_file(task).read_text()))
         sources = [s for s in lb.read_sources(study.labels_dir(task)) if s.augment is None and s.path in test]

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from imutility import atomic
-from imutility.reproduce.config import TASKS
 from imutility.reproduce.study import COMBINED, Study
 from imutility.tasks import get_task
 
@@ -34,8 +33,9 @@ def _plot_labels(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), layout="constrained")
-    for ax, task in zip(axes, TASKS, strict=True):
+    tasks = results["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.2), layout="constrained")
+    for ax, task in zip(np.atleast_1d(axes), tasks, strict=True):
         rows = [r for r in results["labels"][task]["per_level"] if r["labeler"] == COMBINED]
         x = np.arange(len(rows))
         bottom = np.zeros(len(rows))
@@ -48,7 +48,7 @@ def _plot_labels(results: dict, path: Path) -> None:
         ax.set_xlabel("JPEG quality level")
         ax.set_ylabel("images")
         ax.set_title(f"{task}: combined (unanimous) labels per level")
-    handles, labels = axes[0].get_legend_handles_labels()
+    handles, labels = np.atleast_1d(axes)[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="outside lower center", ncol=3, fontsize=9)
     _save(fig, path)
 
@@ -130,7 +130,7 @@ def _plot_levels(study: Study, results: dict, path: Path) -> None:
     from imutility.distort import parse_distortion
 
     fig, ax = plt.subplots(figsize=(8, 4.5), layout="constrained")
-    for task, colour in zip(TASKS, ("tab:blue", "tab:green"), strict=True):
+    for task, colour in zip(results["tasks"], ("tab:blue", "tab:green", "tab:purple"), strict=False):
         comb = next((r for r in results[get_task(task).paper_tables[0]] if r["labels"] == COMBINED), None)
         pts = []
         if comb and comb.get("accuracy_per_level"):
@@ -188,7 +188,7 @@ def _markdown(study: Study, r: dict) -> str:
             "Unanimous combination of the labelers (Section IV). Counts per level, so that a predictor that only "
             "spots extreme blockiness shows up as labels confined to the lowest qualities.", "",
             "![labels per level](figures/labels_per_level.png)", ""]
-    for task in TASKS:
+    for task in r["tasks"]:
         ts = cfg.task(task)
         rows = [x for x in r["labels"][task]["per_level"] if x["labeler"] == COMBINED]
         out += [f"**{task}** (labelers: {', '.join(ts.labelers)}; test photos: {r['labels'][task]['test_photos']})",
@@ -197,7 +197,7 @@ def _markdown(study: Study, r: dict) -> str:
                            + [["**all**", *(r["labels"][task][COMBINED][k]
                                              for k in ("useful", "non_useful", "excluded"))]]),
                 ""]
-    for task in TASKS:
+    for task in r["tasks"]:
         key = get_task(task).paper_tables[0]
         title = {"table1": "Table I", "table2": "Table II"}.get(key, key)
         out += [f"## {title}: predictor accuracy per labeler ({task})", "",
@@ -214,13 +214,13 @@ def _markdown(study: Study, r: dict) -> str:
             "predict (the `combined` labels of the labelers at those levels). The last row of each task is the other "
             "task's predictor judged against this task's labels.", "",
             "![accuracy per level](figures/predictor_accuracy_by_level.png)", ""]
-    for task in TASKS:
+    for task in r["tasks"]:
         h = r["heldout_levels"][task]
         out += [f"**{task}**", "", _table(["predictor", "accuracy", "balanced acc.", "AUROC", "images (useful / non)"],
                                           [[k, _pct(m["accuracy"]), _pct(m["balanced_accuracy"]), _num(m["auroc"]),
                                             f"{m['n']} ({m['n_useful']} / {m['n_non_useful']})"]
                                            for k, m in h.items()]), ""]
-    for task in TASKS:
+    for task in r["tasks"]:
         spec = get_task(task)
         f2 = r["fig2"][task]
         fig_title = spec.paper_tables[2]
@@ -254,7 +254,7 @@ def _markdown(study: Study, r: dict) -> str:
                     _table(["level", *nets], [[_level_name(d), *(
                         f"{_pct(v[n]['no_filter'])} → {_pct(v[n]['combined']['metric'])} "
                         f"({_pct(v[n]['combined']['kept'])})" for n in nets)] for d, v in f2["per_level"].items()]), ""]
-    for task in TASKS:
+    for task in r["tasks"]:
         spec = get_task(task)
         key = spec.paper_tables[1]
         title = f"{ {'table3': 'Table III', 'table4': 'Table IV'}.get(key, key)}: {task} {spec.metric_name}"
@@ -311,7 +311,7 @@ def write_report(study: Study, results: dict) -> None:
     figs = study.out / "figures"
     _plot_labels(results, figs / "labels_per_level.png")
     _plot_fig1(study, results, figs / "fig1_baselines.png")
-    for task in TASKS:
+    for task in results["tasks"]:
         _plot_fig2(results, task, figs / f"fig2_{task}.png")
     _plot_levels(study, results, figs / "predictor_accuracy_by_level.png")
     atomic.write_json(study.out / "results.json", results)

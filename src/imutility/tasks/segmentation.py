@@ -201,7 +201,9 @@ class SegmentationTask(Task):
     filter_rule = "filtered images are replaced by their pristine versions (as for detection); dataset mIoU"
     confidence_columns = ("miou", "miou_ref")  # a network's quality on the distorted and on the pristine image
     success_name = "success (its own segmentation label: U >= seg_th)"
-    paper_tables = ("", "", "")  # not in the paper: an extension (docs/segmentation.md)
+    # not in the paper: an extension (docs/segmentation.md); its study tables are named as such
+    paper_tables = ("Segmentation predictors (extension)", "Segmentation inter-task (extension)",
+                    "Fig. 2(c) (extension)")
     paper_predictors: list = []
     paper_inter_task: list = []
 
