@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tomllib
 from pathlib import Path
@@ -14,7 +15,7 @@ from conftest import SHARED, natural_image, require_shared
 from imutility.cli import main
 from imutility.filtering import CocoScorer, filtered_top1, lowest_rate_keep, random_keep
 from imutility.reproduce import baselines as bl
-from imutility.reproduce.config import ConfigError, list_configs, load_config, parse_config
+from imutility.reproduce.config import ConfigError, config_path, list_configs, load_config, parse_config
 from imutility.reproduce.pipeline import (
     STAGES,
     NetworkUnavailableError,
@@ -348,7 +349,12 @@ def test_quick_config_end_to_end(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert all("accuracy" in r for r in res["table1"] + res["table2"])
     assert res["fig1"]["useful"] > 0 and res["fig1"]["non_useful"] > 0
-    assert Path(out / "report.md").read_text().count("![") >= 5
+    assert Path(out / "report.md").read_text().count("![") >= 6
+    # the segmentation extension: its held-out segmenter filtered by both predictors, mIoU in [0, 1]
+    assert res["tasks"] == ["classification", "detection", "segmentation"]
+    seg = res["fig2"]["segmentation"]["networks"]["deeplabv3_mnv2_dm05_voc"]
+    assert 0 < seg["no filter"]["metric"] <= 1 and "classification-trained predictor" in seg
+    assert (out / "figures" / "fig2_segmentation.png").is_file()
 
 
 def test_study_config_reaches_the_content_architecture(tmp_path, monkeypatch):
@@ -379,6 +385,25 @@ def test_study_config_reaches_the_content_architecture(tmp_path, monkeypatch):
     bad = dict(raw, predictor={**raw["predictor"], "backbone": "resnet18"})  # not a zoo classifier to freeze
     with pytest.raises(ConfigError, match="backbone"):
         parse_config(bad)
+
+
+def test_a_study_without_a_segmentation_section_runs_the_paper_two_and_keeps_its_fingerprints():
+    """Segmentation is an optional section: a config of the paper's two tasks parses as before, and its label-stage
+    fingerprint is the one it had before the third task existed (a finished study resumes without relabelling)."""
+    from imutility.reproduce.pipeline import STAGE_SETTINGS
+
+    cfg = parse_config(tomllib.loads(TINY))
+    assert cfg.tasks == ("classification", "detection") and cfg.segmentation is None
+    d = cfg.as_dict()
+    before = hashlib.sha256(json.dumps({k: d[k] for k in ("classification", "detection", "train_distortions",
+                                                          "test_fraction", "seed")}, sort_keys=True,
+                                       default=str).encode()).hexdigest()[:16]
+    assert cfg.fingerprint(*STAGE_SETTINGS["label"]) == before
+    with_seg = load_config("offline")
+    assert with_seg.tasks[-1] == "segmentation" and with_seg.segmentation.held_out == ("deeplabv3_mnv2_dm05_voc",)
+    assert with_seg.fingerprint(*STAGE_SETTINGS["label"]) != parse_config(
+        {k: v for k, v in tomllib.loads(config_path("offline").read_text()).items() if k != "segmentation"}
+    ).fingerprint(*STAGE_SETTINGS["label"])
 
 
 def test_detection_test_photos_come_from_test_data_only(tmp_path):

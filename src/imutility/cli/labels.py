@@ -40,16 +40,23 @@ def _threshold_options(fn):
         click.option("--retention", type=click.FloatRange(0, 1, min_open=True), default=t.retention,
                      show_default=True, help="On a quality ladder: the share of its pristine decision a network must "
                                              "keep for an image's just-recognizable quality (OUT/jrq.parquet)."),
+        num("--seg-th", t.seg_th, "Segmentation: the share of its pristine mask quality (mIoU) a network keeps on a "
+                                  "useful image."),
+        num("--seg-tl", t.seg_tl, "Segmentation: below this share kept, non-useful (between: excluded)."),
+        num("--seg-min", t.seg_min, "Segmentation with ground truth: photos whose pristine mask scores below this "
+                                    "mIoU are excluded."),
     ]):
         fn = opt(fn)
     return fn
 
 
-def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit, retention):
+def _thresholds(**options) -> object:
+    """The :class:`~imutility.tasks.Thresholds` of the threshold options (each option is one of its fields)."""
+    from dataclasses import fields
+
     from imutility.labelling import Thresholds
 
-    return Thresholds(th=th, tl=tl, phi_rec=phi_rec, det_score=det_score, det_iou=det_iou,
-                      require_pristine_hit=require_pristine_hit, retention=retention)
+    return Thresholds(**{f.name: options[f.name] for f in fields(Thresholds)})
 
 
 @cli.command(short_help="Distort photos, run labelers, write utility labels.")
@@ -86,8 +93,7 @@ def _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit, reten
 @device_option
 @click.option("--no-progress", is_flag=True)
 def label(out, task, data, labels_file, labelers, held_out, reference, preset, specs, limit, balance, seed, chunk,
-          engine, address, ray_actors, ray_cpus_per_actor, th, tl, phi_rec, det_score, det_iou, require_pristine_hit,
-          retention, models, device, no_progress) -> int:
+          engine, address, ray_actors, ray_cpus_per_actor, models, device, no_progress, **thresholds) -> int:
     """Distort a labelled dataset, run a labeler ensemble and write OUT/labels.parquet with utility labels.
 
     Resumable: rerun the same command after an interruption (with either engine). Unreadable images are reported
@@ -111,7 +117,7 @@ def label(out, task, data, labels_file, labelers, held_out, reference, preset, s
                                       log=lambda m: click.echo(m, err=True))
     report = library_call(
         lb.run_labelling, task, sources, dists, labs, out, dataset=described, seed=seed,
-        thresholds=_thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit, retention), chunk_size=chunk,
+        thresholds=_thresholds(**thresholds), chunk_size=chunk,
         balance=balance, progress=not no_progress, on_error=lambda k, r: click.echo(f"skipped {k}: {r}", err=True),
         held_out=held, reference=reference, engine=runner)
     _print_counts(Path(out), [lab.name for lab in labs])
@@ -142,15 +148,14 @@ def _print_counts(out: Path, names) -> None:
 @cli.command(short_help="Recompute labels with new thresholds (no inference).")
 @click.argument("out", type=click.Path(exists=True, file_okay=False))
 @_threshold_options
-def relabel(out, th, tl, phi_rec, det_score, det_iou, require_pristine_hit, retention) -> None:
+def relabel(out, **thresholds) -> None:
     """Recompute OUT's labels (and just-recognizable qualities) with new thresholds from the cached model outputs
     (no inference)."""
     import json
 
     from imutility import labelling as lb
 
-    library_call(lb.relabel, out, _thresholds(th, tl, phi_rec, det_score, det_iou, require_pristine_hit,
-                                              retention))
+    library_call(lb.relabel, out, _thresholds(**thresholds))
     _print_counts(Path(out), json.loads((Path(out) / "config.json").read_text())["labelers"])
 
 
