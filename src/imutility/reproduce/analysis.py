@@ -40,8 +40,9 @@ def _predictor_table(study: Study, task: str) -> list[dict]:
     names = study.predictors(task)
     for i, name in enumerate(names):
         pos = len(paper) - 1 if name == COMBINED else i
-        row = {"labels": name, "paper_network": paper[pos][0] if pos < len(paper) else None,
-               "paper_accuracy": paper[pos][1] if pos < len(paper) else None}
+        known = 0 <= pos < len(paper)  # a task beyond the paper (segmentation) has no paper numbers
+        row = {"labels": name, "paper_network": paper[pos][0] if known else None,
+               "paper_accuracy": paper[pos][1] if known else None}
         folder = study.predictor_dir(task, name)
         if (folder / "card.json").is_file():
             card = json.loads((folder / "card.json").read_text())
