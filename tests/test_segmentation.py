@@ -17,6 +17,7 @@ import torch
 from conftest import natural_image, require_shared
 from imutility import zoo
 from imutility.cli import EXIT_ERROR, main
+from imutility.labelling.store import read_outputs, read_sources
 from imutility.tasks import PRISTINE, get_task
 from imutility.tasks.segmentation import (
     IGNORE,
@@ -310,4 +311,14 @@ def test_segmentation_rate_judge_uses_the_task_metric(seg_labels):
     rows = np.arange(len(keys))
     low, high = (judge.metric(rows, np.full(len(keys), j)) for j in (0, 2))
     assert low < high <= judge.pristine(rows) == 1.0
-    assert PRISTINE == "pristine"
+    sub = judge.restrict(rows[2:5])  # what the benchmark's bootstrap works on: photos 2-4 as rows 0-2
+    assert sub.metric(np.arange(3), np.full(3, 0)) == judge.metric(rows[2:5], np.full(3, 0))
+    row = t[(t["key"] == keys[2]) & (t["distortion"] == "jpeg:q=5")]
+    sources = {s.key: s for s in read_sources(seg_labels)}
+    one = get_task("segmentation").selection_metric(row, "deeplabv3_mnv2_dm05_voc",
+                                                    lambda n: read_outputs(seg_labels, n), sources)
+    assert judge.metric(rows[2:3], np.zeros(1, dtype=int)) == pytest.approx(one)
+    pristine_one = get_task("segmentation").selection_metric(row, "deeplabv3_mnv2_dm05_voc",
+                                                             lambda n: read_outputs(seg_labels, n), sources,
+                                                             pristine=True)
+    assert pristine_one == 1.0 and PRISTINE == "pristine"

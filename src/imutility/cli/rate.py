@@ -211,8 +211,11 @@ def train_rate(labels, for_network, out, codec, validation, ensemble, seed) -> N
 @click.option("--validation-photos-of", "validation_of", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Only the validation photos of this rate model (LABELS: its training folder): for choosing "
                    "modes and defaults without touching test photos.")
+@click.option("--useful-points", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="The useful range: the judge's metric within this many points of its pristine value (wider for a "
+                   "judge scored against its own pristine output, e.g. reference-free segmentation: 1.0 there).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-def rate_benchmark_cmd(labels, judges, plans, content_model, draws, codec, validation_of, out) -> None:
+def rate_benchmark_cmd(labels, judges, plans, content_model, draws, codec, validation_of, useful_points, out) -> None:
     """Every rate-control mode (fixed quality, bit-rate rule, two-level check, plan, content plan, conservative
     mixes, oracles) against fixed quality at equal top-1 of each judge, with photo-bootstrap intervals, on a
     dense ladder labelled on TEST photos (never the rate models' training photos). Writes OUT/rate.json,
@@ -227,7 +230,7 @@ def rate_benchmark_cmd(labels, judges, plans, content_model, draws, codec, valid
     content = library_call(QualityModel.read, content_model) if content_model else None
     photos = library_call(QualityModel.read, validation_of).card.get("validation_photos") if validation_of else None
     result = library_call(rate_benchmark, labels, judges.split(","), models, content, (), draws,
-                          lambda m: click.echo(m, err=True), photos, codec)
+                          lambda m: click.echo(m, err=True), photos, codec, useful_points)
     paths = library_call(write, result, out)
     click.echo(paths["table"].read_text())
     click.echo(f"-> {paths['json']}; table: {paths['table']}; figure: {paths['figure']}")

@@ -68,6 +68,10 @@ class CorrectnessJudge:
     def pristine(self, rows: np.ndarray) -> float:
         return float(self.pristine_correct[rows].mean())
 
+    def restrict(self, rows: np.ndarray) -> CorrectnessJudge:
+        """The same judge over ``rows`` of its photos only (row i of the new one = photo ``rows[i]``)."""
+        return CorrectnessJudge(self.correct[rows], self.pristine_correct[rows])
+
 
 class DetectionJudge:
     """A detector judging: COCO mAP@[.5:.95] (pycocotools) of its cached detections on the chosen encodings
@@ -86,6 +90,10 @@ class DetectionJudge:
         from imutility.filtering import CocoScorer
 
         return CocoScorer([self.gt[i] for i in rows]).score([self.pristine_records[i] for i in rows])[0]
+
+    def restrict(self, rows: np.ndarray) -> DetectionJudge:
+        return DetectionJudge([self.records[i] for i in rows], [self.pristine_records[i] for i in rows],
+                              [self.gt[i] for i in rows])
 
 
 def _fixed_metric(judge, rows: np.ndarray, k: int) -> np.ndarray:
@@ -241,6 +249,9 @@ class MetricJudge:
         sel = self.table.iloc[self.grid[np.asarray(rows), 0]]
         return self.task.selection_metric(sel, self.network, self.outputs, self.sources, pristine=True)
 
+    def restrict(self, rows: np.ndarray) -> MetricJudge:
+        return MetricJudge(self.task, self.table, self.grid[rows], self.network, self.outputs, self.sources)
+
 
 def _metric_judge(folder, config, keys, ladder, judge, codec):
     from functools import lru_cache
@@ -296,9 +307,12 @@ def judge_correct(folder: Path, keys: Sequence[str], ladder: Sequence[int], judg
 def rate_benchmark(test_folder: str | os.PathLike, judges: Sequence[str], plans: dict[str, QualityModel],
                    content: QualityModel | None = None, networks: Sequence[str] = (), draws: int = 500,
                    log: Callable[[str], None] = lambda m: None, photos: Sequence[str] | None = None,
-                   codec: str = "jpeg") -> dict:
+                   codec: str = "jpeg", useful_points: float = USEFUL_POINTS) -> dict:
     """Every mode against fixed quality for every judge (see the module doc). ``networks``: the networks whose
-    two-level check and oracle are measured (default: the plans' and the judges')."""
+    two-level check and oracle are measured (default: the plans' and the judges'). ``useful_points``: the useful
+    range, within this many points (hundredths) of the judge's metric on the pristine photos; a judge scored
+    against its own pristine output (segmentation's reference-free mIoU) is 1.0 there by definition, so it needs
+    a wider range than top-1 does."""
     folder = Path(test_folder)
     nets_needed = list(dict.fromkeys([*plans, *judges, *networks]))
     nets = {net: ladder_data([folder], net, codec) for net in nets_needed}
@@ -312,7 +326,7 @@ def rate_benchmark(test_folder: str | os.PathLike, judges: Sequence[str], plans:
 
     metric = get_task(test.task).metric_name
     result = {"test_folder": str(folder), "photos": len(keys), "task": test.task, "metric": metric,
-              "ladder": test.ladder, "useful_points": USEFUL_POINTS,
+              "ladder": test.ladder, "useful_points": useful_points,
               "judges": {}}
     for judge in judges:
         full, ok = make_judge(folder, keys, test.ladder, judge, codec)
@@ -328,7 +342,7 @@ def rate_benchmark(test_folder: str | os.PathLike, judges: Sequence[str], plans:
             for setting, choice, cost in sweep:
                 pt = evaluate_point(j_, b, choice[ok], draws=0)
                 pts.append({"setting": setting, **pt, **cost})
-            useful = [p for p in pts if p["top1"] >= p_top1 - USEFUL_POINTS / 100]
+            useful = [p for p in pts if p["top1"] >= p_top1 - useful_points / 100]
             best = max(useful, key=lambda p: p["saving"]) if useful else None
             if best is not None:  # the interval of the headline point (bootstrap over photos)
                 i = pts.index(best)
@@ -345,10 +359,7 @@ def rate_benchmark(test_folder: str | os.PathLike, judges: Sequence[str], plans:
 
 
 def _restrict(judge, rows: np.ndarray):
-    if isinstance(judge, CorrectnessJudge):
-        return CorrectnessJudge(judge.correct[rows], judge.pristine_correct[rows])
-    return DetectionJudge([judge.records[i] for i in rows], [judge.pristine_records[i] for i in rows],
-                          [judge.gt[i] for i in rows])
+    return judge.restrict(np.asarray(rows))
 
 
 def _subset(d: LadderData, keys: Sequence[str]) -> LadderData:
@@ -361,16 +372,17 @@ def _subset(d: LadderData, keys: Sequence[str]) -> LadderData:
 def table_markdown(result: dict) -> str:
     lines = []
     m_ = result.get("metric", "top-1")
+    points = result.get("useful_points", USEFUL_POINTS)
     for judge, r in result["judges"].items():
         lines.append(f"\n**Judged by {judge}** ({r['photos']} photos, pristine {m_} {r['pristine_top1']:.3f}); "
-                     f"useful range: {m_} >= {r['pristine_top1'] - USEFUL_POINTS / 100:.3f}\n")
+                     f"useful range: {m_} >= {r['pristine_top1'] - points / 100:.3f}\n")
         lines.append(f"| mode | setting | {m_} | bits/pixel | saving vs fixed quality at equal {m_} (95 % CI) | "
                      f"{m_} gained at equal bits, points (95 % CI) | encodes / passes per image |")
         lines.append("|---|---|---|---|---|---|---|")
         for name, m in r["modes"].items():
             b = m["useful_best"]
             if b is None:
-                lines.append(f"| {name} | - | never within {USEFUL_POINTS:g} point of pristine | | | | |")
+                lines.append(f"| {name} | - | never within {points:g} point of pristine | | | | |")
                 continue
             flag = "" if b["fixed_reaches_top1"] else " (above every fixed quality: vs the best of them)"
             lines.append(f"| {name} | {b['setting']} | {b['top1']:.3f} | {b['bpp']:.3f} | {b['saving']:+.1%} "
@@ -392,7 +404,8 @@ def plot(result: dict, path: str | os.PathLike) -> None:
         for name, m in r["modes"].items():
             pts = sorted((p["bpp"], 100 * p["top1"]) for p in m["points"])
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=".", lw=1, label=name)
-        ax.axhline(100 * (r["pristine_top1"] - USEFUL_POINTS / 100), color="grey", ls=":", lw=0.8,
+        points = result.get("useful_points", USEFUL_POINTS)
+        ax.axhline(100 * (r["pristine_top1"] - points / 100), color="grey", ls=":", lw=0.8,
                    label="useful range from")
         ax.set_ylabel(f"{result.get('metric', 'top-1')} of {judge} (x100)")
         ax.set_ylim(bottom=max(0, 100 * r["pristine_top1"] - 15))

@@ -32,13 +32,11 @@ class TFLiteSegmenter(Segmenter):
         self.batch_size = spec.options.batch_size or 8
 
     def _raw(self, batch: np.ndarray) -> list[np.ndarray]:
-        it, dtype, rows = self.interpreter, self.inp["dtype"], []
+        from imutility.zoo.backends.tflite import quantise_input
+
+        it, rows = self.interpreter, []
         for x in batch:
-            if np.issubdtype(dtype, np.integer) and x.dtype != dtype:
-                scale, zero = self.inp["quantization"]
-                info = np.iinfo(dtype)
-                x = np.clip(np.round(x / scale + zero), info.min, info.max) if scale else x
-            it.set_tensor(self.inp["index"], np.ascontiguousarray(x[None]).astype(dtype))
+            it.set_tensor(self.inp["index"], np.ascontiguousarray(quantise_input(x[None], self.inp)))
             it.invoke()
             y = it.get_tensor(self.out["index"])[0]
             scale, zero = self.out["quantization"]

@@ -29,6 +29,18 @@ def make_interpreter(path: Path, threads: int):
     return it
 
 
+def quantise_input(x: np.ndarray, detail: dict) -> np.ndarray:
+    """An input batch in the dtype of a TFLite input tensor, quantised by the tensor's own scale and zero point."""
+    dtype = detail["dtype"]
+    if x.dtype == dtype:
+        return x
+    if np.issubdtype(dtype, np.integer):
+        scale, zero = detail["quantization"]
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero) if scale else x, info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
 class TFLiteClassifier(Classifier):
     """One image per invoke (XNNPACK cannot resize these graphs to a batch), any dtype, NHWC or NCHW.
 
@@ -52,14 +64,7 @@ class TFLiteClassifier(Classifier):
         self.batch_size = spec.options.batch_size or 32
 
     def _quantise(self, x: np.ndarray) -> np.ndarray:
-        dtype = self.inp["dtype"]
-        if x.dtype == dtype:
-            return x
-        if np.issubdtype(dtype, np.integer):
-            scale, zero = self.inp["quantization"]
-            info = np.iinfo(dtype)
-            return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-        return x.astype(dtype)
+        return quantise_input(x, self.inp)
 
     def _logits(self, batch: np.ndarray) -> np.ndarray:
         if self.spec.options.output != "logits":
