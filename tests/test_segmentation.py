@@ -322,3 +322,26 @@ def test_segmentation_rate_judge_uses_the_task_metric(seg_labels):
                                                              lambda n: read_outputs(seg_labels, n), sources,
                                                              pristine=True)
     assert pristine_one == 1.0 and PRISTINE == "pristine"
+
+
+def test_the_shipped_segmentation_predictor_and_rate_model(tmp_path):
+    """default-segmentation scores the dog photo useful and its q = 5 copy not; compress --for the shipped rate model's
+    segmenter writes one JPEG per photo at a planned quality."""
+    import io
+
+    from PIL import Image
+
+    from imutility import Predictor
+    from imutility.distort import JPEG
+    from imutility.images import load_image
+
+    photo = require_shared("data", "photos", "dog.jpg")
+    p = Predictor.load("default-segmentation")
+    assert p.card.task == "segmentation"
+    img = load_image(photo)
+    bad = Image.open(io.BytesIO(JPEG(5).encode(img)))
+    assert p(img) > 0.9 > 0.1 > p(bad)
+    out = tmp_path / "out"
+    assert main(["compress", str(photo), str(out), "--for", "deeplabv3_mnv2_voc"]) == 0
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert len(manifest) == 1 and 10 <= int(manifest["quality"].iloc[0]) <= 95

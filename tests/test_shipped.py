@@ -14,6 +14,7 @@ from imutility.cli import cli
 from imutility.distort import JPEG
 from imutility.predictor import Predictor
 from imutility.predictor.builtin import BUILTIN, builtin_dir
+from imutility.tasks import TASK_NAMES
 
 SHIPPED = sorted(set(BUILTIN.values()))
 
@@ -22,7 +23,7 @@ SHIPPED = sorted(set(BUILTIN.values()))
 def test_shipped_card_and_weights(name):
     p = Predictor.load(name)  # the SHA-256 of model.pt is checked against the card here
     card = p.card.raw
-    assert card["task"] in ("classification", "detection") and card["limitations"] and card["rebuild"]["train"]
+    assert card["task"] in TASK_NAMES and card["limitations"] and card["rebuild"]["train"]
     folder = builtin_dir(name)
     assert (folder / "model.pt").stat().st_size < 5 * 2**20
     if (folder / "test_sources.json").exists():
@@ -51,11 +52,14 @@ def test_card_train_command_is_the_recipe_in_the_card(name, tmp_path, monkeypatc
     for k in ("architecture", "backbone", "features", "soft_target", "hidden", "dropout", "weight_decay", "epochs",
               "batch_size", "max_tiles", "seed", "mode"):
         assert params[k] == cfg[k], k
-    from imutility.distort import get_preset
+    from imutility.distort import resolve_levels
 
-    assert [d.spec for d in get_preset(params["train_distortions"][0]).distortions] == cfg["train_distortions"]
-    assert params["test_sources"] == f"src/imutility/resources/predictors/{name}/test_sources.json"
-    assert cfg["test_sources_file"].endswith("test_sources.json")
+    assert resolve_levels(params["train_distortions"]) == cfg["train_distortions"]
+    if cfg["test_sources_file"] is None:  # a seeded split by photo: the card's seed, no file
+        assert params["test_sources"] is None and params["seed"] == cfg["seed"]
+    else:
+        assert params["test_sources"] == f"src/imutility/resources/predictors/{name}/test_sources.json"
+        assert cfg["test_sources_file"].endswith("test_sources.json")
 
 
 def test_default_sees_damage_outside_the_centre():

@@ -236,21 +236,32 @@ class MetricJudge:
     (:meth:`imutility.tasks.Task.selection_metric`, e.g. segmentation's dataset mIoU), from the labels table: the
     judge of every task without a faster one of its own."""
 
-    def __init__(self, task, table, grid: np.ndarray, network: str, outputs, sources):
+    def __init__(self, task, table, grid: np.ndarray, network: str, outputs, sources, parts=None):
         self.task, self.table, self.grid, self.network = task, table, grid, network
         self.outputs, self.sources = outputs, sources
+        if parts is None:  # an additive metric (segmentation's confusion matrices): every row's parts once
+            flat = task.selection_parts(table, network, outputs, sources)
+            if flat is not None:
+                first = table.iloc[grid[:, 0]]
+                parts = (flat[grid], task.selection_parts(first, network, outputs, sources, pristine=True))
+        self.parts = parts  # ([photo, level, ...], [photo, ...]) or None
 
     def metric(self, rows: np.ndarray, choice: np.ndarray) -> float:
         rows = np.asarray(rows)
+        if self.parts is not None:
+            return self.task.metric_of_parts(self.parts[0][rows, np.asarray(choice)].sum(0))
         sel = self.table.iloc[self.grid[rows, np.asarray(choice)]]
         return self.task.selection_metric(sel, self.network, self.outputs, self.sources)
 
     def pristine(self, rows: np.ndarray) -> float:
+        if self.parts is not None:
+            return self.task.metric_of_parts(self.parts[1][np.asarray(rows)].sum(0))
         sel = self.table.iloc[self.grid[np.asarray(rows), 0]]
         return self.task.selection_metric(sel, self.network, self.outputs, self.sources, pristine=True)
 
     def restrict(self, rows: np.ndarray) -> MetricJudge:
-        return MetricJudge(self.task, self.table, self.grid[rows], self.network, self.outputs, self.sources)
+        parts = None if self.parts is None else (self.parts[0][rows], self.parts[1][rows])
+        return MetricJudge(self.task, self.table, self.grid[rows], self.network, self.outputs, self.sources, parts)
 
 
 def _metric_judge(folder, config, keys, ladder, judge, codec):

@@ -14,7 +14,8 @@ from imutility.names import UnknownNameError
 
 #: built-in predictors, by name (an alias first)
 BUILTIN = {"default": "default-classification", "default-classification": "default-classification",
-           "default-detection": "default-detection", "confidence-classification": "confidence-classification",
+           "default-detection": "default-detection", "default-segmentation": "default-segmentation",
+           "confidence-classification": "confidence-classification",
            "finetune-classification": "finetune-classification"}
 
 

@@ -204,6 +204,16 @@ class Task(ABC):
         """The task's metric of ``network`` over a selection of images (``rows`` of a labels table, one per photo),
         or over those photos' pristine versions: what a rate-accuracy curve plots (top-1, mAP)."""
 
+    def selection_parts(self, rows, network: str, outputs: Callable[[str], dict], sources: dict[str, Source],
+                        pristine: bool = False) -> np.ndarray | None:
+        """Optional: per row, statistics that ADD UP to :meth:`selection_metric` of any selection of rows
+        (:meth:`metric_of_parts` of their sum), so bootstraps over photos need not recompute; None: not additive."""
+        return None
+
+    def metric_of_parts(self, total: np.ndarray) -> float:
+        """The metric of a selection from the sum of its rows' :meth:`selection_parts`."""
+        raise NotImplementedError(f"{self.name} has no additive selection metric")
+
     @abstractmethod
     def evaluate_labeler(self, labeler, data: str | os.PathLike | None, progress: bool = True) -> str:
         """A labeler's pristine accuracy on a labelled set, as one line (``imutility zoo eval``)."""

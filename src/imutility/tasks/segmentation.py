@@ -45,6 +45,7 @@ from imutility.tasks.base import (
     pair,
     sources_from_folder,
 )
+from imutility.zoo.base import VOC_CLASSES
 
 #: the side of the common mask grid (the whole image stretched to GRID x GRID)
 GRID = 128
@@ -133,13 +134,18 @@ class Confusion:
         self.m += np.bincount(r[ok] * self.k + m[ok], minlength=self.k * self.k).reshape(self.k, self.k)
 
     def miou(self) -> float:
-        inter = np.diag(self.m).astype(np.float64)
-        union = self.m.sum(0) + self.m.sum(1) - inter
-        return float((inter[union > 0] / union[union > 0]).mean()) if (union > 0).any() else float("nan")
+        return confusion_miou(self.m)
 
     def pixel_accuracy(self) -> float:
         total = self.m.sum()
         return float(np.trace(self.m) / total) if total else float("nan")
+
+
+def confusion_miou(m: np.ndarray) -> float:
+    """Dataset mIoU of a (reference x mask) confusion matrix: over the classes that occur in either."""
+    inter = np.diag(m).astype(np.float64)
+    union = m.sum(0) + m.sum(1) - inter
+    return float((inter[union > 0] / union[union > 0]).mean()) if (union > 0).any() else float("nan")
 
 
 def coco_voc_mask(annotations: Sequence[dict], height: int, width: int, categories: dict[int, str]) -> np.ndarray:
@@ -381,6 +387,28 @@ class SegmentationTask(Task):
         keys = list(rows["key"])
         dists = [PRISTINE] * len(keys) if pristine else list(rows["distortion"])
         return self._dataset_miou(keys, dists, cache, self._references(keys, sources, cache))
+
+    def selection_parts(self, rows, network, outputs, sources, pristine=False) -> np.ndarray:
+        """Per row, the flattened confusion matrix of its mask against its reference (all zeros where the network
+        failed): dataset mIoU is additive in them."""
+        cache = outputs(network)
+        keys = list(rows["key"])
+        dists = [PRISTINE] * len(keys) if pristine else list(rows["distortion"])
+        refs = self._references(keys, sources, cache)
+        k = len(VOC_CLASSES)
+        out = np.zeros((len(keys), k * k), dtype=np.int64)
+        for i, (key, d, ref) in enumerate(zip(keys, dists, refs, strict=True)):
+            r = cache.get((key, d))
+            if ref is None or r is None or "error" in r:
+                continue
+            c = Confusion(k)
+            c.add(decode_mask(r["m"]), ref)
+            out[i] = c.m.ravel()
+        return out
+
+    def metric_of_parts(self, total: np.ndarray) -> float:
+        k = len(VOC_CLASSES)
+        return confusion_miou(np.asarray(total).reshape(k, k))
 
     def evaluate_labeler(self, labeler, data, progress: bool = True) -> str:
         from tqdm.auto import tqdm
