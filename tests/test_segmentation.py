@@ -210,6 +210,18 @@ def test_a_spec_with_the_wrong_class_count_is_one_clear_error(tmp_path):
         zoo.get_labeler("tiny-seg")
 
 
+def test_a_segmenter_with_its_own_classes_cannot_be_judged_against_voc_ground_truth(tmp_path):
+    sha_file = _export(TinySegmenter(classes=3), tmp_path / "seg.onnx")
+    (tmp_path / "names.txt").write_text("floor\nwall\nsky\n")
+    spec = _spec(tmp_path, sha_file).read_text().replace('classes = "voc"', 'classes = "names.txt"')
+    (tmp_path / "seg.toml").write_text(spec)
+    lab = zoo.get_labeler(zoo.register(tmp_path / "seg.toml").name)
+    assert lab.spec.num_classes == 3
+    with pytest.raises(ValueError, match="own classes"):
+        get_task("segmentation").check_labelers([lab], "ground-truth")
+    get_task("segmentation").check_labelers([lab], "pristine")  # reference-free: fine
+
+
 def test_a_segmenter_spec_must_resize_the_whole_photo(tmp_path):
     with pytest.raises(CustomSpecError, match="must be 'stretch'"):
         zoo.register(_spec(tmp_path, _export(TinySegmenter(), tmp_path / "seg.onnx"), resize="letterbox"))
@@ -345,3 +357,14 @@ def test_the_shipped_segmentation_predictor_and_rate_model(tmp_path):
     assert main(["compress", str(photo), str(out), "--for", "deeplabv3_mnv2_voc"]) == 0
     manifest = pd.read_csv(out / "manifest.csv")
     assert len(manifest) == 1 and 10 <= int(manifest["quality"].iloc[0]) <= 95
+
+
+def test_rate_accuracy_curves_use_miou(seg_labels, tmp_path):
+    out = tmp_path / "curves"
+    assert main(["curves", str(seg_labels), "-o", str(out), "--predictor", "seg=default-segmentation"]) == 0
+    r = json.loads((out / "curves.json").read_text())
+    assert r["task"] == "segmentation" and r["metric"] == "mIoU"
+    held = r["networks"]["deeplabv3_mnv2_dm05_voc"]
+    assert held["pristine"] == 1.0  # reference-free: its own pristine masks
+    values = [metric for _bpp, metric in held["curves"]["fixed quality"]]  # by quality, lowest first
+    assert values[0] < values[-1] <= 1.0  # q = 5 keeps less of the masks than q = 90

@@ -243,6 +243,15 @@ class SegmentationTask(Task):
                 raise ValueError(f"{len(missing)} photos have no ground-truth mask (e.g. {missing[0]}); use "
                                  "--reference pristine")
 
+    def check_labelers(self, labelers: Sequence, reference: str) -> None:
+        """Against ground truth (VOC classes from COCO polygons) every segmenter must answer in VOC's 21 classes; a
+        network with its own classes is judged reference-free (``--reference pristine``)."""
+        if reference == GROUND_TRUTH:
+            own = [lab.name for lab in labelers if tuple(lab.spec.classes or ()) != VOC_CLASSES]
+            if own:
+                raise ValueError(f"{', '.join(own)} answer(s) in their own classes, not PASCAL VOC's 21: the COCO "
+                                 "ground truth does not apply; label with --reference pristine")
+
     # ------------------------------------------------------------------ the labeler's raw outputs
     def records(self, items, outputs, failed, targets) -> list[dict]:
         """``m``: the mask on the grid (:func:`encode_mask`); ``c``: the mean pixel confidence (score outputs)."""
