@@ -153,15 +153,16 @@ def test_each_segmenter_finds_the_dog(name):
     assert zoo.get_spec(name).classes[DOG] == "dog"
 
 
-def test_a_segmenter_file_is_hash_checked(tmp_path):
-    spec = zoo.get_spec("deeplabv3_257_voc")
+@pytest.mark.parametrize("name", SEGMENTERS)
+def test_a_segmenter_file_is_hash_checked(name, tmp_path):
+    spec = zoo.get_spec(name)
     src = require_shared("models", spec.weights.file)
     bad = tmp_path / Path(spec.weights.file).name
     data = bytearray(src.read_bytes())
     data[-100] ^= 0xFF
     bad.write_bytes(bytes(data))
     with pytest.raises(zoo.WeightsHashError):
-        zoo.get_labeler("deeplabv3_257_voc", weights_path=bad)
+        zoo.get_labeler(name, weights_path=bad)
 
 
 # ---------------------------------------------------------------------------------------------- your own segmenter
@@ -220,6 +221,19 @@ def test_a_segmenter_with_its_own_classes_cannot_be_judged_against_voc_ground_tr
     with pytest.raises(ValueError, match="own classes"):
         get_task("segmentation").check_labelers([lab], "ground-truth")
     get_task("segmentation").check_labelers([lab], "pristine")  # reference-free: fine
+
+
+class PooledSegmenter(TinySegmenter):
+    """Outputs (N, 21) class scores: a classifier's shape, not a map."""
+
+    def forward(self, x):
+        return self.conv(x).mean((2, 3))
+
+
+def test_a_spec_whose_output_is_not_a_map_is_one_clear_error(tmp_path):
+    zoo.register(_spec(tmp_path, _export(PooledSegmenter(), tmp_path / "seg.onnx")))
+    with pytest.raises(CustomSpecError, match=r"does not run as the spec declares.*\(C, H, W\)"):
+        zoo.get_labeler("tiny-seg")
 
 
 def test_a_segmenter_spec_must_resize_the_whole_photo(tmp_path):
