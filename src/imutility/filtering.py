@@ -61,6 +61,18 @@ def random_keep(n: int, n_reject: int, rng: np.random.Generator) -> np.ndarray:
     return keep
 
 
+def random_same_count(outcome, n: int, n_reject: int, seed: int, draws: int) -> dict:
+    """The mean outcome of ``draws`` seeded random rejections of ``n_reject`` of ``n`` images (``outcome(keep)`` ->
+    :class:`FilterOutcome`): the random baseline of Fig. 2, with the spread of its metric."""
+    rng = np.random.default_rng(seed)
+    runs = [outcome(random_keep(n, n_reject, rng)) for _ in range(draws)]
+    out = {"metric": float(np.mean([r.metric for r in runs])), "kept": runs[0].kept if runs else float("nan"),
+           "metric_std": float(np.std([r.metric for r in runs]))}
+    if runs and runs[0].metric50 is not None:
+        out["metric50"] = float(np.mean([r.metric50 for r in runs]))
+    return out
+
+
 class CocoScorer:
     """COCO bbox evaluation (pycocotools) of many detection sets over one fixed list of (image, version) items.
 

@@ -193,7 +193,7 @@ class DetectionTask(Task):
         return table[f"{network}.label"].to_numpy(dtype=np.float64)
 
     def fig2(self, held, keeps, networks, outputs, sources, reference_filter, seed, draws, levels=()) -> dict:
-        from imutility.filtering import CocoScorer, lowest_rate_keep, random_keep
+        from imutility.filtering import CocoScorer, lowest_rate_keep, random_same_count
 
         gt = [(np.asarray(sources[k].boxes or (), dtype=float).reshape(-1, 4), list(sources[k].labels or ()))
               for k in held["key"]]
@@ -215,12 +215,8 @@ class DetectionTask(Task):
                 n_rej = int((~keeps[reference_filter]).sum())
                 res["lowest bit rate (same count)"] = scorer.filtered(
                     distorted, pristine, lowest_rate_keep(held["bpp"].to_numpy(), n_rej)).as_dict()
-                rng = np.random.default_rng(seed)
-                runs = [scorer.filtered(distorted, pristine, random_keep(len(held), n_rej, rng)) for _ in range(draws)]
-                res["random (same count)"] = {"metric": float(np.mean([d.metric for d in runs])),
-                                              "metric50": float(np.mean([d.metric50 for d in runs])),
-                                              "kept": runs[0].kept if runs else float("nan"),
-                                              "metric_std": float(np.std([d.metric for d in runs]))}
+                res["random (same count)"] = random_same_count(
+                    lambda keep, d=distorted, p=pristine: scorer.filtered(d, p, keep), len(held), n_rej, seed, draws)
             out[net] = res
         return {"images": int(len(held)), "photos": int(held["key"].nunique()), "networks": out}
 

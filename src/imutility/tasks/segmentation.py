@@ -363,7 +363,7 @@ class SegmentationTask(Task):
         return conf.miou()
 
     def fig2(self, held, keeps, networks, outputs, sources, reference_filter, seed, draws, levels=()) -> dict:
-        from imutility.filtering import lowest_rate_keep, random_keep
+        from imutility.filtering import FilterOutcome, lowest_rate_keep, random_same_count
 
         keys, dists = list(held["key"]), list(held["distortion"])
         out = {}
@@ -371,21 +371,18 @@ class SegmentationTask(Task):
             cache = outputs(net)
             refs = self._references(keys, sources, cache)
 
-            def filtered(keep, cache=cache, refs=refs) -> dict:
+            def filtered(keep, cache=cache, refs=refs) -> FilterOutcome:
                 chosen = [d if kp else PRISTINE for d, kp in zip(dists, keep, strict=True)]
-                return {"metric": self._dataset_miou(keys, chosen, cache, refs),
-                        "kept": float(np.mean(keep)) if len(keep) else float("nan")}
+                return FilterOutcome(metric=self._dataset_miou(keys, chosen, cache, refs),
+                                     kept=float(np.mean(keep)) if len(keep) else float("nan"))
 
-            res = {f: filtered(keep) for f, keep in keeps.items()}
-            res["all pristine"] = filtered(np.zeros(len(held), dtype=bool))
+            res = {f: filtered(keep).as_dict() for f, keep in keeps.items()}
+            res["all pristine"] = filtered(np.zeros(len(held), dtype=bool)).as_dict()
             if reference_filter in keeps:
                 n_rej = int((~keeps[reference_filter]).sum())
-                res["lowest bit rate (same count)"] = filtered(lowest_rate_keep(held["bpp"].to_numpy(), n_rej))
-                rng = np.random.default_rng(seed)
-                runs = [filtered(random_keep(len(held), n_rej, rng)) for _ in range(draws)]
-                res["random (same count)"] = {"metric": float(np.mean([d["metric"] for d in runs])),
-                                              "kept": runs[0]["kept"] if runs else float("nan"),
-                                              "metric_std": float(np.std([d["metric"] for d in runs]))}
+                res["lowest bit rate (same count)"] = filtered(
+                    lowest_rate_keep(held["bpp"].to_numpy(), n_rej)).as_dict()
+                res["random (same count)"] = random_same_count(filtered, len(held), n_rej, seed, draws)
             out[net] = res
         return {"images": int(len(held)), "photos": int(held["key"].nunique()), "networks": out}
 
