@@ -280,8 +280,10 @@ def test_a_photo_without_voc_content_is_labelled_not_a_crash(tmp_path):
     assert main(["label", "--task", "segmentation", "--data", str(grey), "--reference", "pristine",
                  "--labelers", "deeplabv3_257_voc", "-d", "jpeg:q=90", str(out)]) == 0
     t = pd.read_parquet(out / "labels.parquet")
-    assert len(t) == 1 and t["deeplabv3_257_voc.label"].iloc[0] in (0.0, 1.0) or np.isnan(
-        t["deeplabv3_257_voc.label"].iloc[0])
+    assert len(t) == 1
+    label, util = t["deeplabv3_257_voc.label"].iloc[0], t["deeplabv3_257_voc.utility"].iloc[0]
+    assert 0.0 <= util <= 1.0  # a defined utility, whatever the network saw
+    assert label == (1.0 if util >= 0.9 else 0.0) if (util >= 0.9 or util < 0.75) else np.isnan(label)
 
 
 def test_ground_truth_needs_polygons(tmp_path, capsys):
