@@ -102,6 +102,29 @@ def test_content_training_card_and_files(content_predictor, content_labels):
     assert list((content_labels / "features").glob("*.npz"))  # features kept for the next head
 
 
+def test_calibration_is_fitted_on_whole_validation_photos(content_predictor, content_labels):
+    from imutility.predictor.training.split import split_validation
+
+    card = json.loads((content_predictor / "card.json").read_text())
+    assert card["target"]["calibration"]["photos"].startswith("validation photos")
+    assert card["validation"]["photos"] >= 1 and card["data"]["validation_rows"] == card["validation"]["rows"]
+    assert card["target"]["calibration"]["rows"] == card["validation"]["rows"]  # both levels of each photo labelled
+    val = set(json.loads((content_predictor / "validation_sources.json").read_text()))
+    assert len(val) == card["validation"]["photos"]
+    assert not val & set(json.loads((content_predictor / "test_sources.json").read_text()))
+    assert card["data"]["train_rows"] + card["data"]["validation_rows"] + card["data"]["test_rows"] == 48
+    table = pd.read_parquet(content_labels / "labels.parquet")
+    # an augmented copy of every photo: the copies of validation photos must fit on neither side
+    table = pd.concat([table, table.assign(augment="flip")], ignore_index=True)
+    fit, val = split_validation(table, np.arange(len(table)), 0.25, 0)
+    fit_src, val_src = set(table["source"][fit]), set(table["source"][val])
+    assert val_src and not fit_src & val_src and len(val_src | fit_src) == 24
+    assert table["augment"][val].isna().all()  # copies never validate
+    assert len(val) == 2 * len(val_src) and len(fit) == len(table) - 4 * len(val_src)  # 2 levels, 2 copies
+    fit0, val0 = split_validation(table, np.arange(len(table)), 0, 0)
+    assert len(val0) == 0 and len(fit0) == len(table)
+
+
 def test_content_predictor_scores_onnx_and_errors(content_predictor, tmp_path):
     p = Predictor.load(content_predictor, runtime="torch")
     assert p.architecture == "content"

@@ -52,6 +52,8 @@ def test_card_train_command_is_the_recipe_in_the_card(name, tmp_path, monkeypatc
     for k in ("architecture", "backbone", "features", "soft_target", "hidden", "dropout", "weight_decay", "epochs",
               "batch_size", "max_tiles", "seed", "mode"):
         assert params[k] == cfg[k], k
+    # cards made before 0.6.0 calibrated on their training rows: their command says --val-fraction 0
+    assert params["val_fraction"] == cfg.get("val_fraction", 0.0)
     from imutility.distort import resolve_levels
 
     assert resolve_levels(params["train_distortions"]) == cfg["train_distortions"]
@@ -107,3 +109,36 @@ def test_default_card_rebuilds_from_its_commands(tmp_path, monkeypatch):
     new = json.loads((tmp_path / "out" / "card.json").read_text())
     assert new["metrics"]["auroc"] == pytest.approx(card["metrics"]["auroc"], abs=0.01)
     assert new["metrics"]["accuracy"] == pytest.approx(card["metrics"]["accuracy"], abs=0.02)
+
+
+@pytest.mark.slow
+def test_default_card_lead_figure_regenerates_on_a_slice(tmp_path, monkeypatch):
+    """The default card's lead figure (within-level AUROC for an off-family network's correctness on ILSVRC val
+    photos), regenerated from the card's own rebuild commands on its first 300 photos at its transition levels
+    (about 5 min on 2 cores): it lands inside the card's interval."""
+    from imutility.cli import main
+    from imutility.evaluation.report import card_figures
+
+    require_shared("data", "ilsvrc-val600")
+    monkeypatch.chdir(REPO)  # the card's paths are relative to the repository root, with ../shared beside it
+    card = Predictor.load("default").card.raw
+    fig = card["benchmark"]["ilsvrc_val600"]
+    judge = fig["judge"].split()[0]
+    labels = tmp_path / "cls-val600"
+    label = shlex.split(card["rebuild"]["benchmark_data"].replace("runs/cls-val600", str(labels)))
+    at = label.index("-p")
+    del label[at:at + 2]  # the card's ladder -> only its transition levels, on the first 300 photos
+    for level in fig["transition_levels"]:
+        label += ["-d", level]
+    assert main(label[1:] + ["--limit", "300", "--no-progress"]) == 0
+    bench = shlex.split(card["rebuild"]["benchmark"].replace("runs/cls-val600", str(labels)))
+    bench[bench.index("-o") + 1] = str(tmp_path / "bench")
+    assert main(bench[1:]) == 0
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    aurocs = results["sets"]["cls-val600"]["unseen"][judge]["auroc"]
+    for score in ("default", "control: default on the pristine photo"):  # the predictor and its control
+        value = float(np.mean([aurocs[score][lv]["value"] for lv in fig["transition_levels"]]))
+        lead = fig["within_level_auroc"][score]
+        assert lead["low"] <= value <= lead["high"], (score, value, lead)
+    again = card_figures(results, "cls-val600", judge, "default")
+    assert again["photos"] == 300 and set(again["transition_levels"]) <= set(fig["transition_levels"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.5.0"  # the one place the version is set (pyproject reads it)
+__version__ = "0.6.0"  # the one place the version is set (pyproject reads it)
 
 _LAZY = {
     "confidence_utility": "imutility.utility",

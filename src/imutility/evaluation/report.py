@@ -152,3 +152,32 @@ def write_report(results: dict, out: str | os.PathLike) -> None:
     out = Path(out)
     atomic.write_text(out / "report.md", render(results))
     plot(results, out / "within_level_auroc.png")
+
+
+def card_figures(results: dict, set_name: str, judge: str, predictor: str, judge_note: str = "") -> dict:
+    """The figures a predictor's card records for one benchmark set, judged by one network that defined no label:
+    within-level AUROC for its success (mean over the transition levels, and per level) and pooled for the
+    predictor, its compression-blind control and every baseline; the matched-count top-1 with the kept share; the
+    pristine false-reject rate. Values rounded to 3 places, intervals as in ``results.json``."""
+    st = results["sets"][set_name]
+    if judge not in st["unseen"]:
+        raise KeyError(f"{judge} is not a held-out network of {set_name} (held out: {', '.join(st['unseen'])})")
+    u = st["unseen"][judge]
+
+    def r(e: dict) -> dict:
+        return {k: (round(v, 3) if _known(v) else None) for k, v in e.items()}
+
+    trans = u["auroc_transition"]
+    out = {"photos": st["photos"], "images": st["images"], "judge": judge + (f" ({judge_note})" if judge_note else ""),
+           "success": st["success"], "labelers": st["labelers"], "transition_levels": st["transition"],
+           "within_level_auroc": {name: r(per["mean"]) for name, per in trans.items()},
+           "per_level_auroc": {name: {lv: r(e) for lv, e in per.items() if lv not in ("mean", "pooled")}
+                               for name, per in trans.items()},
+           "pooled_auroc": {name: r(per["pooled"]) for name, per in u["auroc"].items() if "pooled" in per},
+           "pristine_false_rejects": st["pristine_false_rejects"].get(predictor)}
+    m = u["matched"].get(predictor)
+    if m:
+        out["matched_top1"] = {"kept_share": round(m["kept_share"]["pooled"], 3),
+                               "top1": {name: r(per["pooled"]) for name, per in m["top1"].items()},
+                               "no_filter": r(m["no_filter"]["pooled"])}
+    return out

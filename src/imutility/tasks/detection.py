@@ -88,7 +88,10 @@ class DetectionTask(Task):
         """``N.phi_g_ref``/``N.phi_g`` (per reference object, the best same-label score at IoU >= det_iou),
         ``N.iou_g`` (per object, the best IoU of a same-label detection scoring >= det_score on the distorted
         image), ``N.phi_ref``/``N.phi`` (their means), ``N.found`` (share found), ``N.utility``, ``N.label``
-        (Eq. 6). With the pristine reference, a network's own confident pristine detections are its objects."""
+        (Eq. 6), ``N.p5``/``N.pristine_p5`` (the detector's own confidence: its highest detection score on the
+        distorted / pristine image, 0 when it detects nothing; a one-element list, as the classifiers' top-5
+        probabilities, so that the benchmark reads every task's own-confidence baseline from one column). With the
+        pristine reference, a network's own confident pristine detections are its objects."""
         import torch
         from torchvision.ops import box_iou
 
@@ -99,11 +102,14 @@ class DetectionTask(Task):
         cols = {c: [None] * m for c in ("phi_g_ref", "phi_g", "iou_g")}
         num = {c: np.full(m, np.nan) for c in ("phi_ref", "phi", "found")}
         label, util = np.full(m, np.nan), np.full(m, np.nan)
+        own: list = [None] * m
+        own0: list = [None] * m
         for i, r in enumerate(meta):
             r0, r1 = pair(cache, r["k"], r["d"])
             if r0 is None:
                 continue
             d0 = _detections(r0)
+            own0[i] = [float(d0["scores"].max()) if len(d0["scores"]) else 0.0]
             if reference != GROUND_TRUTH:
                 confident = d0["scores"] >= th.det_score
                 gt_b, gt_l = d0["boxes"][confident], d0["labels"][confident]
@@ -112,6 +118,7 @@ class DetectionTask(Task):
                 gt_b = np.asarray(src.boxes or (), dtype=np.float64).reshape(-1, 4)
                 gt_l = np.asarray(src.labels or (), dtype=np.int64)
             d1 = _detections(r1)
+            own[i] = [float(d1["scores"].max()) if len(d1["scores"]) else 0.0]
             label[i] = detection_label(gt_b, gt_l, d0, d1, th.det_score, th.det_iou, th.require_pristine_hit)
             u = detection_utility(gt_b, gt_l, d0, d1, th.det_iou, th.phi_rec)
             util[i] = u["utility"]
@@ -130,6 +137,7 @@ class DetectionTask(Task):
             rows[f"{name}.{c}"] = v
         for c, v in num.items():
             rows[f"{name}.{c}"] = v
+        rows[f"{name}.p5"], rows[f"{name}.pristine_p5"] = own, own0
         rows[f"{name}.utility"] = util.copy()
         rows[f"{name}.label"] = label.copy()
         return NetworkColumns(label=label, utility=util, confidence=num["phi"], confidence_ref=num["phi_ref"])

@@ -63,6 +63,10 @@ class TrainConfig:
     max_tiles: int = 4
     hidden: int = 32
     dropout: float = 0.0
+    # content, binary with a soft target: the share of the TRAINING photos held out (whole photos) on which the
+    # head is calibrated and its validation figures taken (design choices are made on these, never on test photos);
+    # 0: calibrate on the training rows themselves (how predictors before 0.6.0 were made)
+    val_fraction: float = 0.1
 
     def validate(self) -> None:
         """Refuse settings that cannot train (a one-line :class:`ValueError`)."""
@@ -87,6 +91,9 @@ class TrainConfig:
             raise SettingError(f"max_samples must be a positive integer, got {self.max_samples!r}")
         if not isinstance(self.dropout, int | float) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
             raise SettingError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not isinstance(self.val_fraction, int | float) or isinstance(self.val_fraction, bool) \
+                or not 0 <= self.val_fraction < 1:
+            raise SettingError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
         if self.precision not in TRAIN_PRECISIONS:
             raise SettingError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:

@@ -151,7 +151,13 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     from imutility.predictor.geometry import TilePooling
     from imutility.predictor.networks.content import TilePool, UtilityHead
     from imutility.predictor.training.config import InsufficientLabelsError
-    from imutility.predictor.training.split import binary_metrics, regression_metrics, sample_warnings, select_split
+    from imutility.predictor.training.split import (
+        binary_metrics,
+        regression_metrics,
+        sample_warnings,
+        select_split,
+        split_validation,
+    )
 
     out = Path(out)
     labels_dir = Path(cfg.labels)
@@ -165,6 +171,10 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     if cfg.mode == "binary" and not np.all((y_all[np.isfinite(y_all)] >= 0) & (y_all[np.isfinite(y_all)] <= 1)):
         raise InvalidInputError(f"{target_col!r} must hold values in [0, 1] to train a binary predictor on it")
     train_idx, test_idx, split_note = select_split(cfg, table, np.isfinite(y_all))
+    train_idx, val_idx = split_validation(table, train_idx, cfg.val_fraction, cfg.seed)
+    if len(val_idx):
+        split_note += (f"; {cfg.val_fraction:.0%} of the training photos held out whole as validation "
+                       f"({table['source'].iloc[val_idx].nunique()} photos: calibration and the validation figures)")
     if cfg.max_samples is not None:
         train_idx = np.random.default_rng(cfg.seed).permutation(train_idx)[: cfg.max_samples]
     if len(train_idx) < 10 or len(test_idx) == 0:
@@ -174,7 +184,7 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
         raise InsufficientLabelsError(f"{cfg.label_column}: the training rows hold one class only")
 
     torch.manual_seed(cfg.seed)
-    rows = np.concatenate([train_idx, test_idx])
+    rows = np.concatenate([train_idx, val_idx, test_idx])
     t0 = time.perf_counter()
     # features of EVERY image of the table (one cache per labels folder and backbone, shared by all heads)
     all_feats, all_owner, all_errors, spec, pre, note, fresh_rate = _features(
@@ -182,7 +192,7 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     feature_seconds = time.perf_counter() - t0
     errors = {i: all_errors[r] for i, r in enumerate(rows) if r in all_errors}
     ok = np.array([i not in errors for i in range(len(rows))])
-    n_train = len(train_idx)
+    n_train, n_val = len(train_idx), len(val_idx)
     by_row: dict[int, list[int]] = {}
     for k, r in enumerate(all_owner):
         by_row.setdefault(int(r), []).append(k)
@@ -235,34 +245,56 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
         from sklearn.linear_model import LogisticRegression
 
         lab = labels[rows]
-        cal = train_pos[np.isfinite(lab[train_pos])]
+        val_pos = np.flatnonzero(ok[n_train:n_train + n_val]) + n_train
+        cal, photos = val_pos[np.isfinite(lab[val_pos])], "validation photos (held out of the fit)"
+        if len(set(lab[cal])) < 2:  # no validation split, or one label class in it: the fit's own rows, said so
+            photos = ("training rows (no validation split)" if n_val == 0 else
+                      f"training rows (the {len(cal)} labelled validation rows hold one class)")
+            cal = train_pos[np.isfinite(lab[train_pos])]
         with torch.no_grad():
             z = image_logits(cal, False).numpy()[:, None]
         lr = LogisticRegression(C=1e6).fit(z, lab[cal].astype(int))
         pool.calibrate(float(lr.coef_[0, 0]), float(lr.intercept_[0]))
-        calibration = {"on": cfg.label_column, "rows": int(len(cal)), "scale": float(lr.coef_[0, 0]),
-                       "shift": float(lr.intercept_[0])}
+        calibration = {"on": cfg.label_column, "rows": int(len(cal)), "photos": photos,
+                       "scale": float(lr.coef_[0, 0]), "shift": float(lr.intercept_[0])}
     train_seconds = time.perf_counter() - t1
 
-    test_pos = np.flatnonzero(ok[n_train:]) + n_train
+    test_pos = np.flatnonzero(ok[n_train + n_val:]) + n_train + n_val
+    val_pos = np.flatnonzero(ok[n_train:n_train + n_val]) + n_train
     pooling = TilePooling(float(pool.weights[0].detach()), float(pool.weights[1].detach()),
                           float(pool.bias.detach()))
     with torch.no_grad():
-        z = pooling(head(F).numpy(), owner, len(rows))[test_pos]
-    scores = 1 / (1 + np.exp(-z)) if cfg.mode == "binary" else z
-    test_rows = rows[test_pos]
-    if cfg.mode == "binary":
-        lab = labels[test_rows]
+        z_all = pooling(head(F).numpy(), owner, len(rows))
+
+    def figures(pos: np.ndarray) -> dict:
+        z = z_all[pos]
+        scores = 1 / (1 + np.exp(-z)) if cfg.mode == "binary" else z
+        at = rows[pos]
+        if cfg.mode != "binary":
+            return regression_metrics(y_all[at], scores)
+        lab = labels[at]
         have = np.isfinite(lab)
-        metrics = binary_metrics(lab[have], scores[have])
-        levels = table["distortion"].to_numpy()[test_rows][have]
-        metrics["accuracy_per_level"] = {
+        if not have.any():
+            return {"n": 0}
+        m = binary_metrics(lab[have], scores[have])
+        levels = table["distortion"].to_numpy()[at][have]
+        m["accuracy_per_level"] = {
             lv: float(((scores[have][levels == lv] >= 0.5) == (lab[have][levels == lv] == 1)).mean())
             for lv in [d for d in run["distortions"] if d in set(levels)]}
         if target_col != cfg.label_column:
-            metrics["distilled"] = regression_metrics(y_all[test_rows], scores)
-    else:
-        metrics = regression_metrics(y_all[test_rows], scores)
+            m["distilled"] = regression_metrics(y_all[at], scores)
+        return m
+
+    test_rows = rows[test_pos]
+    metrics = figures(test_pos)
+    validation = None
+    if len(val_pos):
+        validation = {"fraction": cfg.val_fraction, "seed": cfg.seed + 1,
+                      "photos": int(table["source"].iloc[rows[val_pos]].nunique()), "rows": int(len(val_pos)),
+                      "procedure": "whole training photos held out before the fit (GroupShuffleSplit, seed + 1); "
+                                   "calibration and every design choice use these (validation_sources.json), the "
+                                   "test photos judge once",
+                      "metrics": figures(val_pos) if len(val_pos) > 1 else None}
 
     buf = io.BytesIO()
     state = {f"head.{k}": v for k, v in head.state_dict().items()} | {f"pool.{k}": v.detach()
@@ -279,7 +311,8 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
         "reference": run.get("reference", "ground-truth"),
         "distortions": run["distortions"],
         "data": {"labels": str(labels_dir), "dataset": run.get("dataset", ""), "rows": int(len(table)),
-                 "train_rows": int(len(train_pos)), "test_rows": int(len(test_pos)),
+                 "train_rows": int(len(train_pos)), "validation_rows": int(len(val_pos)),
+                 "test_rows": int(len(test_pos)),
                  "train_sources": int(table["source"].iloc[rows[train_pos]].nunique()),
                  "test_sources": int(table["source"].iloc[test_rows].nunique()),
                  "unreadable": len(errors)},
@@ -298,10 +331,13 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
                    "epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_loss": history},
         "metrics": metrics,
         "warnings": sample_warnings(int(table["source"].iloc[test_rows].nunique()), metrics),
+        "validation": validation,
         "seed": cfg.seed, "split": split_note,
         "feature_seconds": round(feature_seconds, 1), "train_seconds": round(train_seconds, 1),
         "feature_images_per_second": fresh_rate,  # None when the features came from the cache
         "device": cfg.device, "precision": cfg.precision,
     }
     atomic.write_json(out / "test_sources.json", sorted(set(table["source"].iloc[test_rows])))
+    if validation is not None:  # the photos design choices are judged on (`imutility benchmark --test-sources`)
+        atomic.write_json(out / "validation_sources.json", sorted(set(table["source"].iloc[rows[val_pos]])))
     return write_card(out, card, asdict(cfg))

@@ -73,6 +73,24 @@ def select_split(cfg, table, usable: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.flatnonzero(train), np.flatnonzero(test), how
 
 
+def split_validation(table, train_idx: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fit rows, validation rows): ``fraction`` of the training PHOTOS held out whole (seeded, sklearn's
+    GroupShuffleSplit). Augmented copies of a validation photo are dropped from both sides (they would leak it into
+    the fit and are never judged). ``fraction`` 0: every training row fits, none validates."""
+    if fraction == 0 or len(train_idx) == 0:
+        return train_idx, train_idx[:0]
+    sources = table["source"].to_numpy()[train_idx]
+    original = table["augment"].isna().to_numpy()[train_idx]
+    if len(set(sources[original])) < 2:
+        raise InvalidInputError(f"a validation split needs at least 2 training photos, there are "
+                                f"{len(set(sources[original]))} (pass val_fraction 0 to calibrate on the training rows)")
+    val_mask = np.zeros(len(train_idx), dtype=bool)
+    val_mask[original] = split_by_source(sources[original], fraction, seed + 1)
+    val_sources = set(sources[val_mask])
+    in_val = np.isin(sources, list(val_sources))
+    return train_idx[~in_val], train_idx[val_mask]
+
+
 #: below these, a test figure says little: its interval spans most of [0, 1]
 MIN_TEST_PHOTOS = 30
 MIN_TEST_PER_CLASS = 10
