@@ -58,7 +58,8 @@ def test_every_engine_keeps_the_contract(name, runtime, precision, tol, images, 
     assert all(x.dtype == np.uint8 and x.ndim == 4 and x.shape[-1] == 3 for x in prepared)
     outputs = p.engine.outputs(prepared, p.device)
     assert len(outputs) == sum(len(x) for x in prepared)
-    np.testing.assert_allclose(score(p.engine, prepared, p.device), got[:5], atol=1e-9)
+    # the same arithmetic on 5 images as on all of them: float32 kernels differ by batch size in the last bits
+    np.testing.assert_allclose(score(p.engine, prepared, p.device), got[:5], atol=1e-6)
     # failure isolation: a truncated file is one reported item; the rest are scored as here
     good = tmp_path / "good.jpg"
     good.write_bytes(JPEG(40)(natural_image(180, 120)).data)

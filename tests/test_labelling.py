@@ -225,6 +225,10 @@ def test_detection_labels_follow_eq6(tmp_path):
         got = row["yolox_nano.label"]
         assert (math.isnan(want) and math.isnan(got)) or want == got
         assert len(row["yolox_nano.phi_g"]) == row["n_gt"] == len(row["yolox_nano.iou_g"])
+        # the detector's own confidence (a benchmark baseline and its control): its highest score, 0 for none
+        for col, d in (("yolox_nano.p5", row["distortion"]), ("yolox_nano.pristine_p5", "pristine")):
+            scores = cache[(s.key, d)]["scores"]
+            assert list(row[col]) == [pytest.approx(scores.max() if len(scores) else 0.0)]
     assert t.groupby("level")["yolox_nano.found"].mean()[90.0] >= t.groupby("level")["yolox_nano.found"].mean()[2.0]
 
 

@@ -185,7 +185,8 @@ def _opt(name: str, **kwargs):
 @click.option("--no-progress", is_flag=True)
 def train(labels, out, architecture, backbone, features, soft_target, max_tiles, train_distortions, hidden, dropout,
           weight_decay, recipe, geometry, mode, label_column, target_column, epochs, batch_size, lr, size,
-          max_samples, val_fraction, no_pretrained, seed, test_sources, device, workers, precision, models, no_progress) -> None:
+          max_samples, val_fraction, no_pretrained, seed, test_sources, device, workers, precision, models,
+          no_progress) -> None:
     """Train a utility predictor on LABELS (an `imutility label` folder); writes OUT/model.pt, OUT/card.json and
     its ONNX graphs."""
     from imutility.distort import resolve_levels

@@ -83,7 +83,8 @@ def split_validation(table, train_idx: np.ndarray, fraction: float, seed: int) -
     original = table["augment"].isna().to_numpy()[train_idx]
     if len(set(sources[original])) < 2:
         raise InvalidInputError(f"a validation split needs at least 2 training photos, there are "
-                                f"{len(set(sources[original]))} (pass val_fraction 0 to calibrate on the training rows)")
+                                f"{len(set(sources[original]))} (pass val_fraction 0 to calibrate on the training "
+                                "rows)")
     val_mask = np.zeros(len(train_idx), dtype=bool)
     val_mask[original] = split_by_source(sources[original], fraction, seed + 1)
     val_sources = set(sources[val_mask])
