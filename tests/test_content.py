@@ -125,6 +125,16 @@ def test_calibration_is_fitted_on_whole_validation_photos(content_predictor, con
     assert len(val0) == 0 and len(fit0) == len(table)
 
 
+def test_without_a_validation_split_the_card_says_calibration_used_training_rows(content_labels, tmp_path):
+    cfg = TrainConfig(labels=str(content_labels), architecture="content", backbone="efficientnet_lite0",
+                      features="pooled", soft_target="retained_mean", hidden=16, epochs=3, batch_size=16,
+                      val_fraction=0)
+    card = train_predictor(cfg, tmp_path / "p", progress=False).raw
+    assert card["target"]["calibration"]["photos"] == "training rows (no validation split)"
+    assert card["validation"] is None and card["data"]["validation_rows"] == 0
+    assert not (tmp_path / "p" / "validation_sources.json").exists()
+
+
 def test_content_predictor_scores_onnx_and_errors(content_predictor, tmp_path):
     p = Predictor.load(content_predictor, runtime="torch")
     assert p.architecture == "content"

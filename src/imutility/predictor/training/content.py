@@ -206,6 +206,7 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     head = UtilityHead(feats.shape[1], cfg.hidden, cfg.dropout)
     pool = TilePool()
     train_pos = np.flatnonzero(ok[:n_train])
+    val_pos = np.flatnonzero(ok[n_train:n_train + n_val]) + n_train
     train_tiles = np.concatenate([tiles_of[i] for i in train_pos])
     head.set_standardisation(torch.from_numpy(feats[train_tiles]))
     F = torch.from_numpy(feats)
@@ -245,7 +246,6 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
         from sklearn.linear_model import LogisticRegression
 
         lab = labels[rows]
-        val_pos = np.flatnonzero(ok[n_train:n_train + n_val]) + n_train
         cal, photos = val_pos[np.isfinite(lab[val_pos])], "validation photos (held out of the fit)"
         if len(set(lab[cal])) < 2:  # no validation split, or one label class in it: the fit's own rows, said so
             photos = ("training rows (no validation split)" if n_val == 0 else
@@ -260,7 +260,6 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     train_seconds = time.perf_counter() - t1
 
     test_pos = np.flatnonzero(ok[n_train + n_val:]) + n_train + n_val
-    val_pos = np.flatnonzero(ok[n_train:n_train + n_val]) + n_train
     pooling = TilePooling(float(pool.weights[0].detach()), float(pool.weights[1].detach()),
                           float(pool.bias.detach()))
     with torch.no_grad():
@@ -330,7 +329,9 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
                    "loss": "binary cross-entropy (soft targets)" if cfg.mode == "binary" else "MSE",
                    "epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_loss": history},
         "metrics": metrics,
-        "warnings": sample_warnings(int(table["source"].iloc[test_rows].nunique()), metrics),
+        "warnings": sample_warnings(int(table["source"].iloc[test_rows].nunique()), metrics) + (
+            [f"calibrated on its {calibration['photos']}: the 0.5 threshold is fitted on rows it trained on"]
+            if calibration and n_val and not calibration["photos"].startswith("validation") else []),
         "validation": validation,
         "seed": cfg.seed, "split": split_note,
         "feature_seconds": round(feature_seconds, 1), "train_seconds": round(train_seconds, 1),
