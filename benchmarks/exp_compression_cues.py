@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from imutility.distort import resolve_levels
-from imutility.predictor.networks.content import TilePool, UtilityHead
+from imutility.predictor.training.content import fit_head
 from imutility.tasks import get_task
 
 
@@ -48,46 +47,30 @@ def cues(table) -> np.ndarray:
                      np.log2(table["bpp"].to_numpy(np.float32).clip(1e-3))], 1)
 
 
-def train_head(feats, owner, rows, y, seed: int):
-    torch.manual_seed(seed)
+def tiles_by_image(owner: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, list[list[int]]]:
+    """The tiles of ``rows`` (indices into the features) and, per row, its tiles' positions among them."""
     tiles = np.flatnonzero(np.isin(owner, rows))
     index = {r: i for i, r in enumerate(rows)}
-    F = torch.from_numpy(feats[tiles])
-    img = torch.from_numpy(np.array([index[r] for r in owner[tiles]], dtype=np.int64))
-    target = torch.tensor(y[rows], dtype=torch.float32)
-    head, pool = UtilityHead(feats.shape[1], 256, 0.5), TilePool()
-    head.set_standardisation(F)
-    params = list(head.parameters()) + list(pool.parameters())
-    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.05)
-    epochs, bs = 15, 256
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, 2e-3, total_steps=epochs * math.ceil(len(rows) / bs))
-    by_img = [[] for _ in rows]
-    for k, i in enumerate(img.tolist()):
-        by_img[i].append(k)
-    rng = np.random.default_rng(seed)
-    for _ in range(epochs):
-        perm = rng.permutation(len(rows))
-        for b in range(0, len(perm), bs):
-            sel = perm[b:b + bs]
-            ks = np.concatenate([by_img[i] for i in sel])
-            local = np.concatenate([[j] * len(by_img[i]) for j, i in enumerate(sel)])
-            head.train()
-            z = pool(head(F[ks]), torch.from_numpy(local), len(sel))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(z, target[sel])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-    head.eval()
-    return head, pool
+    of: list[list[int]] = [[] for _ in rows]
+    for k, r in enumerate(owner[tiles]):
+        of[index[r]].append(k)
+    return tiles, of
 
 
-@torch.no_grad()
-def score(head, pool, feats, owner, rows) -> np.ndarray:
-    tiles = np.flatnonzero(np.isin(owner, rows))
-    index = {r: i for i, r in enumerate(rows)}
-    img = torch.from_numpy(np.array([index[r] for r in owner[tiles]], dtype=np.int64))
-    return pool(head(torch.from_numpy(feats[tiles])), img, len(rows)).numpy()
+def scores(feats, owner, fit, y, evaluate: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int):
+    """Train the card's head (:func:`imutility.predictor.training.content.fit_head`, the recipe's settings) on the
+    rows ``fit``; return its logits on each (features, owner, rows) of ``evaluate``."""
+    tiles, of = tiles_by_image(owner, fit)
+    head, pool, _, _ = fit_head(feats[tiles], of, np.arange(len(fit)), y[fit], hidden=256, dropout=0.5, lr=2e-3,
+                                weight_decay=0.05, epochs=15, batch_size=256, seed=seed)
+    out = []
+    with torch.no_grad():
+        for f, o, rows in evaluate:
+            t, of_e = tiles_by_image(o, rows)
+            img = torch.from_numpy(np.concatenate([[i] * len(k) for i, k in enumerate(of_e)]).astype(np.int64))
+            order = np.concatenate(of_e)
+            out.append(pool(head(torch.from_numpy(f[t][order])), img, len(rows)).numpy())
+    return out
 
 
 def within_level(table, rows, s, levels, networks) -> dict:
@@ -132,12 +115,9 @@ def main(argv=None) -> int:
             tf = np.concatenate([test_feats, cues(test_tab)[test_owner]], 1)
         runs = []
         for seed in range(a.seeds):
-            head, pool = train_head(f, owner, fit, y, seed)
-            runs.append({
-                "validation": within_level(tab, val, score(head, pool, f, owner, val), a.val_levels.split(","),
-                                           held_out),
-                "test": within_level(test_tab, test, score(head, pool, tf, test_owner, test), a.test_levels.split(","),
-                                     test_nets)})
+            s_val, s_test = scores(f, owner, fit, y, [(f, owner, val), (tf, test_owner, test)], seed)
+            runs.append({"validation": within_level(tab, val, s_val, a.val_levels.split(","), held_out),
+                         "test": within_level(test_tab, test, s_test, a.test_levels.split(","), test_nets)})
         results[name] = {part: {n: round(float(np.mean([r[part][n] for r in runs])), 3) for n in runs[0][part]}
                          for part in ("validation", "test")}
         print(name, json.dumps(results[name]))

@@ -144,12 +144,54 @@ def _features(cfg, paths: list[str], progress: bool):
     return np.ascontiguousarray(out, dtype=np.float32), owner, errors, spec, pre, note, rate
 
 
+def fit_head(feats: np.ndarray, tiles_of: list[list[int]], train_pos: np.ndarray, y: np.ndarray, *, hidden: int,
+             dropout: float, lr: float, weight_decay: float, epochs: int, batch_size: int, seed: int,
+             binary: bool = True):
+    """Train a head and its tile pooling on frozen per-tile features: image ``i``'s tiles are the rows
+    ``tiles_of[i]`` of ``feats``, its target ``y[i]``; the images ``train_pos`` train (AdamW, one-cycle, batches of
+    images; binary cross-entropy on [0, 1] targets, else MSE). Returns (head, pool, image_logits, per-epoch loss),
+    ``image_logits(images, training)`` giving pooled logits of any images."""
+    from imutility.predictor.networks.content import TilePool, UtilityHead
+
+    torch.manual_seed(seed)
+    head, pool = UtilityHead(feats.shape[1], hidden, dropout), TilePool()
+    head.set_standardisation(torch.from_numpy(feats[np.concatenate([tiles_of[i] for i in train_pos])]))
+    F = torch.from_numpy(feats)
+    target = torch.tensor(y, dtype=torch.float32)
+    opt = torch.optim.AdamW(list(head.parameters()) + list(pool.parameters()), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(1, epochs * math.ceil(
+        len(train_pos) / batch_size)))
+    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits if binary else torch.nn.functional.mse_loss
+    rng = np.random.default_rng(seed)
+
+    def image_logits(sel: np.ndarray, training: bool) -> torch.Tensor:
+        ks = np.concatenate([tiles_of[i] for i in sel])
+        img = np.concatenate([[j] * len(tiles_of[i]) for j, i in enumerate(sel)])
+        head.train(training)
+        return pool(head(F[ks]), torch.from_numpy(img), len(sel))
+
+    history = []
+    for _ in range(epochs):
+        perm = rng.permutation(train_pos)
+        total = 0.0
+        for b in range(0, len(perm), batch_size):
+            sel = perm[b:b + batch_size]
+            loss = loss_fn(image_logits(sel, True), target[sel])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(sel)
+        history.append(round(total / max(len(train_pos), 1), 5))
+    head.eval()
+    return head, pool, image_logits, history
+
+
 def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     """See the module doc; writes ``model.pt`` (head + pooling, the backbone is the zoo's) and ``card.json``."""
     import pandas as pd
 
     from imutility.predictor.geometry import TilePooling
-    from imutility.predictor.networks.content import TilePool, UtilityHead
     from imutility.predictor.training.config import InsufficientLabelsError
     from imutility.predictor.training.split import (
         binary_metrics,
@@ -183,7 +225,6 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     if cfg.mode == "binary" and len(set(labels[train_idx][np.isfinite(labels[train_idx])])) < 2:
         raise InsufficientLabelsError(f"{cfg.label_column}: the training rows hold one class only")
 
-    torch.manual_seed(cfg.seed)
     rows = np.concatenate([train_idx, val_idx, test_idx])
     t0 = time.perf_counter()
     # features of EVERY image of the table (one cache per labels folder and backbone, shared by all heads)
@@ -203,43 +244,13 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     for k, i in enumerate(owner):
         tiles_of[i].append(k)
 
-    head = UtilityHead(feats.shape[1], cfg.hidden, cfg.dropout)
-    pool = TilePool()
     train_pos = np.flatnonzero(ok[:n_train])
     val_pos = np.flatnonzero(ok[n_train:n_train + n_val]) + n_train
-    train_tiles = np.concatenate([tiles_of[i] for i in train_pos])
-    head.set_standardisation(torch.from_numpy(feats[train_tiles]))
-    F = torch.from_numpy(feats)
-    y = torch.tensor(y_all[rows], dtype=torch.float32)
-    params = list(head.parameters()) + list(pool.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr or 2e-3, weight_decay=cfg.weight_decay)
-    steps = max(1, cfg.epochs * math.ceil(len(train_pos) / cfg.batch_size))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr or 2e-3, total_steps=steps)
-    loss_fn = torch.nn.functional.binary_cross_entropy_with_logits if cfg.mode == "binary" else \
-        torch.nn.functional.mse_loss
-    rng = np.random.default_rng(cfg.seed)
-    history = []
     t1 = time.perf_counter()
-
-    def image_logits(sel: np.ndarray, training: bool) -> torch.Tensor:
-        ks = np.concatenate([tiles_of[i] for i in sel])
-        img = np.concatenate([[j] * len(tiles_of[i]) for j, i in enumerate(sel)])
-        head.train(training)
-        return pool(head(F[ks]), torch.from_numpy(img), len(sel))
-
-    for _ in range(cfg.epochs):
-        perm = rng.permutation(train_pos)
-        total = 0.0
-        for b in range(0, len(perm), cfg.batch_size):
-            sel = perm[b:b + cfg.batch_size]
-            loss = loss_fn(image_logits(sel, True), y[sel])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(sel)
-        history.append(round(total / max(len(train_pos), 1), 5))
-    head.eval()
+    head, pool, image_logits, history = fit_head(
+        feats, tiles_of, train_pos, y_all[rows], hidden=cfg.hidden, dropout=cfg.dropout, lr=cfg.lr or 2e-3,
+        weight_decay=cfg.weight_decay, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+        binary=cfg.mode == "binary")
 
     calibration = None
     if cfg.mode == "binary" and target_col != cfg.label_column:  # Platt scaling on the binary labels
@@ -263,7 +274,7 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     pooling = TilePooling(float(pool.weights[0].detach()), float(pool.weights[1].detach()),
                           float(pool.bias.detach()))
     with torch.no_grad():
-        z_all = pooling(head(F).numpy(), owner, len(rows))
+        z_all = pooling(head(torch.from_numpy(feats)).numpy(), owner, len(rows))
 
     def figures(pos: np.ndarray) -> dict:
         z = z_all[pos]
