@@ -77,6 +77,12 @@ def test_benchmark_tables_match_direct_computation(held_out_labels, tmp_path, ca
     right = right[(right["mobilenet_v3_small.pristine_pred"] == right["target"]).to_numpy(dtype=bool)]
     assert frr["n"] == len(right) and frr["rejected"] == int((ctl.loc[right["source"]] < 0.5).sum())
     assert 0 < m["kept_share"]["pooled"] <= 1
+    # the decision lost BY compression: the same AUROC on the rows whose pristine photo the network gets right
+    given = st["unseen"]["mobilenet_v3_small"]["given_pristine_success"]
+    kept = (t["mobilenet_v3_small.pristine_pred"] == t["target"]).to_numpy(dtype=bool)
+    assert given["images"] == int(kept.sum()) < len(t)
+    assert given["auroc"]["bits per pixel"]["pooled"]["value"] == pytest.approx(
+        roc_auc_score(correct[kept], t["bpp"][kept]))
     assert "random" in m["top1"]
     report = (out / "report.md").read_text()
     assert "## labels" in report and "content" in report and (out / "within_level_auroc.png").stat().st_size > 10_000

@@ -135,16 +135,16 @@ def control_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, dev
 
 def pristine_false_rejects(control: np.ndarray, table, task, networks: Sequence[str], threshold: float = THRESHOLD,
                            ) -> dict:
-    """Of the pristine photos every judging network gets right (classification: pristine top-1 == ground truth),
-    the share a predictor scores below ``threshold`` on the pristine photo (``filter`` would delete them)."""
+    """Of the pristine photos every judging network gets right (``task.pristine_success``; classification: pristine
+    top-1 == ground truth), the share a predictor scores below ``threshold`` on the pristine photo (``filter`` would
+    delete them)."""
     first = ~table["source"].duplicated().to_numpy()
     ok = np.ones(int(first.sum()), dtype=bool)
     for net in networks:
-        col = f"{net}.pristine_pred"
-        if col not in table or "target" not in table:
+        success = task.pristine_success(table, net)
+        if success is None:
             return {"n": 0, "rate": float("nan")}
-        pred, target = table[col][first], table["target"][first]
-        ok &= (pred.notna() & target.notna() & (pred == target)).to_numpy(dtype=bool, na_value=False)
+        ok &= success[first] == 1
     c = np.asarray(control, dtype=np.float64)[first][ok]
     c = c[np.isfinite(c)]
     return {"n": int(len(c)), "rejected": int((c < threshold).sum()),
@@ -282,6 +282,12 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
             unseen[net] = {"auroc": summarise(auroc_table(scores, c, levels, W, order)),
                            "auroc_transition": summarise(auroc_table(scores, c, levels, W, trans)) if trans else {},
                            "by_collection": {}, "matched": {}}
+            p0 = task.pristine_success(table, net)
+            if p0 is not None:  # the decision lost BY compression: only images whose pristine photo it gets right
+                lost = np.where(p0 == 1, c, np.nan)
+                unseen[net]["given_pristine_success"] = {
+                    "images": int(np.isfinite(lost).sum()),
+                    "auroc": summarise(auroc_table(scores, lost, levels, W, trans or order))}
             if len(set(collections)) > 1:  # the same AUROCs per photo collection (e.g. val vs train photos)
                 for name in sorted(set(collections)):
                     m = collections == name
@@ -317,7 +323,8 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
             "labelled": {"useful": int((y == 1).sum()), "non_useful": int((y == 0).sum())},
             "labelers": config["labelers"], "held_out": held_out, "levels": order, "transition": trans,
             "pristine_false_rejects": {name: pristine_false_rejects(c, table, task, held_out)
-                                       for name, c in controls.items()} if task.class_probabilities else {},
+                                       for name, c in controls.items()} if held_out and task.pristine_success(
+                table, held_out[0]) is not None else {},
             "label_auroc": summarise(label_auroc), "label_auroc_transition": summarise(trans_auroc),
             "label_auroc_diff": diffs, "balanced_accuracy": summarise(bal), "unseen": unseen,
             "labelled_per_level": {d: {"useful": int((y[levels == d] == 1).sum()),

@@ -69,6 +69,17 @@ def render(results: dict) -> str:
                              + f" | **{_fmt(per.get('mean'))}** | {_fmt(allv.get('mean'))} "
                              f"| {_fmt(allv.get('pooled'))} |")
             lines.append("")
+            given = u.get("given_pristine_success")
+            if given:  # the decision lost BY compression
+                lv = trans or st["levels"]
+                lines += [f"The same, only on the {given['images']} images whose PRISTINE photo {net} gets right (the "
+                          "decision lost BY compression):", "",
+                          "| score | " + " | ".join(_level(t) for t in lv) + " | mean | pooled |",
+                          "|---|" + "---|" * (len(lv) + 2)]
+                for s, per in given["auroc"].items():
+                    lines.append(f"| {s} | " + " | ".join(_fmt(per.get(t)) for t in lv)
+                                 + f" | **{_fmt(per.get('mean'))}** | {_fmt(per.get('pooled'))} |")
+                lines.append("")
             if u.get("by_collection"):
                 names = list(u["by_collection"])
                 lines += [f"Per photo collection (mean AUROC over the {'transition' if trans else 'all'} levels for "
@@ -175,6 +186,11 @@ def card_figures(results: dict, set_name: str, judge: str, predictor: str, judge
                                for name, per in trans.items()},
            "pooled_auroc": {name: r(per["pooled"]) for name, per in u["auroc"].items() if "pooled" in per},
            "pristine_false_rejects": st["pristine_false_rejects"].get(predictor)}
+    given = u.get("given_pristine_success")
+    if given:  # within the same levels, only images whose pristine photo the judge gets right
+        out["given_pristine_success"] = {"images": given["images"],
+                                         "within_level_auroc": {name: r(per["mean"])
+                                                                for name, per in given["auroc"].items()}}
     m = u["matched"].get(predictor)
     if m:
         out["matched_top1"] = {"kept_share": round(m["kept_share"]["pooled"], 3),

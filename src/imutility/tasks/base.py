@@ -190,6 +190,12 @@ class Task(ABC):
     def success(self, table, network: str) -> np.ndarray:
         """Per row, 1 when a (held-out) network still succeeds on the distorted image, 0 when not, NaN unknown."""
 
+    def pristine_success(self, table, network: str) -> np.ndarray | None:
+        """Per row, 1 when the network succeeds on the row's PRISTINE photo, 0 when not, NaN unknown; None where the
+        task has no such notion (the benchmark then makes no figure conditioned on it: the decision lost BY
+        compression, the pristine false-reject rate)."""
+        return None
+
     @abstractmethod
     def fig2(self, held, keeps: dict[str, np.ndarray], networks: Sequence[str], outputs: Callable[[str], dict],
              sources: dict[str, Source], reference_filter: str | None, seed: int, draws: int,

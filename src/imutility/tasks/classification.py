@@ -211,10 +211,11 @@ class ClassificationTask(Task):
     # ------------------------------------------------------------------ judging
     def success(self, table, network: str) -> np.ndarray:
         """1 where the network's top-1 on the distorted image is the reference class, NaN where unknown."""
-        pred = table[f"{network}.pred"]
-        ok = pred.notna().to_numpy() & table["target"].notna().to_numpy()
-        same = (pred == table["target"]).to_numpy(dtype=bool, na_value=False)
-        return np.where(ok, same.astype(np.float64), np.nan)
+        return _top1_correct(table, f"{network}.pred")
+
+    def pristine_success(self, table, network: str) -> np.ndarray:
+        """1 where the network's top-1 on the row's pristine photo is the reference class, NaN where unknown."""
+        return _top1_correct(table, f"{network}.pristine_pred")
 
     def fig2(self, held, keeps, networks, outputs, sources, reference_filter, seed, draws, levels=()) -> dict:
         from imutility.filtering import filtered_top1, lowest_rate_keep, top1_correct
@@ -280,3 +281,10 @@ def _class_probability(record: dict, cls: int, own_pristine_top1: int, is_ground
     if cls in record["top"]:
         return float(record["p"][record["top"].index(cls)])
     return None
+
+
+def _top1_correct(table, column: str) -> np.ndarray:
+    pred = table[column]
+    ok = pred.notna().to_numpy() & table["target"].notna().to_numpy()
+    same = (pred == table["target"]).to_numpy(dtype=bool, na_value=False)
+    return np.where(ok, same.astype(np.float64), np.nan)
