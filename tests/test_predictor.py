@@ -85,6 +85,7 @@ def test_training_with_workers_and_bf16_autocast(tiny_labels, tmp_path):
                       batch_size=8, workers=2, precision="bf16")
     card = train_predictor(cfg, tmp_path, progress=False).raw
     assert card["precision"] == "bf16" and card["config"]["workers"] == 2
+    assert card["config"]["val_fraction"] == 0.0  # a fine-tuned predictor holds no validation photos out
     expected_images = 2 * card["data"]["train_rows"]
     assert card["train_images_per_second"] == pytest.approx(expected_images / card["train_seconds"], rel=0.3)
     state = torch.load(tmp_path / "model.pt", weights_only=True)

@@ -156,7 +156,8 @@ def train_finetune_predictor(cfg: TrainConfig, out: Path, progress: bool) -> Pre
         "train_images_per_second": round(n_seen / max(train_seconds, 1e-9), 1),
     }
     atomic.write_json(out / "test_sources.json", sorted(set(table.loc[test_idx, "source"])))
-    return write_card(out, card, asdict(cfg))
+    # no calibration and no validation split here: the config records what was done, not the shared default
+    return write_card(out, card, asdict(cfg) | {"val_fraction": 0.0})
 
 
 def _counts(y: np.ndarray) -> dict[str, int]:
