@@ -1,4 +1,4 @@
-"""An experiment (nothing shipped uses it): does pairing the content features with compression cues help?
+"""An experiment (nothing shipped uses it): do compression cues, or a within-level target, help the default's head?
 
     python benchmarks/exp_compression_cues.py runs/cls-jpeg15 runs/cls-val600 \
         --model src/imutility/resources/predictors/default-classification --seeds 3
@@ -8,9 +8,10 @@ head (the card's recipe: its fit photos, i.e. neither its test nor its validatio
 levels, the ``retained_mean`` target, 256 hidden units, dropout 0.5, AdamW, one-cycle, 15 epochs) on the cached
 frozen features of TRAIN, once as shipped and once with two per-image cues appended to every tile's features: the
 JPEG quality / 100 (on these ladders the level is the file's quality, what ``imutility.rules.jpeg_quality`` reads
-from its tables) and log2 of the bits per pixel. Both heads are scored on the validation photos of TRAIN and on
-every photo of TEST; the figure is the within-level AUROC (mean over the transition levels named below) for each
-held-out network's top-1 correctness, averaged over ``--seeds`` trainings. The features come from the cache that
+from its tables) and log2 of the bits per pixel; a third head learns only the differences within a level (the
+target minus its level's mean, MSE). Each head is scored on the validation photos of TRAIN and on every photo of
+TEST; the figure is the within-level AUROC (mean over the transition levels named below) for each held-out
+network's top-1 correctness, averaged over ``--seeds`` trainings. The features come from the cache that
 ``imutility train`` keeps (``LABELS/features/``): run one ``imutility train`` on TEST first to make its cache.
 """
 
@@ -57,12 +58,14 @@ def tiles_by_image(owner: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, lis
     return tiles, of
 
 
-def scores(feats, owner, fit, y, evaluate: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int):
+def scores(feats, owner, fit, y, evaluate: list[tuple[np.ndarray, np.ndarray, np.ndarray]], seed: int,
+           binary: bool = True):
     """Train the card's head (:func:`imutility.predictor.training.content.fit_head`, the recipe's settings) on the
     rows ``fit``; return its logits on each (features, owner, rows) of ``evaluate``."""
     tiles, of = tiles_by_image(owner, fit)
     head, pool, _, _ = fit_head(feats[tiles], of, np.arange(len(fit)), y[fit], hidden=256, dropout=0.5, lr=2e-3,
-                                weight_decay=0.05, epochs=15, batch_size=256, seed=seed)
+                                weight_decay=0.05, epochs=15, batch_size=256, seed=seed,
+                                binary=binary)
     out = []
     with torch.no_grad():
         for f, o, rows in evaluate:
@@ -108,14 +111,20 @@ def main(argv=None) -> int:
     test = np.arange(len(test_tab))
     y = tab["retained_mean"].to_numpy(np.float64)
     results = {}
-    for name, with_cues in (("as shipped", False), ("with cues (quality, log2 bpp)", True)):
+    # the within-level target: each image's retained confidence minus its level's mean over the fit rows (MSE), so
+    # that nothing but the differences WITHIN a level is learnt (what within-level AUROC asks for)
+    level_mean = pd.Series(y[fit]).groupby(tab["distortion"].to_numpy()[fit]).mean()
+    centred = y - tab["distortion"].map(level_mean).to_numpy(np.float64)
+    variants = (("as shipped", False, y, True), ("with cues (quality, log2 bpp)", True, y, True),
+                ("within-level target", False, centred, False))
+    for name, with_cues, target, binary in variants:
         f, tf = feats, test_feats
         if with_cues:
             f = np.concatenate([feats, cues(tab)[owner]], 1)
             tf = np.concatenate([test_feats, cues(test_tab)[test_owner]], 1)
         runs = []
         for seed in range(a.seeds):
-            s_val, s_test = scores(f, owner, fit, y, [(f, owner, val), (tf, test_owner, test)], seed)
+            s_val, s_test = scores(f, owner, fit, target, [(f, owner, val), (tf, test_owner, test)], seed, binary)
             runs.append({"validation": within_level(tab, val, s_val, a.val_levels.split(","), held_out),
                          "test": within_level(test_tab, test, s_test, a.test_levels.split(","), test_nets)})
         results[name] = {part: {n: round(float(np.mean([r[part][n] for r in runs])), 3) for n in runs[0][part]}
