@@ -125,6 +125,26 @@ def test_calibration_is_fitted_on_whole_validation_photos(content_predictor, con
     assert len(val0) == 0 and len(fit0) == len(table)
 
 
+def test_the_within_level_term_scores_only_deviations_from_each_level_mean(content_labels, tmp_path):
+    import torch
+
+    from imutility.predictor.training.content import _within_level_error
+
+    level = torch.tensor([0, 0, 1, 1])
+    target = torch.tensor([0.2, 0.4, 0.7, 0.9])
+    assert float(_within_level_error(target + torch.tensor([0.5, 0.5, -0.3, -0.3]), target, level)) < 1e-12  # shifts
+    out = torch.tensor([0.4, 0.2, 0.8, 0.8])  # level 0 ranked backwards, level 1 flat
+    want = ((0.1 - -0.1) ** 2 + (-0.1 - 0.1) ** 2 + (0 - -0.1) ** 2 + (0 - 0.1) ** 2) / 4
+    assert float(_within_level_error(out, target, level)) == pytest.approx(want)
+    cfg = TrainConfig(labels=str(content_labels), architecture="content", backbone="efficientnet_lite0",
+                      features="pooled", soft_target="retained_mean", hidden=16, epochs=3, batch_size=16,
+                      within_level_weight=4.0)
+    card = train_predictor(cfg, tmp_path / "p", progress=False).raw
+    assert card["recipe"]["loss"].endswith("+ 4 x within-level deviation error")
+    with pytest.raises(ValueError, match="within_level_weight"):
+        TrainConfig(labels="x", within_level_weight=-1).validate()
+
+
 def test_without_a_validation_split_the_card_says_calibration_used_training_rows(content_labels, tmp_path):
     cfg = TrainConfig(labels=str(content_labels), architecture="content", backbone="efficientnet_lite0",
                       features="pooled", soft_target="retained_mean", hidden=16, epochs=3, batch_size=16,

@@ -54,6 +54,7 @@ def test_card_train_command_is_the_recipe_in_the_card(name, tmp_path, monkeypatc
         assert params[k] == cfg[k], k
     # cards made before 0.6.0 calibrated on their training rows: their command says --val-fraction 0
     assert params["val_fraction"] == cfg.get("val_fraction", 0.0)
+    assert params["within_level_weight"] == cfg.get("within_level_weight", 0.0)  # none before the option existed
     from imutility.distort import resolve_levels
 
     assert resolve_levels(params["train_distortions"]) == cfg["train_distortions"]

@@ -173,6 +173,8 @@ def _opt(name: str, **kwargs):
 @_opt("val_fraction", type=click.FloatRange(0, 1, max_open=True),
       help="content: share of the training photos held out whole for calibration and validation figures (0: "
            "calibrate on the training rows).")
+@_opt("within_level_weight", type=click.FloatRange(min=0),
+      help="content: weight of a loss term on what separates images of one level (0: none).")
 @click.option("--no-pretrained", is_flag=True, help="Random initialisation.")
 @_opt("seed", type=int)
 @click.option("--test-sources", type=click.Path(exists=True, dir_okay=False), default=None,
@@ -185,8 +187,8 @@ def _opt(name: str, **kwargs):
 @click.option("--no-progress", is_flag=True)
 def train(labels, out, architecture, backbone, features, soft_target, max_tiles, train_distortions, hidden, dropout,
           weight_decay, recipe, geometry, mode, label_column, target_column, epochs, batch_size, lr, size,
-          max_samples, val_fraction, no_pretrained, seed, test_sources, device, workers, precision, models,
-          no_progress) -> None:
+          max_samples, val_fraction, within_level_weight, no_pretrained, seed, test_sources, device, workers,
+          precision, models, no_progress) -> None:
     """Train a utility predictor on LABELS (an `imutility label` folder); writes OUT/model.pt, OUT/card.json and
     its ONNX graphs."""
     from imutility.distort import resolve_levels
@@ -199,7 +201,7 @@ def train(labels, out, architecture, backbone, features, soft_target, max_tiles,
                       pretrained=not no_pretrained, recipe=recipe, geometry=geometry, size=size, epochs=epochs,
                       batch_size=batch_size, lr=lr, seed=seed, device=device, max_samples=max_samples,
                       test_sources_file=test_sources, models=models, workers=workers, precision=precision,
-                      val_fraction=val_fraction)
+                      val_fraction=val_fraction, within_level_weight=within_level_weight)
     card = library_call(train_predictor, cfg, out, progress=not no_progress).raw
     m = card["metrics"]
     if mode == "binary":

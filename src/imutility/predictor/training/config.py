@@ -67,6 +67,9 @@ class TrainConfig:
     # head is calibrated and its validation figures taken (design choices are made on these, never on test photos);
     # 0: calibrate on the training rows themselves (how predictors before 0.6.0 were made)
     val_fraction: float = 0.1
+    # content: weight of a loss term on what separates images of one level (their deviations from the level mean);
+    # 0: the plain loss (every shipped predictor)
+    within_level_weight: float = 0.0
 
     def validate(self) -> None:
         """Refuse settings that cannot train (a one-line :class:`ValueError`)."""
@@ -94,6 +97,9 @@ class TrainConfig:
         if not isinstance(self.val_fraction, int | float) or isinstance(self.val_fraction, bool) \
                 or not 0 <= self.val_fraction < 1:
             raise SettingError(f"val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if not isinstance(self.within_level_weight, int | float) or isinstance(self.within_level_weight, bool) \
+                or not self.within_level_weight >= 0:
+            raise SettingError(f"within_level_weight must be a number >= 0, got {self.within_level_weight!r}")
         if self.precision not in TRAIN_PRECISIONS:
             raise SettingError(f"precision must be one of {', '.join(TRAIN_PRECISIONS)}, got {self.precision!r}")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:

@@ -144,13 +144,26 @@ def _features(cfg, paths: list[str], progress: bool):
     return np.ascontiguousarray(out, dtype=np.float32), owner, errors, spec, pre, note, rate
 
 
+def _within_level_error(out: torch.Tensor, target: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the outputs' and the targets' deviations from their level's batch mean."""
+    n = int(level.max()) + 1
+    count = torch.zeros(n).index_add_(0, level, torch.ones_like(out))
+    mean_out = torch.zeros(n).index_add_(0, level, out) / count.clamp(min=1)
+    mean_target = torch.zeros(n).index_add_(0, level, target) / count.clamp(min=1)
+    return (((out - mean_out[level]) - (target - mean_target[level])) ** 2).mean()
+
+
 def fit_head(feats: np.ndarray, tiles_of: list[list[int]], train_pos: np.ndarray, y: np.ndarray, *, hidden: int,
              dropout: float, lr: float, weight_decay: float, epochs: int, batch_size: int, seed: int,
-             binary: bool = True):
+             binary: bool = True, levels: np.ndarray | None = None, within_level_weight: float = 0.0):
     """Train a head and its tile pooling on frozen per-tile features: image ``i``'s tiles are the rows
     ``tiles_of[i]`` of ``feats``, its target ``y[i]``; the images ``train_pos`` train (AdamW, one-cycle, batches of
     images; binary cross-entropy on [0, 1] targets, else MSE). Returns (head, pool, image_logits, per-epoch loss),
-    ``image_logits(images, training)`` giving pooled logits of any images."""
+    ``image_logits(images, training)`` giving pooled logits of any images.
+
+    ``within_level_weight`` > 0 adds a term for what separates images of ONE level (``levels[i]``: image ``i``'s
+    level): per level in the batch, the squared error between the outputs' and the targets' deviations from their
+    level means (outputs as probabilities in binary mode), times the weight."""
     from imutility.predictor.networks.content import TilePool, UtilityHead
 
     torch.manual_seed(seed)
@@ -163,6 +176,10 @@ def fit_head(feats: np.ndarray, tiles_of: list[list[int]], train_pos: np.ndarray
         len(train_pos) / batch_size)))
     loss_fn = torch.nn.functional.binary_cross_entropy_with_logits if binary else torch.nn.functional.mse_loss
     rng = np.random.default_rng(seed)
+    if within_level_weight and levels is None:
+        raise ValueError("within_level_weight needs the level of every image")
+    level_ids = torch.from_numpy(np.unique(levels, return_inverse=True)[1].astype(np.int64)) if within_level_weight \
+        else None
 
     def image_logits(sel: np.ndarray, training: bool) -> torch.Tensor:
         ks = np.concatenate([tiles_of[i] for i in sel])
@@ -176,7 +193,11 @@ def fit_head(feats: np.ndarray, tiles_of: list[list[int]], train_pos: np.ndarray
         total = 0.0
         for b in range(0, len(perm), batch_size):
             sel = perm[b:b + batch_size]
-            loss = loss_fn(image_logits(sel, True), target[sel])
+            z = image_logits(sel, True)
+            loss = loss_fn(z, target[sel])
+            if within_level_weight:
+                loss = loss + within_level_weight * _within_level_error(
+                    torch.sigmoid(z) if binary else z, target[sel], level_ids[sel])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -250,7 +271,8 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
     head, pool, image_logits, history = fit_head(
         feats, tiles_of, train_pos, y_all[rows], hidden=cfg.hidden, dropout=cfg.dropout, lr=cfg.lr or 2e-3,
         weight_decay=cfg.weight_decay, epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed,
-        binary=cfg.mode == "binary")
+        binary=cfg.mode == "binary", levels=table["distortion"].to_numpy()[rows],
+        within_level_weight=cfg.within_level_weight)
 
     calibration = None
     if cfg.mode == "binary" and target_col != cfg.label_column:  # Platt scaling on the binary labels
@@ -337,7 +359,9 @@ def train_content_predictor(cfg, out, progress: bool = True) -> PredictorCard:
         "pool": {"mean_weight": pooling.mean_weight, "min_weight": pooling.min_weight, "bias": pooling.bias},
         "recipe": {"name": "frozen backbone + head", "optimizer": "AdamW", "lr": cfg.lr or 2e-3,
                    "weight_decay": cfg.weight_decay, "schedule": "one-cycle",
-                   "loss": "binary cross-entropy (soft targets)" if cfg.mode == "binary" else "MSE",
+                   "loss": ("binary cross-entropy (soft targets)" if cfg.mode == "binary" else "MSE") + (
+                       f" + {cfg.within_level_weight:g} x within-level deviation error" if cfg.within_level_weight
+                       else ""),
                    "epochs": cfg.epochs, "batch_size": cfg.batch_size, "train_loss": history},
         "metrics": metrics,
         "warnings": sample_warnings(int(table["source"].iloc[test_rows].nunique()), metrics) + (
