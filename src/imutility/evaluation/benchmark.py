@@ -134,14 +134,14 @@ def control_scores(s: BenchmarkSet, table, name: str, where: str, out: Path, dev
 
 
 def pristine_false_rejects(control: np.ndarray, table, task, networks: Sequence[str], threshold: float = THRESHOLD,
-                           ) -> dict:
+                           successes: dict[str, np.ndarray | None] | None = None) -> dict:
     """Of the pristine photos every judging network gets right (``task.pristine_success``; classification: pristine
     top-1 == ground truth), the share a predictor scores below ``threshold`` on the pristine photo (``filter`` would
-    delete them)."""
+    delete them). ``successes``: those arrays already computed, by network."""
     first = ~table["source"].duplicated().to_numpy()
     ok = np.ones(int(first.sum()), dtype=bool)
     for net in networks:
-        success = task.pristine_success(table, net)
+        success = successes[net] if successes is not None else task.pristine_success(table, net)
         if success is None:
             return {"n": 0, "rate": float("nan")}
         ok &= success[first] == 1
@@ -277,12 +277,13 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
             decisions[n][~np.isfinite(scores[n])] = np.nan
         bal = balanced_accuracy_table(decisions, y, levels, W, order)
         unseen = {}
+        pristine = {net: task.pristine_success(table, net) for net in held_out}  # None: the task has no such notion
         for net in held_out:
             c = task.success(table, net)
             unseen[net] = {"auroc": summarise(auroc_table(scores, c, levels, W, order)),
                            "auroc_transition": summarise(auroc_table(scores, c, levels, W, trans)) if trans else {},
                            "by_collection": {}, "matched": {}}
-            p0 = task.pristine_success(table, net)
+            p0 = pristine[net]
             if p0 is not None:  # the decision lost BY compression: only images whose pristine photo it gets right
                 lost = np.where(p0 == 1, c, np.nan)
                 unseen[net]["given_pristine_success"] = {
@@ -322,9 +323,9 @@ def benchmark(spec: BenchmarkSpec, out: str | os.PathLike, log: Callable[[str], 
             "photos": n_photos, "images": int(len(table)),
             "labelled": {"useful": int((y == 1).sum()), "non_useful": int((y == 0).sum())},
             "labelers": config["labelers"], "held_out": held_out, "levels": order, "transition": trans,
-            "pristine_false_rejects": {name: pristine_false_rejects(c, table, task, held_out)
-                                       for name, c in controls.items()} if held_out and task.pristine_success(
-                table, held_out[0]) is not None else {},
+            "pristine_false_rejects": {name: pristine_false_rejects(c, table, task, held_out, successes=pristine)
+                                       for name, c in controls.items()}
+            if held_out and all(p is not None for p in pristine.values()) else {},
             "label_auroc": summarise(label_auroc), "label_auroc_transition": summarise(trans_auroc),
             "label_auroc_diff": diffs, "balanced_accuracy": summarise(bal), "unseen": unseen,
             "labelled_per_level": {d: {"useful": int((y[levels == d] == 1).sum()),
